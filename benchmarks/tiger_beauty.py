@@ -1,0 +1,52 @@
+"""TIGER on Amazon Beauty end to end, in calls of at most ~10 minutes (resumes from checkpoints between calls).
+
+GPU (one H100), from the repo root, after copying the data and the cached embeddings into a carried folder:
+
+    python benchmarks/tiger_beauty.py --budget 540 --out results/tiger_beauty.json
+
+Exit code 3 means "time budget used, call again"; 0 means finished and the results JSON was written.
+Extra ``key=value`` arguments override configs/beauty.yaml (e.g. ``train.batch_size=1024``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from sidrec.config import load_config
+from sidrec.pipeline import Run, results_table
+from sidrec.utils import atomic_write_json
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--config", default="configs/beauty.yaml")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds of training in this call")
+    ap.add_argument("--out", default="benchmarks/results/tiger_beauty.json")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    start = time.time()
+    cfg = load_config(args.config, args.overrides)
+    run = Run(cfg, progress=not args.quiet)
+    # Leave time after the deadline for the final test evaluation.
+    metrics = run.run_all(resume=True, deadline=start + args.budget)
+    if metrics is None:
+        return 3
+    table = results_table(metrics, cfg.eval.ks)
+    print(table)
+    best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
+    log = [json.loads(line) for line in (run.dir / "recommender" / "train_log.jsonl").read_text().splitlines()]
+    atomic_write_json(Path(args.out), {
+        "config": args.config, "overrides": args.overrides, "metrics": metrics, "best_epoch": best["epoch"],
+        "epochs_run": len(log), "train_seconds": sum(r["train_seconds"] for r in log),
+        "run": json.loads((run.dir / "run.json").read_text()),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from sidrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,168 @@
+"""Train a generative recommender on fixed semantic IDs (the two-stage schedule: tokenizer first, then this).
+
+A plain loop in the nanoGPT spirit: the whole training set lives as tensors on the device (item histories and
+the item -> SID table), each step gathers a batch by index, so there is no per-sample Python collation. Validation
+NDCG@10 by constrained beam search selects the best epoch; training stops after ``patience`` evaluations without
+improvement. Checkpoints are written every evaluation and a run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from sidrec.config import TrainConfig
+from sidrec.data.splits import LeaveOneOut
+from sidrec.decoding.trie import SidTrie
+from sidrec.eval.evaluate import evaluate, model_inputs
+from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sidrec.utils import atomic_write, atomic_write_json
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    epochs_run: int
+    history: list[dict[str, Any]]
+    finished: bool  # False when the deadline stopped training early; call again to resume
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then the chosen decay)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    if kind == "inverse_sqrt":
+        return math.sqrt(max(warmup, 1) / max(step + 1, 1))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_recommender(
+    model: torch.nn.Module,
+    split: LeaveOneOut,
+    item_sids: torch.Tensor,
+    trie: SidTrie,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    seed: int,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    deadline: float | None = None,
+) -> TrainResult:
+    """Fit ``model`` with per-token cross-entropy on the training prefixes; keep the best validation epoch.
+
+    Args:
+        model: a recommender with ``encoder_inputs``, ``loss`` and the decoding API (e.g. ``Tiger``).
+        split: leave-one-out examples (item indices).
+        item_sids: (N, Lc) SID of every item, on the training device.
+        trie: the SID trie used for constrained validation decoding (on the same device).
+        cfg: training settings.
+        out_dir: where ``checkpoints/``, ``best/model.safetensors`` and ``train_log.jsonl`` go.
+        seed: seeds the epoch shuffles (derived per epoch, so a resumed run sees the same order) and dropout.
+        resume: continue from the last complete checkpoint in ``out_dir`` if there is one.
+        deadline: a ``time.time()`` after which training checkpoints (mid-epoch if need be) and returns
+            ``finished=False``; calling again with ``resume=True`` continues exactly where it stopped.
+
+    Returns:
+        The best epoch, its validation metrics, and the per-epoch history.
+    """
+    out = Path(out_dir)
+    device = item_sids.device
+    model.to(device)
+    hist = torch.as_tensor(split.train.history, device=device)  # (S, H)
+    target = torch.as_tensor(split.train.target, device=device)  # (S,)
+    users = torch.as_tensor(split.train.user, device=device)  # (S,)
+    valid = split.valid
+    if cfg.valid_users and cfg.valid_users < len(valid):
+        pick = np.random.default_rng(seed).choice(len(valid), cfg.valid_users, replace=False)
+        valid = valid.subset(np.sort(pick))
+
+    steps_per_epoch = math.ceil(len(target) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
+                             "bad_evals": 0, "history": []}
+    ckpt_dir = out / "checkpoints"
+    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        saved = load_checkpoint(ckpt, model, opt)
+        state = {k: saved[k] for k in state}
+    else:
+        torch.manual_seed(seed)
+
+    def emit(rec: dict[str, Any]) -> None:
+        with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if log is not None:
+            log(rec)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
+    while not stopped and state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(target), generator=gen).to(device)
+        t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
+        bar = tqdm(range(state["batch"], steps_per_epoch), desc=f"epoch {epoch}", disable=not progress, leave=False)
+        for b in bar:
+            if state["step"] >= total_steps:
+                break
+            if deadline is not None and time.time() > deadline:
+                state["batch"] = b
+                save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+                return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], False)
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            ids, mask = model_inputs(model, item_sids, hist[idx], users[idx])
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(state["step"], total_steps, cfg.warmup_steps, cfg.scheduler)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = model.loss(ids, mask, item_sids[target[idx]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            state["step"] += 1
+            loss_sum += loss.detach()  # summed on the device: no host sync per step
+            n_batches += 1
+        train_time = time.perf_counter() - t0
+        state["epoch"], state["batch"] = epoch + 1, 0
+        samples = min(len(target), n_batches * cfg.batch_size)
+        rec: dict[str, Any] = {"epoch": epoch, "step": state["step"], "loss": loss_sum.item() / max(n_batches, 1),
+                               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
+                               "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
+        if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
+            metrics = evaluate(model, valid, item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
+                               batch_size=cfg.eval_batch_size, progress=progress, desc="validate")
+            rec.update({f"valid.{k}": v for k, v in metrics.items()})
+            if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
+                state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
+                sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+                atomic_write(out / "best" / "model.safetensors", lambda p: save_file(sd, str(p)))
+                atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
+            else:
+                state["bad_evals"] += 1
+        state["history"].append(rec)
+        emit(rec)
+        save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+        stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
+    return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], True)
+

@@ -1,0 +1,32 @@
+import math
+
+import numpy as np
+import pytest
+
+from sidrec.eval.metrics import popularity_ranking, topk_metrics
+
+
+def test_hand_computed_cases():
+    ranked = np.array([[7, 3, 9, 1, 2], [1, 2, 3, 4, 5], [5, 4, 3, 2, 1], [9, 8, 7, 6, 0]])
+    target = np.array([7, 4, 1, 42])
+    m = topk_metrics(ranked, target, [1, 5])
+    # hits at ranks 1, 4 and 5; the fourth user misses
+    assert m["recall@1"] == pytest.approx(1 / 4)
+    assert m["ndcg@1"] == pytest.approx(1 / 4)
+    assert m["recall@5"] == pytest.approx(3 / 4)
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5) + 1 / math.log2(6)) / 4)
+
+
+def test_empty_slots_never_hit():
+    m = topk_metrics(np.array([[-1, -1]]), np.array([3]), [2])
+    assert m["recall@2"] == 0.0
+
+
+def test_k_larger_than_list_is_an_error():
+    with pytest.raises(ValueError, match="K=3"):
+        topk_metrics(np.array([[1, 2]]), np.array([1]), [3])
+
+
+def test_popularity_ranking_orders_by_count_then_index():
+    ranked = popularity_ranking(np.array([2, 2, 1, 1, 0, 3, 3, 3]), 5, num_users=2, k=4)
+    assert ranked.tolist() == [[3, 1, 2, 0], [3, 1, 2, 0]]

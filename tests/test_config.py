@@ -1,0 +1,57 @@
+import pytest
+
+from sidrec.config import ConfigError, RunConfig, dump_config, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.epochs=3", "data.name=beauty", "model.dropout=0.2", "eval.ks=[5, 10]"])
+    assert cfg.train.epochs == 3 and cfg.data.name == "beauty" and cfg.model.dropout == 0.2
+    assert cfg.eval.ks == [5, 10]
+    assert isinstance(cfg, RunConfig)
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epoch=3", "train.epoch"),
+        ("bogus=1", "bogus"),
+        ("model.d_model=abc", "model.d_model"),
+        ("train.bf16=3", "train.bf16"),
+        ("train.epochs=0", "train.epochs"),
+        ("data.max_history=0", "data.max_history"),
+        ("eval.ks=[5, 50]", "eval.ks"),
+        ("eval.beam_size=0", "eval.beam_size"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = load_config(None, ["seed=7", "tokenizer.params={codebook_size: 64}"])
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_config(cfg))
+    again = load_config(p)
+    assert again == cfg
+    assert again.tokenizer.params == {"codebook_size": 64}
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 2\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
+        load_config(p)
+
+
+def test_presets_load():
+    from pathlib import Path
+
+    presets = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    assert len(presets) >= 6
+    for p in presets:
+        load_config(p)

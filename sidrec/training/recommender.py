@@ -155,8 +155,7 @@ def train_recommender(
             rec.update({f"valid.{k}": v for k, v in metrics.items()})
             if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
-                sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-                atomic_write(out / "best" / "model.safetensors", lambda p: save_file(sd, str(p)))
+                _save_weights(model, out / "best" / "model.safetensors")
                 atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
             else:
                 state["bad_evals"] += 1
@@ -166,3 +165,8 @@ def train_recommender(
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], True)
 
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda p: save_file(sd, str(p)))

@@ -1,0 +1,734 @@
+"""Dataset loaders: read the common public formats of sequential-recommendation data into one ``Dataset``.
+
+Formats (see ``LOADERS``):
+- ``s3rec``: S3Rec/P5 ``<Name>.txt`` (``user item item ...``, 1-based ids) + optional datamaps, attributes, text.
+- ``lcrec``: LC-Rec/LETTER ``<Name>.inter.json`` (0-based ids) + optional ``.item.json`` and ``.item2id``.
+- ``recbole``: RecBole atomic files ``<name>.inter`` / ``<name>.item`` with typed headers.
+- ``amazon2014`` / ``amazon2023``: raw Amazon review dumps (+ metadata), k-core filtered here.
+
+Every loader checks its input strictly: a malformed line, an id out of range, a duplicate user or an empty history
+raises ``ValueError`` naming the file and line (``FileNotFoundError`` for a missing file). ``Dataset.source``
+records the loader, its options and the sha256 of every file read, so a dataset can be traced to exact bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import math
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidrec.data.dataset import Dataset
+from sidrec.utils import sha256_file
+
+
+def data_root() -> Path:
+    """Root folder of the real datasets: ``$SIDREC_DATA`` if set, else ``<repo>/../shared/data``.
+
+    Example:
+        >>> ds = load_dataset("s3rec", data_root() / "amazon-beauty")
+    """
+    env = os.environ.get("SIDREC_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading helpers shared by the loaders
+
+
+def _directory(path: str | Path) -> Path:
+    d = Path(path)
+    if not d.exists():
+        raise FileNotFoundError(f"{d}: directory not found")
+    if not d.is_dir():
+        raise ValueError(f"{d}: expected a directory holding the dataset files")
+    return d
+
+
+def _find_main(directory: Path, name: str | None, patterns: list[str]) -> tuple[Path, str]:
+    """The dataset's main file and its name; ``patterns`` look like ``"reviews_{}_5.json.gz"``.
+
+    With ``name`` the file for that name must exist; without, exactly one file may match (``meta_*`` files are
+    metadata, never the main file).
+    """
+    if name is not None:
+        for pattern in patterns:
+            path = directory / pattern.format(name)
+            if path.is_file():
+                return path, name
+        tried = " or ".join(pattern.format(name) for pattern in patterns)
+        raise FileNotFoundError(f"{directory}: no file {tried}")
+    found = []
+    for pattern in patterns:
+        prefix, suffix = pattern.split("{}")
+        for path in sorted(directory.glob(pattern.format("*"))):
+            stem = path.name[len(prefix):len(path.name) - len(suffix)]
+            if stem and not path.name.startswith("meta_") and path.is_file():
+                found.append((path, stem))
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(p.name for p, _ in found)
+        raise FileNotFoundError(
+            f"{directory}: expected exactly one file matching {' or '.join(p.format('*') for p in patterns)}, "
+            f"found {what}; pass name= to choose"
+        )
+    return found[0]
+
+
+def _track(path: Path, files: dict[str, str]) -> Path:
+    """Check that ``path`` exists and record its sha256 under its file name for ``Dataset.source``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    files[path.name] = sha256_file(path)
+    return path
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` for each non-blank line of a text file (gzip if the name ends in ``.gz``).
+
+    Decompression and decoding failures (corrupt or truncated gzip, invalid UTF-8) become ``ValueError`` naming
+    the file and the line being read.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}:{lineno + 1}: cannot read the file ({type(e).__name__}: {e})") from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.load would silently keep the last of two equal keys (e.g. a user listed twice): refuse instead.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _load_json(path: Path) -> Any:
+    """Parse a JSON file; errors name the file (and line:column for syntax errors); duplicate keys are errors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _json_line(line: str, where: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _int_id(token: Any, where: str) -> int:
+    """A non-negative integer id from a text token or a JSON value (bools and floats are refused)."""
+    if isinstance(token, str) and token.isascii() and token.isdigit():
+        return int(token)
+    if type(token) is int and token >= 0:
+        return token
+    raise ValueError(f"{where}: id {token!r} is not a non-negative integer")
+
+
+def _field(record: dict[str, Any], key: str, kinds: tuple[type, ...], where: str) -> Any:
+    value = record.get(key)
+    if not isinstance(value, kinds) or isinstance(value, bool) or value == "":
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"{where}: field {key!r} missing or not a non-empty {names} (got {value!r})")
+    return value
+
+
+def _text(value: Any, where: str, sep: str = ", ") -> str | None:
+    """Normalise one item text value: lists are joined with ``sep``, empty values become None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, list):
+        parts = [_text(v, where, sep) for v in value]
+        value = sep.join(p for p in parts if p)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected text, got {type(value).__name__}")
+    return value if value.strip() else None
+
+
+def _source(loader: str, files: dict[str, str], **options: Any) -> dict[str, Any]:
+    return {"loader": loader, "options": options, "files": files}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# S3Rec / P5
+
+
+def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
+    """Load the S3Rec/P5 format: ``<Name>.txt`` + optional ``_datamaps.json``, ``_item2attributes.json``, text.
+
+    ``<Name>.txt`` holds one user per line, ``user item item ...`` with 1-based ids in time order. Item keys are
+    the ASINs of ``<Name>_datamaps.json`` (P5 ``id2item``; users from ``id2user``) when present, else the original
+    id strings. The items are ids 1..max id seen in any file, so an item nobody interacted with keeps its index.
+
+    Args:
+        path: directory holding the files.
+        name: dataset name (``"Beauty"`` picks ``Beauty.txt``); needed if the directory has several ``*.txt``.
+
+    Example:
+        >>> ds = load_s3rec(data_root() / "amazon-beauty")
+        >>> ds.num_users, ds.num_items, ds.num_interactions
+        (22363, 12101, 198502)
+    """
+    directory = _directory(path)
+    txt, name = _find_main(directory, name, ["{}.txt"])
+    files: dict[str, str] = {}
+
+    user_ids: list[int] = []
+    sequences: list[np.ndarray] = []
+    first_line: dict[int, int] = {}
+    for lineno, line in _lines(_track(txt, files)):
+        where = f"{txt}:{lineno}"
+        ids = [_int_id(token, where) for token in line.split()]
+        if len(ids) < 2:
+            raise ValueError(f"{where}: user {ids[0]} has an empty history (expected 'user item item ...')")
+        if min(ids) < 1:
+            raise ValueError(f"{where}: id 0 is out of range (ids are 1-based)")
+        if ids[0] in first_line:
+            raise ValueError(f"{where}: duplicate user {ids[0]} (first on line {first_line[ids[0]]})")
+        first_line[ids[0]] = lineno
+        user_ids.append(ids[0])
+        sequences.append(np.array(ids[1:], dtype=np.int64) - 1)
+    if not sequences:
+        raise ValueError(f"{txt}: empty file (no users)")
+    max_id = max(int(s.max()) for s in sequences) + 1
+
+    id2item: dict[int, str] | None = None
+    id2user: dict[int, str] | None = None
+    maps_path = directory / f"{name}_datamaps.json"
+    if maps_path.is_file():
+        maps = _load_json(_track(maps_path, files))
+        id2item = _id_map(maps, "id2item", maps_path)
+        id2user = _id_map(maps, "id2user", maps_path)
+        max_id = max([max_id, *id2item])
+
+    attributes: dict[int, list[int]] | None = None
+    attr_path = directory / f"{name}_item2attributes.json"
+    if attr_path.is_file():
+        raw = _load_json(_track(attr_path, files))
+        if not isinstance(raw, dict):
+            raise ValueError(f"{attr_path}: expected a JSON object {{item_id: [attribute_id, ...]}}")
+        attributes = {}
+        for key, values in raw.items():
+            where = f"{attr_path}: item {key!r}"
+            item = _int_id(key, where)
+            if item < 1 or not isinstance(values, list):
+                raise ValueError(f"{where}: expected a 1-based item id mapping to a list of attribute ids")
+            attributes[item] = [_int_id(v, where) for v in values]
+        max_id = max([max_id, *attributes])
+
+    text: dict[int, dict[str, str | None]] = {}
+    text_path = directory / f"{name}_item_attributes_text.jsonl"
+    if text_path.is_file():
+        for lineno, line in _lines(_track(text_path, files)):
+            where = f"{text_path}:{lineno}"
+            record = _json_line(line, where)
+            item = _int_id(record.get("item_id"), f"{where}: item_id")
+            if item < 1 or item in text:
+                raise ValueError(f"{where}: item_id {item} is 0 or repeated")
+            if id2item is not None and "asin" in record and id2item.get(item) != record["asin"]:
+                raise ValueError(f"{where}: asin {record['asin']!r} disagrees with {maps_path.name} for item {item}")
+            text[item] = {f: _text(record.get(f), f"{where}: {f}") for f in ("brand", "categories")}
+        max_id = max([max_id, *text])
+
+    items = range(1, max_id + 1)
+    if id2item is not None:
+        missing = [i for i in items if i not in id2item]
+        if missing:
+            raise ValueError(f"{maps_path}: id2item has no ASIN for item id {missing[0]}")
+        item_keys = [id2item[i] for i in items]
+    else:
+        item_keys = [str(i) for i in items]
+    if id2user is not None:
+        missing = [u for u in user_ids if u not in id2user]
+        if missing:
+            raise ValueError(f"{maps_path}: id2user has no key for user id {missing[0]} of {txt.name}")
+        user_keys = [id2user[u] for u in user_ids]
+    else:
+        user_keys = [str(u) for u in user_ids]
+    item_text = {}
+    if text_path.is_file():
+        item_text = {f: [text.get(i, {}).get(f) for i in items] for f in ("brand", "categories")}
+    item_attributes = [attributes.get(i, []) for i in items] if attributes is not None else None
+    return Dataset(name, item_keys, user_keys, sequences, item_text=item_text, item_attributes=item_attributes,
+                   source=_source("s3rec", files, name=name))
+
+
+def _id_map(maps: Any, key: str, path: Path) -> dict[int, str]:
+    """``maps[key]`` of a P5 datamaps file as ``{1-based id: external key}``."""
+    if not isinstance(maps, dict) or not isinstance(maps.get(key), dict):
+        raise ValueError(f"{path}: missing object {key!r}")
+    out = {}
+    for k, v in maps[key].items():
+        where = f"{path}: {key}[{k!r}]"
+        i = _int_id(k, where)
+        if i < 1 or not isinstance(v, str) or not v:
+            raise ValueError(f"{where}: expected a 1-based id mapping to a non-empty string")
+        out[i] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LC-Rec / LETTER
+
+
+def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
+    """Load the LC-Rec/LETTER format: ``<Name>.inter.json`` + optional ``<Name>.item.json`` and ``<Name>.item2id``.
+
+    ``inter.json`` is ``{"user": [item, ...]}`` with 0-based item ids in time order; ``item.json`` is
+    ``{"idx": {"title", "description", "brand", "categories"}}`` (empty strings become None); ``item2id`` is
+    ``ASIN<TAB>idx`` per line and gives the item keys. Items are 0..max id seen in any of the files.
+
+    Args:
+        path: directory holding the files.
+        name: dataset name (``"Office"`` picks ``Office.inter.json``); needed if several ``*.inter.json``.
+
+    Example:
+        >>> ds = load_lcrec(data_root() / "amazon-office")
+        >>> ds.num_items, ds.item_text["title"][0][:5]
+        (2420, 'VTECH')
+    """
+    directory = _directory(path)
+    inter_path, name = _find_main(directory, name, ["{}.inter.json"])
+    files: dict[str, str] = {}
+
+    inter = _load_json(_track(inter_path, files))
+    if not isinstance(inter, dict) or not inter:
+        raise ValueError(f"{inter_path}: expected a non-empty JSON object {{user: [item, ...]}}")
+    user_keys, sequences = [], []
+    for user, history in inter.items():
+        where = f"{inter_path}: user {user!r}"
+        if not isinstance(history, list) or not history:
+            raise ValueError(f"{where}: expected a non-empty list of item ids (empty history)")
+        user_keys.append(user)
+        sequences.append(np.array([_int_id(item, where) for item in history], dtype=np.int64))
+    max_id = max(int(s.max()) for s in sequences)
+
+    text: dict[int, dict[str, str | None]] = {}
+    fields: dict[str, None] = {}  # insertion-ordered set of field names, in order of first appearance
+    item_path = directory / f"{name}.item.json"
+    if item_path.is_file():
+        raw = _load_json(_track(item_path, files))
+        if not isinstance(raw, dict):
+            raise ValueError(f"{item_path}: expected a JSON object {{item_idx: {{field: text}}}}")
+        for key, record in raw.items():
+            where = f"{item_path}: item {key!r}"
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected an object of text fields")
+            text[_int_id(key, where)] = {f: _text(v, f"{where}: {f}") for f, v in record.items()}
+            fields.update(dict.fromkeys(record))
+        max_id = max([max_id, *text])
+
+    asins: dict[int, str] = {}
+    map_path = directory / f"{name}.item2id"
+    if map_path.is_file():
+        first_line: dict[str, int] = {}
+        for lineno, line in _lines(_track(map_path, files)):
+            where = f"{map_path}:{lineno}"
+            parts = line.rstrip("\r\n").split("\t")
+            if len(parts) != 2 or not parts[0]:
+                raise ValueError(f"{where}: expected 'ASIN<TAB>item_idx', got {len(parts)} column(s)")
+            asin, idx = parts[0], _int_id(parts[1], where)
+            if idx in asins or asin in first_line:
+                raise ValueError(f"{where}: item {idx} / ASIN {asin!r} already mapped")
+            asins[idx] = asin
+            first_line[asin] = lineno
+        if not asins:
+            raise ValueError(f"{map_path}: empty file")
+        max_id = max([max_id, *asins])
+
+    items = range(max_id + 1)
+    if asins:
+        missing = [i for i in items if i not in asins]
+        if missing:
+            raise ValueError(f"{map_path}: no ASIN for item id {missing[0]} (items are 0..{max_id})")
+        item_keys = [asins[i] for i in items]
+    else:
+        item_keys = [str(i) for i in items]
+    item_text = {f: [text.get(i, {}).get(f) for i in items] for f in fields}
+    return Dataset(name, item_keys, user_keys, sequences, item_text=item_text,
+                   source=_source("lcrec", files, name=name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RecBole atomic files
+
+_RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def _recbole_header(path: Path, line: str) -> list[str]:
+    """Column names of a RecBole header (``user_id:token<TAB>...``), without their ``:type`` suffix."""
+    names = []
+    for column in line.rstrip("\r\n").split("\t"):
+        col_name, _, col_type = column.rpartition(":")
+        if not col_name or col_type not in _RECBOLE_TYPES:
+            raise ValueError(f"{path}:1: header column {column!r} is not 'name:type' with type in {_RECBOLE_TYPES}")
+        names.append(col_name)
+    return names
+
+
+def _recbole_rows(path: Path, files: dict[str, str], required: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line_number, {column: value})`` for each data row of a RecBole atomic file."""
+    rows = _lines(_track(path, files))
+    header = next(rows, None)
+    if header is None:
+        raise ValueError(f"{path}: empty file (no header)")
+    names = _recbole_header(path, header[1])
+    for col in required:
+        if col not in names:
+            raise ValueError(f"{path}:1: header has no {col!r} column (columns: {names})")
+    for lineno, line in rows:
+        values = line.rstrip("\r\n").split("\t")
+        if len(values) != len(names):
+            raise ValueError(f"{path}:{lineno}: {len(values)} columns, header has {len(names)}")
+        yield lineno, dict(zip(names, values))
+
+
+def load_recbole(path: str | Path, name: str | None = None) -> Dataset:
+    """Load RecBole atomic files: ``<name>.inter`` (+ optional ``<name>.item``) with typed headers.
+
+    Each user's interactions are sorted by ``timestamp`` (stable: ties keep file order; no timestamp column means
+    file order). Every ``.item`` column other than ``item_id`` becomes an item text field (``:type`` stripped;
+    ``movie_title`` is also exposed as ``title``). Items are those of the ``.item`` file, in its order; an item in
+    ``.inter`` missing from ``.item`` is an error. Without ``.item``, items are numbered by first appearance.
+    Users are numbered by first appearance in ``.inter``.
+
+    Args:
+        path: directory holding the files.
+        name: dataset name (``"ml-100k"``); needed if the directory has several ``*.inter``.
+
+    Example:
+        >>> ds = load_recbole(data_root() / "movielens-100k")
+        >>> ds.num_users, ds.title(0)
+        (943, 'Toy Story')
+    """
+    directory = _directory(path)
+    inter_path, name = _find_main(directory, name, ["{}.inter"])
+    files: dict[str, str] = {}
+
+    item_index: dict[str, int] = {}
+    item_text: dict[str, list[str | None]] = {}
+    item_path = directory / f"{name}.item"
+    has_items = item_path.is_file()
+    if has_items:
+        for lineno, row in _recbole_rows(item_path, files, ["item_id"]):
+            item = row.pop("item_id")
+            if not item or item in item_index:
+                raise ValueError(f"{item_path}:{lineno}: item_id {item!r} is empty or repeated")
+            item_index[item] = len(item_index)
+            for fld, value in row.items():
+                item_text.setdefault(fld, []).append(value if value.strip() else None)
+        if not item_index:
+            raise ValueError(f"{item_path}: no items")
+        if "movie_title" in item_text and "title" not in item_text:
+            item_text["title"] = item_text["movie_title"]
+
+    user_index: dict[str, int] = {}
+    histories: list[list[int]] = []
+    times: list[list[float]] = []
+    for lineno, row in _recbole_rows(inter_path, files, ["user_id", "item_id"]):
+        where = f"{inter_path}:{lineno}"
+        user, item = row["user_id"], row["item_id"]
+        if not user or not item:
+            raise ValueError(f"{where}: empty user_id or item_id")
+        if item not in item_index:
+            if has_items:
+                raise ValueError(f"{where}: item {item!r} is not in {item_path.name}")
+            item_index[item] = len(item_index)
+        if user not in user_index:
+            user_index[user] = len(user_index)
+            histories.append([])
+            times.append([])
+        u = user_index[user]
+        histories[u].append(item_index[item])
+        if "timestamp" in row:
+            try:
+                t = float(row["timestamp"])
+            except ValueError:
+                t = math.nan
+            if not math.isfinite(t):
+                raise ValueError(f"{where}: timestamp {row['timestamp']!r} is not a finite number")
+            times[u].append(t)
+    if not histories:
+        raise ValueError(f"{inter_path}: no interactions")
+
+    sequences = []
+    for history, ts in zip(histories, times):
+        seq = np.array(history, dtype=np.int64)
+        if ts:
+            seq = seq[np.argsort(np.array(ts), kind="stable")]
+        sequences.append(seq)
+    item_keys = list(item_index)
+    if not has_items:
+        item_text = {}
+    return Dataset(name, item_keys, list(user_index), sequences, item_text=item_text,
+                   source=_source("recbole", files, name=name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Raw Amazon review dumps (2014 and 2023), k-core filtered
+
+
+def _kcore(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the interactions kept by iterative k-core filtering.
+
+    Users and items with fewer than ``k`` interactions are dropped; a drop can push others below ``k``, so this
+    repeats until nothing changes.
+    """
+    keep = np.ones(len(users), dtype=bool)
+    while True:
+        u, i = users[keep], items[keep]
+        ok = (np.bincount(u)[u] >= k) & (np.bincount(i)[i] >= k)
+        if ok.all():
+            return keep
+        keep[np.flatnonzero(keep)[~ok]] = False
+
+
+def _amazon_dataset(
+    reviews_path: Path,
+    interactions: tuple[list[int], list[int], list[float]],
+    user_keys: list[str],
+    item_keys: list[str],
+    min_interactions: int,
+) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """k-core filter the raw ``(user, item, time)`` triples and order them; returns user keys, item keys, sequences.
+
+    Users keep their order of first appearance in the file; each user's items are sorted by time (stable, ties in
+    file order); items are renumbered by first appearance when reading the sequences user by user.
+    """
+    users, items, times = (np.array(a) for a in interactions)
+    if len(users) == 0:
+        raise ValueError(f"{reviews_path}: empty file (no reviews)")
+    keep = np.flatnonzero(_kcore(users, items, min_interactions))
+    if len(keep) == 0:
+        raise ValueError(f"{reviews_path}: no interactions left after {min_interactions}-core filtering")
+    # Sort by time, then (stably) by user: each user's block stays chronological with ties in file order.
+    order = keep[np.argsort(times[keep], kind="stable")]
+    order = order[np.argsort(users[order], kind="stable")]
+    u, i = users[order], items[order]  # (M,)
+    # Renumber items by first appearance along the ordered interactions.
+    uniq, first = np.unique(i, return_index=True)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(uniq))
+    new_items = rank[np.searchsorted(uniq, i)]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    sequences = np.split(new_items, starts[1:])
+    kept_users = [user_keys[x] for x in u[starts]]
+    kept_items = [item_keys[x] for x in uniq[np.argsort(first)]]
+    return kept_users, kept_items, sequences
+
+
+def _read_reviews(path: Path, files: dict[str, str], user_field: str, item_field: str, time_field: str
+                  ) -> tuple[tuple[list[int], list[int], list[float]], list[str], list[str]]:
+    """Read ``(user, item, time)`` from a JSON-lines review dump; users and items indexed by first appearance."""
+    user_index: dict[str, int] = {}
+    item_index: dict[str, int] = {}
+    users: list[int] = []
+    items: list[int] = []
+    times: list[float] = []
+    for lineno, line in _lines(_track(path, files)):
+        where = f"{path}:{lineno}"
+        record = _json_line(line, where)
+        user = _field(record, user_field, (str,), where)
+        item = _field(record, item_field, (str,), where)
+        t = _field(record, time_field, (int, float), where)
+        if not math.isfinite(t):
+            raise ValueError(f"{where}: field {time_field!r} is not finite")
+        users.append(user_index.setdefault(user, len(user_index)))
+        items.append(item_index.setdefault(item, len(item_index)))
+        times.append(t)
+    return (users, items, times), list(user_index), list(item_index)
+
+
+def _check_min_interactions(min_interactions: int) -> None:
+    if type(min_interactions) is not int or min_interactions < 1:
+        raise ValueError(f"min_interactions must be a positive integer, got {min_interactions!r}")
+
+
+def _meta_text(records: Iterator[tuple[str, dict[str, Any]]], key_field: str, item_keys: list[str],
+               fields: dict[str, Callable[[dict[str, Any], str], str | None]]) -> dict[str, list[str | None]]:
+    """Item text from metadata records ``(where, record)``; ``fields`` maps a text field to its extractor.
+
+    Records of items outside the dataset (e.g. dropped by the k-core filter) are checked but not kept.
+    """
+    index = {key: i for i, key in enumerate(item_keys)}
+    item_text: dict[str, list[str | None]] = {f: [None] * len(item_keys) for f in fields}
+    seen: dict[str, str] = {}
+    for where, record in records:
+        key = _field(record, key_field, (str,), where)
+        if key in seen:
+            raise ValueError(f"{where}: item {key!r} already described at {seen[key]}")
+        seen[key] = where
+        if key in index:
+            for fld, extract in fields.items():
+                item_text[fld][index[key]] = extract(record, f"{where}: {fld}")
+    return item_text
+
+
+def _amazon2014_meta(path: Path, files: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    # The 2014 metadata is one Python dict literal per line (not JSON). ast.literal_eval accepts only literals,
+    # so a line holding code (a call, a name) is refused instead of being run as eval would.
+    for lineno, line in _lines(_track(path, files)):
+        where = f"{path}:{lineno}"
+        try:
+            record = ast.literal_eval(line.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ValueError(f"{where}: not a plain Python literal dict") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a dict literal, got {type(record).__name__}")
+        yield where, record
+
+
+def _flat_categories(record: dict[str, Any], where: str) -> str | None:
+    # 2014 categories are a list of category paths (lists); keep each name once, in order.
+    categories = record.get("categories")
+    if categories is None:
+        return None
+    if not isinstance(categories, list):
+        raise ValueError(f"{where}: expected a list of category paths")
+    names: dict[str, None] = {}
+    for path in categories:
+        for c in path if isinstance(path, list) else [path]:
+            text = _text(c, where)
+            if text:
+                names[text] = None
+    return ", ".join(names) or None
+
+
+def load_amazon2014(path: str | Path, name: str | None = None, min_interactions: int = 5) -> Dataset:
+    """Load an Amazon 2014 review dump ``reviews_<Cat>_5.json.gz`` + optional ``meta_<Cat>.json.gz``.
+
+    Reviews are JSON lines (``reviewerID``, ``asin``, ``unixReviewTime``); the metadata is one Python dict literal
+    per line, parsed with ``ast.literal_eval`` (never ``eval``). Interactions are k-core filtered
+    (``min_interactions``, iterated until stable) and each user's items ordered by time (ties in file order).
+    Text fields: ``title``, ``brand``, ``categories`` (all category names, comma-joined), ``description``.
+
+    Args:
+        path: directory holding the files.
+        name: category (``"Beauty"`` picks ``reviews_Beauty_5.json.gz``); needed if several review files.
+        min_interactions: the k of the k-core filter.
+
+    Example:
+        >>> ds = load_amazon2014("raw/amazon2014", name="Beauty")
+    """
+    _check_min_interactions(min_interactions)
+    directory = _directory(path)
+    reviews_path, name = _find_main(directory, name, ["reviews_{}_5.json.gz", "reviews_{}_5.json"])
+    files: dict[str, str] = {}
+    interactions, all_users, all_items = _read_reviews(reviews_path, files, "reviewerID", "asin", "unixReviewTime")
+    user_keys, item_keys, sequences = _amazon_dataset(reviews_path, interactions, all_users, all_items,
+                                                      min_interactions)
+    item_text = {}
+    for meta_name in (f"meta_{name}.json.gz", f"meta_{name}.json"):
+        meta_path = directory / meta_name
+        if meta_path.is_file():
+            item_text = _meta_text(_amazon2014_meta(meta_path, files), "asin", item_keys, {
+                "title": lambda r, w: _text(r.get("title"), w),
+                "brand": lambda r, w: _text(r.get("brand"), w),
+                "categories": _flat_categories,
+                "description": lambda r, w: _text(r.get("description"), w, sep=" "),
+            })
+            break
+    return Dataset(name, item_keys, user_keys, sequences, item_text=item_text,
+                   source=_source("amazon2014", files, name=name, min_interactions=min_interactions))
+
+
+def _json_records(path: Path, files: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for lineno, line in _lines(_track(path, files)):
+        where = f"{path}:{lineno}"
+        yield where, _json_line(line, where)
+
+
+def load_amazon2023(path: str | Path, name: str | None = None, min_interactions: int = 5) -> Dataset:
+    """Load an Amazon 2023 review dump ``<Cat>.jsonl(.gz)`` + optional ``meta_<Cat>.jsonl(.gz)``.
+
+    Reviews are JSON lines (``user_id``, ``parent_asin``, ``timestamp``); items are parent ASINs. Interactions are
+    k-core filtered (``min_interactions``, iterated until stable) and each user's items ordered by time (ties in
+    file order). Text fields from the metadata: ``title``, ``description`` (list joined with spaces),
+    ``categories`` (comma-joined) and ``brand`` (the ``store`` field).
+
+    Args:
+        path: directory holding the files.
+        name: category (``"All_Beauty"`` picks ``All_Beauty.jsonl.gz``); needed if several review files.
+        min_interactions: the k of the k-core filter.
+
+    Example:
+        >>> ds = load_amazon2023("raw/amazon2023", name="All_Beauty")
+    """
+    _check_min_interactions(min_interactions)
+    directory = _directory(path)
+    reviews_path, name = _find_main(directory, name, ["{}.jsonl.gz", "{}.jsonl"])
+    files: dict[str, str] = {}
+    interactions, all_users, all_items = _read_reviews(reviews_path, files, "user_id", "parent_asin", "timestamp")
+    user_keys, item_keys, sequences = _amazon_dataset(reviews_path, interactions, all_users, all_items,
+                                                      min_interactions)
+    item_text = {}
+    for meta_name in (f"meta_{name}.jsonl.gz", f"meta_{name}.jsonl"):
+        meta_path = directory / meta_name
+        if meta_path.is_file():
+            item_text = _meta_text(_json_records(meta_path, files), "parent_asin", item_keys, {
+                "title": lambda r, w: _text(r.get("title"), w),
+                "description": lambda r, w: _text(r.get("description"), w, sep=" "),
+                "categories": lambda r, w: _text(r.get("categories"), w),
+                "brand": lambda r, w: _text(r.get("store"), w),
+            })
+            break
+    return Dataset(name, item_keys, user_keys, sequences, item_text=item_text,
+                   source=_source("amazon2023", files, name=name, min_interactions=min_interactions))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "s3rec": load_s3rec,
+    "lcrec": load_lcrec,
+    "recbole": load_recbole,
+    "amazon2014": load_amazon2014,
+    "amazon2023": load_amazon2023,
+}
+
+
+def load_dataset(format: str, path: str | Path, name: str | None = None, **options: Any) -> Dataset:
+    """Load a dataset with the loader registered for ``format`` (a key of ``LOADERS``).
+
+    Args:
+        format: ``"s3rec"``, ``"lcrec"``, ``"recbole"``, ``"amazon2014"`` or ``"amazon2023"``.
+        path: directory holding the dataset files.
+        name: dataset name picking the files when the directory holds several datasets.
+        **options: loader options (``min_interactions`` for the Amazon dumps).
+
+    Example:
+        >>> ds = load_dataset("recbole", data_root() / "movielens-100k")
+        >>> ds.stats()["interactions"]
+        100000
+    """
+    if format not in LOADERS:
+        raise ValueError(f"unknown dataset format {format!r}; valid formats: {', '.join(LOADERS)}")
+    return LOADERS[format](path, name=name, **options)

@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA only
     max_steps: int = 0  # 0 = no cap (a cap for quick smoke runs)
+    prefixes_per_user: int = 0  # 0 = every training prefix each epoch (METHODS 1.3); k > 0 = k random per user
 
 
 @dataclass
@@ -103,6 +104,7 @@ class RunConfig:
             ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
             ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
             ("train.lr", self.train.lr > 0, "must be > 0"),
+            ("train.prefixes_per_user", self.train.prefixes_per_user >= 0, "must be >= 0"),
             ("train.scheduler", self.train.scheduler in ("cosine", "constant", "inverse_sqrt"),
              "must be cosine, constant or inverse_sqrt"),
             ("eval.beam_size", self.eval.beam_size >= 1, "must be >= 1"),

@@ -1,0 +1,91 @@
+"""Item tokenizers: embeddings -> semantic IDs. ``TOKENIZERS`` is the explicit registry of the built-in ones.
+
+The k-means helpers live in ``sidrec.tokenizers.kmeans`` and are not re-exported here: a package attribute
+named ``kmeans`` would shadow that module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from sidrec.tokenizers.base import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    QuantizerOutput,
+    Tokenizer,
+    assign_semantic_ids,
+    codebook_health,
+    config_from_params,
+)
+from sidrec.tokenizers.residual import ResidualQuantizer
+from sidrec.tokenizers.rqkmeans import RQKMeans, RQKMeansConfig
+from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
+from sidrec.utils import read_json
+
+TOKENIZERS: dict[str, tuple[type[Tokenizer], type]] = {
+    "rqvae": (RQVAE, RQVAEConfig),
+    "rqkmeans": (RQKMeans, RQKMeansConfig),
+}
+
+
+def build_tokenizer(name: str, params: Mapping[str, Any], input_dim: int) -> Tokenizer:
+    """Construct an untrained tokenizer from its registry name and a plain parameter mapping.
+
+    Parameters are checked strictly: an unknown key or a value of the wrong type raises ``ValueError`` naming
+    ``tokenizer.params.<key>``.
+
+    Example:
+        >>> tok = build_tokenizer("rqvae", {"codebook_size": 128, "epochs": 100}, input_dim=384)
+    """
+    if name not in TOKENIZERS:
+        raise ValueError(f"tokenizer.name: unknown tokenizer {name!r} (known: {', '.join(TOKENIZERS)})")
+    tokenizer_cls, config_cls = TOKENIZERS[name]
+    config = config_from_params(config_cls, params, "tokenizer.params")
+    return tokenizer_cls(config, input_dim)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Rebuild a saved tokenizer from ``tokenizer.json`` and load ``tokenizer.safetensors`` into it (on CPU).
+
+    Example:
+        >>> tok = load_tokenizer("runs/ml-100k/tokenizer")
+    """
+    directory = Path(directory)
+    meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not {"name", "config", "input_dim"} <= meta.keys():
+        raise ValueError(f"{meta_path}: expected an object with keys 'name', 'config', 'input_dim'")
+    try:
+        tokenizer = build_tokenizer(meta["name"], meta["config"], meta["input_dim"])
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: {e}") from None
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: file not found")
+    try:
+        state = load_file(str(weights_path))
+        tokenizer.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError) as e:
+        raise ValueError(f"{weights_path}: does not match {meta_path}: {e}") from None
+    return tokenizer.eval()
+
+
+__all__ = [
+    "TOKENIZERS",
+    "QuantizerOutput",
+    "RQKMeans",
+    "RQKMeansConfig",
+    "RQVAE",
+    "RQVAEConfig",
+    "ResidualQuantizer",
+    "Tokenizer",
+    "assign_semantic_ids",
+    "build_tokenizer",
+    "codebook_health",
+    "config_from_params",
+    "load_tokenizer",
+]

@@ -91,7 +91,9 @@ def train_recommender(
         pick = np.random.default_rng(seed).choice(len(valid), cfg.valid_users, replace=False)
         valid = valid.subset(np.sort(pick))
 
-    steps_per_epoch = math.ceil(len(target) / cfg.batch_size)
+    users_with_prefixes = int((np.bincount(split.train.user) > 0).sum())
+    epoch_size = cfg.prefixes_per_user * users_with_prefixes if cfg.prefixes_per_user else len(target)
+    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -119,7 +121,7 @@ def train_recommender(
         epoch = state["epoch"]
         model.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(target), generator=gen).to(device)
+        order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)
         t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
         bar = tqdm(range(state["batch"], steps_per_epoch), desc=f"epoch {epoch}", disable=not progress, leave=False)
         for b in bar:
@@ -145,7 +147,7 @@ def train_recommender(
             n_batches += 1
         train_time = time.perf_counter() - t0
         state["epoch"], state["batch"] = epoch + 1, 0
-        samples = min(len(target), n_batches * cfg.batch_size)
+        samples = min(len(order), n_batches * cfg.batch_size)
         rec: dict[str, Any] = {"epoch": epoch, "step": state["step"], "loss": loss_sum.item() / max(n_batches, 1),
                                "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
                                "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
@@ -165,6 +167,24 @@ def train_recommender(
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], True)
 
+
+
+def epoch_order(users: np.ndarray, per_user: int, gen: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch's training examples, shuffled.
+
+    ``per_user == 0``: every example once. Otherwise ``per_user`` examples drawn uniformly (with replacement) from
+    each user's prefixes, so long histories do not dominate an epoch and an epoch costs the same for every user.
+    ``users`` (S,) must be grouped by user (as ``leave_one_out`` builds it).
+    """
+    n = len(users)
+    if per_user == 0:
+        return torch.randperm(n, generator=gen)
+    counts = torch.as_tensor(np.bincount(users))  # (U,)
+    has = torch.nonzero(counts > 0).squeeze(1)
+    offsets = torch.cumsum(counts, 0) - counts  # first example of each user
+    u = has.repeat_interleave(per_user)  # (U' * per_user,)
+    pick = offsets[u] + (torch.rand(len(u), generator=gen) * counts[u]).long()
+    return pick[torch.randperm(len(pick), generator=gen)]
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:

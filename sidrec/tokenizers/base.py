@@ -1,0 +1,320 @@
+"""What every tokenizer shares: the return contract, semantic-ID dedup, codebook health and save/load.
+
+A tokenizer maps item embeddings ``(N, D)`` to ``L`` discrete codes per item. Semantic IDs add one last token so
+that items sharing the same ``L`` codes stay distinguishable (METHODS 1.1, "Collisions").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from sidrec.utils import atomic_write, atomic_write_json
+
+WEIGHTS_FILE = "tokenizer.safetensors"
+CONFIG_FILE = "tokenizer.json"
+
+
+class QuantizerOutput(NamedTuple):
+    """What a quantizer's forward returns.
+
+    Attributes:
+        quantized: the quantized latent ``(B, d)``, straight-through where the quantizer is trained by gradient.
+        codes: the chosen code per level ``(B, L)`` long.
+        loss: scalar training loss of this module.
+        reconstruction: the reconstruction ``(B, D)`` of the standardised input, where the model has a decoder.
+    """
+
+    quantized: Tensor
+    codes: Tensor
+    loss: Tensor
+    reconstruction: Tensor | None = None
+
+
+def assign_semantic_ids(codes: Tensor) -> Tensor:
+    """Append the dedup token: each item's index within its group of identical code tuples.
+
+    Items keep their order inside a group, so the first item with a tuple gets 0, the next 1, and so on. The
+    result has one row per item and every row is unique.
+
+    Args:
+        codes: ``(N, L)`` long.
+
+    Returns:
+        ``(N, L + 1)`` long.
+
+    Example:
+        >>> assign_semantic_ids(torch.tensor([[1, 2], [3, 4], [1, 2]])).tolist()
+        [[1, 2, 0], [3, 4, 0], [1, 2, 1]]
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"codes: expected shape (N, L), got {tuple(codes.shape)}")
+    n = codes.shape[0]
+    if n == 0:
+        return codes.new_zeros(0, codes.shape[1] + 1)
+    _, group = torch.unique(codes, dim=0, return_inverse=True)  # (N,) group id of each item
+    order = torch.argsort(group, stable=True)  # groups contiguous, item order kept inside a group
+    sorted_group = group[order]
+    pos = torch.arange(n, device=codes.device)
+    starts = torch.ones(n, dtype=torch.bool, device=codes.device)
+    starts[1:] = sorted_group[1:] != sorted_group[:-1]
+    group_start = torch.cummax(torch.where(starts, pos, 0), dim=0).values  # position where each group begins
+    dedup = torch.empty_like(group)
+    dedup[order] = pos - group_start
+    return torch.cat([codes, dedup[:, None].to(codes.dtype)], dim=1)
+
+
+def codebook_health(codes: Tensor, codebook_size: int) -> dict[str, Any]:
+    """Usage statistics of a code matrix, to spot codebook collapse and collisions.
+
+    Args:
+        codes: ``(N, L)`` long, values in ``0..codebook_size - 1``.
+        codebook_size: K, codes per level.
+
+    Returns:
+        A JSON-serialisable dict: per level (lists of length L) ``usage`` (fraction of the K codes used),
+        ``perplexity`` (exp of the entropy of code frequencies; K when uniform, 1 when collapsed) and
+        ``dead_codes`` (codes never used); over whole tuples ``unique_tuples``, ``max_group`` (largest group of
+        items sharing a tuple) and ``collision_rate`` (share of items that need a non-zero dedup token).
+
+    Example:
+        >>> codebook_health(torch.tensor([[0, 1], [0, 1]]), 2)["collision_rate"]
+        0.5
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"codes: expected shape (N, L), got {tuple(codes.shape)}")
+    n, num_levels = codes.shape
+    if n and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
+        raise ValueError(
+            f"codes: values must lie in 0..{codebook_size - 1}, got {int(codes.min())}..{int(codes.max())}"
+        )
+    usage, perplexity, dead = [], [], []
+    for level in range(num_levels):
+        counts = torch.bincount(codes[:, level], minlength=codebook_size).double()  # (K,)
+        used = int((counts > 0).sum())
+        p = counts[counts > 0] / max(n, 1)
+        usage.append(used / codebook_size)
+        perplexity.append(math.exp(float(-(p * p.log()).sum())))
+        dead.append(codebook_size - used)
+    if n:
+        _, group_sizes = torch.unique(codes, dim=0, return_counts=True)
+        unique, max_group = len(group_sizes), int(group_sizes.max())
+    else:
+        unique, max_group = 0, 0
+    return {
+        "usage": usage,
+        "perplexity": perplexity,
+        "dead_codes": dead,
+        "unique_tuples": unique,
+        "max_group": max_group,
+        "collision_rate": (n - unique) / n if n else 0.0,
+    }
+
+
+def require(ok: bool, field: str, message: str) -> None:
+    """Raise ``ValueError("<field>: <message>")`` when a config value is invalid."""
+    if not ok:
+        raise ValueError(f"{field}: {message}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"list[{_type_name(typing.get_args(hint)[0])}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether ``value`` fits the annotation, and the value converted (int -> float)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint), value
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return False, value
+        items = [_coerce(v, inner) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            ok, converted = (value is None, None) if option is type(None) else _coerce(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    # bool is a subclass of int in Python: a YAML `true` must not pass as a count, nor 1 as a flag.
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if origin is not None:  # other generics (dict[str, float], ...): check the container type only
+        return isinstance(value, origin), value
+    return isinstance(value, hint), value
+
+
+def config_from_params(config_cls: type, params: Mapping[str, Any], prefix: str) -> Any:
+    """Build a config dataclass from a plain mapping, strictly.
+
+    Unknown keys and values of the wrong type raise ``ValueError`` naming ``<prefix>.<key>``; value checks in
+    the config's ``__post_init__`` are re-raised with the same prefix.
+
+    Example:
+        >>> from sidrec.tokenizers import RQVAEConfig
+        >>> config_from_params(RQVAEConfig, {"lr": 1}, "tokenizer.params").lr
+        1.0
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{prefix}: expected a mapping of parameters, got {type(params).__name__}")
+    hints = typing.get_type_hints(config_cls)
+    known = [f.name for f in dataclasses.fields(config_cls)]
+    kwargs = {}
+    for key, value in params.items():
+        if key not in known:
+            raise ValueError(f"{prefix}.{key}: unknown parameter (known: {', '.join(known)})")
+        ok, converted = _coerce(value, hints[key])
+        if not ok:
+            raise ValueError(
+                f"{prefix}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
+        kwargs[key] = converted
+    try:
+        return config_cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{prefix}.{e}") from None
+
+
+class Tokenizer(nn.Module, ABC):
+    """Base class: maps item embeddings ``(N, D)`` to ``L`` codes per item from codebooks of size ``K``.
+
+    Subclasses set ``name``, take ``(config, input_dim)`` and implement ``fit``, ``forward`` and ``_codes``.
+    Input standardisation statistics live here as buffers, so they are saved with the weights.
+
+    Example:
+        >>> from sidrec.tokenizers import RQKMeans, RQKMeansConfig
+        >>> tok = RQKMeans(RQKMeansConfig(num_levels=2, codebook_size=4), input_dim=8)
+        >>> tok = tok.fit(torch.randn(64, 8), seed=0, device="cpu", progress=False)
+        >>> tok.semantic_ids(torch.randn(5, 8)).shape
+        torch.Size([5, 3])
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Any, input_dim: int) -> None:
+        super().__init__()
+        require(
+            isinstance(input_dim, int) and input_dim >= 1, "input_dim", f"must be >= 1, got {input_dim!r}"
+        )
+        self.config = config
+        self.input_dim = input_dim
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_std", torch.ones(input_dim))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @property
+    def num_levels(self) -> int:
+        return self.config.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.fitted.device
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """Per-dimension standardisation with the statistics of the fit data (identity when disabled)."""
+        return (x - self.input_mean) / self.input_std
+
+    def _set_standardization(self, x: Tensor, enabled: bool) -> None:
+        if enabled:
+            self.input_mean.copy_(x.mean(0))
+            # Constant dimensions stay 0 after centring; the floor only avoids 0/0.
+            self.input_std.copy_(x.std(0, unbiased=False).clamp_min(1e-8))
+        else:
+            self.input_mean.zero_()
+            self.input_std.fill_(1.0)
+
+    def _check_input(self, emb: Tensor) -> None:
+        if not isinstance(emb, Tensor) or emb.dim() != 2 or emb.shape[1] != self.input_dim:
+            shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
+            raise ValueError(f"emb: expected a tensor of shape (N, {self.input_dim}), got {shape}")
+
+    def _check_fit_input(self, emb: Tensor) -> None:
+        self._check_input(emb)
+        if emb.shape[0] == 0:
+            raise ValueError("emb: no items to fit on")
+        if not torch.isfinite(emb).all():
+            raise ValueError("emb: contains NaN or infinite values")
+
+    @abstractmethod
+    def fit(
+        self,
+        emb: Tensor,
+        *,
+        seed: int,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Tokenizer:
+        """Train from scratch on ``emb (N, D)``; ``log`` receives progress dicts with loss and codebook health."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        """Quantize a batch ``(B, D)``."""
+
+    @abstractmethod
+    def _codes(self, x: Tensor) -> Tensor:
+        """Hard codes ``(B, L)`` of a batch already on the tokenizer's device."""
+
+    @torch.no_grad()
+    def encode(self, emb: Tensor, batch_size: int = 4096) -> Tensor:
+        """Deterministic codes ``(N, L)`` long, on the device of ``emb``; computed in eval mode, in batches.
+
+        Example:
+            >>> codes = tok.encode(torch.randn(10, tok.input_dim))  # (10, tok.num_levels)
+        """
+        self._check_input(emb)
+        if not bool(self.fitted):
+            raise RuntimeError(f"{self.name}: encode() before fit() (or load_tokenizer())")
+        was_training = self.training
+        self.eval()
+        out = [
+            self._codes(emb[i : i + batch_size].to(self.device, torch.float32)).to(emb.device)
+            for i in range(0, emb.shape[0], batch_size)
+        ]
+        self.train(was_training)
+        if not out:
+            return torch.zeros(0, self.num_levels, dtype=torch.long, device=emb.device)
+        return torch.cat(out)
+
+    def semantic_ids(self, emb: Tensor, batch_size: int = 4096) -> Tensor:
+        """Codes plus the dedup token: ``(N, L + 1)`` long, one unique row per item."""
+        return assign_semantic_ids(self.encode(emb, batch_size))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.
+
+        Example:
+            >>> tok.save(tmp_path / "tok")  # later: load_tokenizer(tmp_path / "tok")
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+        meta = {"name": self.name, "config": dataclasses.asdict(self.config), "input_dim": self.input_dim}
+        atomic_write_json(directory / CONFIG_FILE, meta)
+        return directory

@@ -1,0 +1,200 @@
+"""Seeded torch k-means (plain and size-balanced), shared by RQ-VAE codebook init and RQ-KMeans.
+
+Everything runs on the device of ``x``; randomness comes only from the given CPU ``torch.Generator``, so the same
+seed gives the same clusters on CPU and GPU (up to floating-point ties).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+# Rows of x scored against all centroids at once; bounds the (chunk, k) distance matrix for large catalogues.
+_CHUNK = 65536
+
+
+def squared_distances(x: Tensor, centroids: Tensor) -> Tensor:
+    """Squared Euclidean distances between rows: ``(N, d), (k, d) -> (N, k)``, clamped at 0 against round-off."""
+    d2 = x.pow(2).sum(1, keepdim=True) - 2 * x @ centroids.T + centroids.pow(2).sum(1)
+    return d2.clamp_min_(0.0)
+
+
+def nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of and squared distance to the nearest centroid of each row: ``(N,) long, (N,) float``."""
+    index, dist = [], []
+    for start in range(0, x.shape[0], _CHUNK):
+        d2 = squared_distances(x[start : start + _CHUNK], centroids)  # (chunk, k)
+        best = d2.min(dim=1)
+        index.append(best.indices)
+        dist.append(best.values)
+    if not index:
+        return x.new_zeros(0, dtype=torch.long), x.new_zeros(0)
+    return torch.cat(index), torch.cat(dist)
+
+
+def _pad_to_k(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """With fewer points than clusters, append jittered copies of random points so k-means stays defined.
+
+    The jitter (1e-4 of the data scale) keeps copies distinct, so every centroid ends up on a real point.
+    """
+    n = x.shape[0]
+    if n >= k:
+        return x
+    if n == 0:
+        raise ValueError(f"kmeans: need at least one point to fit {k} clusters")
+    idx = torch.randint(n, (k - n,), generator=generator).to(x.device)
+    scale = 1e-4 * x.std().clamp_min(1e-6) if n > 1 else x.new_tensor(1e-4)
+    noise = torch.randn(k - n, x.shape[1], generator=generator).to(x.device, x.dtype)
+    return torch.cat([x, x[idx] + scale * noise])
+
+
+def _init_centroids(x: Tensor, k: int, init: str, generator: torch.Generator) -> Tensor:
+    """k-means++ (D^2 sampling) or k distinct random points as the starting centroids: ``(k, d)``."""
+    n = x.shape[0]
+    if init == "random":
+        return x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()
+    if init != "kmeans++":
+        raise ValueError(f"kmeans: init must be 'kmeans++' or 'random', got {init!r}")
+    centroids = x.new_empty(k, x.shape[1])
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids[0] = x[first]
+    d2 = (x - x[first]).pow(2).sum(1)  # (N,) squared distance to the nearest chosen centroid
+    for j in range(1, k):
+        # Sample a point with probability proportional to d2, via inverse CDF so the CPU generator drives GPU data.
+        cdf = d2.cumsum(0)
+        u = torch.rand(1, generator=generator, dtype=cdf.dtype).to(x.device) * cdf[-1]
+        pick = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+        centroids[j] = x[pick[0]]
+        d2 = torch.minimum(d2, (x - centroids[j]).pow(2).sum(1))
+    return centroids
+
+
+def _update(x: Tensor, assign: Tensor, centroids: Tensor, dist: Tensor) -> Tensor:
+    """Lloyd update: each centroid moves to the mean of its points.
+
+    A cluster that lost all its points is re-seeded on the point farthest from its own centroid (as
+    scikit-learn does), so no code is left dead after k-means.
+    """
+    k = centroids.shape[0]
+    sums = torch.zeros_like(centroids).index_add_(0, assign, x)  # (k, d)
+    counts = torch.bincount(assign, minlength=k)  # (k,)
+    new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), centroids)
+    empty = (counts == 0).nonzero().flatten()
+    if len(empty):
+        far = dist.topk(min(len(empty), x.shape[0])).indices
+        new[empty[: len(far)]] = x[far]
+    return new
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    iters: int = 20,
+    generator: torch.Generator | None = None,
+    init: Literal["kmeans++", "random"] = "kmeans++",
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means with k-means++ (or random) seeding.
+
+    Args:
+        x: points, ``(N, d)`` float.
+        k: number of clusters. With ``N < k``, jittered copies of random points fill the gap.
+        iters: maximum Lloyd iterations (stops early once assignments no longer change).
+        generator: CPU generator for all randomness; ``None`` uses a fresh generator seeded with 0.
+        init: ``"kmeans++"`` or ``"random"``.
+
+    Returns:
+        ``(centroids (k, d), assign (N,) long)``: the cluster of each input point.
+
+    Example:
+        >>> x = torch.cat([torch.zeros(5, 2), torch.ones(5, 2)])
+        >>> c, a = kmeans(x, 2, generator=torch.Generator().manual_seed(0))
+        >>> bool(a[0] != a[-1])
+        True
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = x.shape[0]
+    pts = _pad_to_k(x, k, generator)
+    centroids = _init_centroids(pts, k, init, generator)
+    assign, dist = nearest(pts, centroids)
+    for _ in range(iters):
+        centroids = _update(pts, assign, centroids, dist)
+        new_assign, dist = nearest(pts, centroids)
+        if torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+    return centroids, assign[:n]
+
+
+def _capacity_assign(d2: Tensor, capacity: Tensor) -> Tensor:
+    """Assign each row of ``d2 (N, k)`` to a column, column j taking at most ``capacity[j]`` rows.
+
+    Rounds of proposals: every unassigned point proposes to its nearest column that still has room, and each
+    column accepts its closest proposers up to its remaining room. Each round either places every proposer or
+    fills a column, so at most k + 1 rounds run; there is no Python loop over points.
+    """
+    n, k = d2.shape
+    assign = torch.full((n,), -1, dtype=torch.long, device=d2.device)
+    room = capacity.clone()
+    while True:
+        todo = (assign < 0).nonzero().flatten()  # (U,)
+        if len(todo) == 0:
+            return assign
+        cost = d2[todo].masked_fill(room[None, :] <= 0, float("inf"))  # (U, k)
+        best = cost.min(dim=1)
+        # Sort proposers by distance, then stably by column: within a column the closest come first.
+        by_dist = best.values.argsort()
+        order = by_dist[best.indices[by_dist].argsort(stable=True)]
+        col = best.indices[order]  # (U,) sorted by column
+        first = torch.searchsorted(col, col, right=False)  # start of each proposer's column block
+        rank = torch.arange(len(order), device=d2.device) - first
+        accepted = rank < room[col]
+        assign[todo[order[accepted]]] = col[accepted]
+        room -= torch.bincount(col[accepted], minlength=k)
+
+
+def balanced_kmeans(
+    x: Tensor,
+    k: int,
+    iters: int = 20,
+    generator: torch.Generator | None = None,
+    init: Literal["kmeans++", "random"] = "kmeans++",
+) -> tuple[Tensor, Tensor]:
+    """k-means whose clusters all have ``N // k`` or ``N // k + 1`` points.
+
+    Lloyd iterations where the assignment step is a greedy capacity-constrained assignment (closest points
+    claim a cluster first) instead of the plain nearest centroid.
+
+    Args:
+        x: points, ``(N, d)`` float.
+        k: number of clusters. With ``N < k``, jittered copies of random points fill the gap.
+        iters: maximum Lloyd iterations (stops early once assignments no longer change).
+        generator: CPU generator for all randomness; ``None`` uses a fresh generator seeded with 0.
+        init: ``"kmeans++"`` or ``"random"``.
+
+    Returns:
+        ``(centroids (k, d), assign (N,) long)``.
+
+    Example:
+        >>> x = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+        >>> _, a = balanced_kmeans(x, 3, generator=torch.Generator().manual_seed(0))
+        >>> sorted(torch.bincount(a).tolist())
+        [3, 3, 4]
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = x.shape[0]
+    pts = _pad_to_k(x, k, generator)
+    m = pts.shape[0]
+    capacity = torch.full((k,), m // k, dtype=torch.long, device=x.device)
+    capacity[: m % k] += 1
+    centroids = _init_centroids(pts, k, init, generator)
+    assign = _capacity_assign(squared_distances(pts, centroids), capacity)
+    for _ in range(iters):
+        # Every cluster is non-empty (capacity >= 1 and all points placed), so no re-seeding is needed here.
+        centroids = _update(pts, assign, centroids, pts.new_zeros(m))
+        new_assign = _capacity_assign(squared_distances(pts, centroids), capacity)
+        if torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+    return centroids, assign[:n]

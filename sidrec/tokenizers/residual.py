@@ -1,0 +1,118 @@
+"""Residual vector quantiser: L codebooks, each quantising what the previous levels left over (METHODS 1.1).
+
+Notation: r_0 = z, c_l = argmin_k ||r_l - e^l_k||, r_{l+1} = r_l - e^l_{c_l}, z_hat = sum_l e^l_{c_l}.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sidrec.tokenizers.base import QuantizerOutput
+from sidrec.tokenizers.kmeans import kmeans, squared_distances
+
+
+class ResidualQuantizer(nn.Module):
+    """L levels of K codewords of dimension d, stored as one parameter ``codebooks (L, K, d)``.
+
+    Besides ``forward``, it exposes the pieces later methods build on: per-level ``distances``, the
+    ``residuals`` entering each level, and ``lookup`` of codewords with gradients to the codebooks.
+
+    Args:
+        num_levels: L.
+        codebook_size: K.
+        dim: d, the latent dimension.
+        beta: weight of the commitment term.
+
+    Example:
+        >>> rq = ResidualQuantizer(num_levels=3, codebook_size=256, dim=32)
+        >>> out = rq(torch.randn(8, 32))
+        >>> out.codes.shape, out.quantized.shape
+        (torch.Size([8, 3]), torch.Size([8, 32]))
+    """
+
+    def __init__(self, num_levels: int, codebook_size: int, dim: int, beta: float = 0.25) -> None:
+        super().__init__()
+        self.num_levels = num_levels
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.beta = beta
+        self.codebooks = nn.Parameter(torch.empty(num_levels, codebook_size, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The VQ-VAE initialisation, used when k-means initialisation is switched off.
+        nn.init.uniform_(self.codebooks, -1.0 / self.codebook_size, 1.0 / self.codebook_size)
+
+    @torch.no_grad()
+    def init_kmeans(self, z: Tensor, iters: int, generator: torch.Generator) -> None:
+        """Set each level's codebook to the k-means centroids of the residuals entering that level.
+
+        Args:
+            z: latents of an initialisation batch, ``(B, d)``.
+            iters: Lloyd iterations per level.
+            generator: CPU generator for the k-means seeding.
+        """
+        residual = z.detach()
+        for level in range(self.num_levels):
+            centroids, assign = kmeans(residual, self.codebook_size, iters, generator)
+            self.codebooks[level].copy_(centroids)
+            residual = residual - centroids[assign]
+
+    def distances(self, residual: Tensor, level: int) -> Tensor:
+        """Squared distances from residuals ``(B, d)`` to every codeword of ``level``: ``(B, K)``."""
+        return squared_distances(residual, self.codebooks[level])
+
+    def encode(self, z: Tensor) -> Tensor:
+        """Hard codes by greedy nearest codeword, level by level: ``(B, d) -> (B, L)`` long."""
+        codes = []
+        residual = z
+        for level in range(self.num_levels):
+            code = self.distances(residual, level).argmin(dim=1)  # (B,)
+            codes.append(code)
+            residual = residual - self.codebooks[level][code]
+        return torch.stack(codes, dim=1)
+
+    def residuals(self, z: Tensor, codes: Tensor | None = None) -> Tensor:
+        """The residual entering each level, r_0 .. r_{L-1}: ``(B, L, d)``.
+
+        Args:
+            z: latents ``(B, d)``.
+            codes: hard codes ``(B, L)`` to follow; ``None`` uses the greedy nearest codes of ``z``.
+
+        Gradients flow to ``z`` and to the codewords of earlier levels (r_l = z - sum_{j<l} e^j_{c_j}).
+        """
+        codes = self.encode(z.detach()) if codes is None else codes
+        out = []
+        residual = z
+        for level in range(self.num_levels):
+            out.append(residual)
+            residual = residual - self.codebooks[level][codes[:, level]]
+        return torch.stack(out, dim=1)
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """z_hat = sum of the chosen codewords, ``(B, L) -> (B, d)``, with gradients to the codebooks."""
+        levels = torch.arange(self.num_levels, device=codes.device)
+        return self.codebooks[levels, codes].sum(dim=1)  # (B, L, d) summed over levels
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantize latents ``z (B, d)``.
+
+        Returns:
+            ``QuantizerOutput(quantized, codes, loss)``: ``quantized = z + sg(z_hat - z)`` (straight-through:
+            its value is z_hat, its gradient goes to z); ``loss = sum_l ||sg[r_l] - e^l_{c_l}||^2 +
+            beta * ||r_l - sg[e^l_{c_l}]||^2``, squared norms summed over dimensions and averaged over the batch.
+        """
+        residual = z
+        codes = []
+        loss = z.new_zeros(())
+        for level in range(self.num_levels):
+            code = self.distances(residual.detach(), level).argmin(dim=1)  # (B,)
+            chosen = self.codebooks[level][code]  # (B, d)
+            codebook_term = (residual.detach() - chosen).pow(2).sum(-1).mean()
+            commitment_term = (residual - chosen.detach()).pow(2).sum(-1).mean()
+            loss = loss + codebook_term + self.beta * commitment_term
+            codes.append(code)
+            residual = residual - chosen
+        z_hat = z - residual  # = sum of chosen codewords
+        return QuantizerOutput(quantized=z + (z_hat - z).detach(), codes=torch.stack(codes, dim=1), loss=loss)

@@ -1,0 +1,134 @@
+"""RQ-KMeans tokenizer (METHODS 1.2): k-means on the embeddings, subtract the centroid, repeat per level."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sidrec.tokenizers.base import QuantizerOutput, Tokenizer, codebook_health, require
+from sidrec.tokenizers.kmeans import balanced_kmeans, kmeans, nearest
+from sidrec.utils import resolve_device
+
+
+@dataclass
+class RQKMeansConfig:
+    """RQ-KMeans hyper-parameters.
+
+    Args:
+        num_levels: L, code levels.
+        codebook_size: K, clusters per level.
+        iters: Lloyd iterations per level.
+        balanced: use size-balanced k-means (clusters of N // K or N // K + 1 items) at every level.
+        standardize: standardise each input dimension with the fit data's mean and std.
+
+    Example:
+        >>> RQKMeansConfig(codebook_size=128, balanced=True)
+    """
+
+    num_levels: int = 3
+    codebook_size: int = 256
+    iters: int = 50
+    balanced: bool = False
+    standardize: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_levels", "codebook_size"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.iters >= 0, "iters", f"must be >= 0, got {self.iters}")
+
+
+class RQKMeans(Tokenizer):
+    """Residual k-means: level l clusters the residuals left by levels 0..l-1.
+
+    ``encode`` always takes the nearest centroid level by level, so an item's codes depend only on its
+    embedding; with ``balanced=True`` the balancing shapes the centroids, and the encoded codes of the fit items
+    are close to, not exactly, balanced.
+
+    Args:
+        config: an ``RQKMeansConfig``.
+        input_dim: D, the embedding dimension.
+
+    Example:
+        >>> tok = RQKMeans(RQKMeansConfig(), input_dim=384).fit(item_emb, seed=0, device="cpu")
+        >>> sids = tok.semantic_ids(item_emb)  # (N, 4)
+    """
+
+    name = "rqkmeans"
+
+    def __init__(self, config: RQKMeansConfig, input_dim: int) -> None:
+        super().__init__(config, input_dim)
+        self.register_buffer("centroids", torch.zeros(config.num_levels, config.codebook_size, input_dim))
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        """Returns ``QuantizerOutput(quantized (B, D), codes (B, L), loss, reconstruction (B, D))``.
+
+        ``quantized`` = ``reconstruction`` = sum of the chosen centroids in the standardised input space;
+        ``loss`` is the squared final residual, summed over dimensions and averaged over the batch.
+        """
+        xs = self.standardize(x)
+        residual = xs
+        codes = []
+        for level in range(self.num_levels):
+            code, _ = nearest(residual, self.centroids[level])  # (B,)
+            codes.append(code)
+            residual = residual - self.centroids[level][code]
+        quantized = xs - residual
+        loss = residual.pow(2).sum(-1).mean()
+        return QuantizerOutput(quantized, torch.stack(codes, dim=1), loss, quantized)
+
+    def _codes(self, x: Tensor) -> Tensor:
+        return self(x).codes
+
+    @torch.no_grad()
+    def fit(
+        self,
+        emb: Tensor,
+        *,
+        seed: int,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> RQKMeans:
+        """Fit the L codebooks on item embeddings ``emb (N, D)``.
+
+        Args:
+            emb: item embeddings, one row per item.
+            seed: seeds the k-means initialisation.
+            device: where to compute (``"auto"``: GPU if available); the model stays there.
+            progress: show a progress bar over levels.
+            log: called after every level with ``{"level", "loss", **codebook_health}`` on the codes so far
+                (``loss``: mean squared norm of the residual left after that level).
+
+        Returns:
+            ``self``, in eval mode.
+        """
+        self._check_fit_input(emb)
+        cfg = self.config
+        device = resolve_device(device) if isinstance(device, str) else device
+        generator = torch.Generator().manual_seed(seed)
+        self.to(device)
+        x = emb.to(device, torch.float32)
+        self._set_standardization(x, cfg.standardize)
+        residual = self.standardize(x)
+        cluster = balanced_kmeans if cfg.balanced else kmeans
+        codes = []
+        bar = tqdm(range(cfg.num_levels), desc=self.name, disable=not progress)
+        for level in bar:
+            centroids, _ = cluster(residual, cfg.codebook_size, cfg.iters, generator)
+            self.centroids[level].copy_(centroids)
+            # Residuals follow the nearest centroid, as encode() does, so later levels fit what encode() sees.
+            code, _ = nearest(residual, centroids)
+            codes.append(code)
+            residual = residual - centroids[code]
+            stats = {"level": level + 1, "loss": float(residual.pow(2).sum(-1).mean())}
+            stats.update(codebook_health(torch.stack(codes, dim=1), cfg.codebook_size))
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", usage=f"{stats['usage'][-1]:.2f}")
+            if log is not None:
+                log(stats)
+        self.fitted.fill_(True)
+        return self.eval()

@@ -1,0 +1,252 @@
+"""RQ-VAE tokenizer (TIGER, METHODS 1.1): MLP encoder, residual quantiser, MLP decoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sidrec.tokenizers.base import QuantizerOutput, Tokenizer, codebook_health, require
+from sidrec.tokenizers.residual import ResidualQuantizer
+from sidrec.utils import resolve_device
+
+
+@dataclass
+class RQVAEConfig:
+    """RQ-VAE hyper-parameters.
+
+    Architecture defaults are TIGER's (3 levels x 256 codes x dim 32, encoder 512-256-128, beta 0.25, batch 1024,
+    k-means init). Training defaults are ours: TIGER trains 20k epochs with Adagrad lr 0.4; we default to AdamW
+    lr 1e-3 with input standardisation (what independent reproductions needed), a faster codebook and our
+    initialisation (see ``_reset_parameters``). On MiniLM embeddings of the MovieLens-100K titles this reaches
+    80% / 100% / 100% code usage per level and 1% collisions in 150 epochs (~10 s on 2 CPU cores; 12k x 384
+    embeddings take about 1 min).
+    TIGER's setting: ``optimizer="adagrad", lr=0.4, codebook_lr_scale=1.0, standardize=False, epochs=20000``.
+
+    Args:
+        num_levels: L, learned code levels.
+        codebook_size: K, codes per level.
+        latent_dim: d, dimension of the latent and the codewords.
+        hidden_dims: encoder hidden sizes; the decoder mirrors them.
+        beta: commitment weight.
+        epochs: passes over the items.
+        batch_size: items per step; also the size of the k-means initialisation batch.
+        lr: learning rate of the encoder and decoder.
+        codebook_lr_scale: the codebooks' learning rate is ``lr * codebook_lr_scale`` (ours). Adam and Adagrad
+            move each parameter by about ``lr`` per step, so a codeword moves ~lr while a latent, a sum over a
+            hidden layer's units, moves much further; with equal rates the codewords fall behind the latents and
+            go unused.
+        optimizer: ``"adagrad"`` (TIGER) or ``"adamw"``.
+        weight_decay: weight decay of the optimiser.
+        standardize: standardise each input dimension with the fit data's mean and std.
+        kmeans_init: initialise the codebooks by k-means on one batch (else uniform +-1/K).
+        kmeans_iters: Lloyd iterations of that k-means.
+        dropout: dropout between MLP layers.
+
+    Example:
+        >>> RQVAEConfig(codebook_size=128, epochs=300)
+    """
+
+    num_levels: int = 3
+    codebook_size: int = 256
+    latent_dim: int = 32
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
+    beta: float = 0.25
+    epochs: int = 150
+    batch_size: int = 1024
+    lr: float = 1e-3
+    codebook_lr_scale: float = 30.0
+    optimizer: Literal["adagrad", "adamw"] = "adamw"
+    weight_decay: float = 0.0
+    standardize: bool = True
+    kmeans_init: bool = True
+    kmeans_iters: int = 20
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_levels", "codebook_size", "latent_dim", "epochs", "batch_size"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(
+            all(h >= 1 for h in self.hidden_dims),
+            "hidden_dims",
+            f"sizes must be >= 1, got {self.hidden_dims}",
+        )
+        require(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.codebook_lr_scale > 0, "codebook_lr_scale", f"must be > 0, got {self.codebook_lr_scale}")
+        require(
+            self.optimizer in ("adagrad", "adamw"),
+            "optimizer",
+            f"must be 'adagrad' or 'adamw', got {self.optimizer!r}",
+        )
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.kmeans_iters >= 0, "kmeans_iters", f"must be >= 0, got {self.kmeans_iters}")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Linear layers with ReLU (and dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class RQVAE(Tokenizer):
+    """Residual-quantised variational autoencoder over item embeddings.
+
+    x -> standardise -> encoder -> z (B, d) -> residual quantiser -> z + sg(z_hat - z) -> decoder -> x_hat.
+    Loss (METHODS 1.1): ``||x - x_hat||^2`` summed over dimensions plus, per level, the codebook term and
+    ``beta`` times the commitment term; everything averaged over the batch.
+
+    Args:
+        config: an ``RQVAEConfig``.
+        input_dim: D, the embedding dimension.
+
+    Example:
+        >>> tok = RQVAE(RQVAEConfig(epochs=50), input_dim=384)
+        >>> tok.fit(item_emb, seed=0, device="cpu")
+        >>> sids = tok.semantic_ids(item_emb)  # (N, 4): 3 learned codes + dedup token
+    """
+
+    name = "rqvae"
+
+    def __init__(self, config: RQVAEConfig, input_dim: int) -> None:
+        super().__init__(config, input_dim)
+        sizes = [input_dim, *config.hidden_dims, config.latent_dim]
+        self.encoder = mlp(sizes, config.dropout)
+        self.quantizer = ResidualQuantizer(
+            config.num_levels, config.codebook_size, config.latent_dim, config.beta
+        )
+        self.decoder = mlp(sizes[::-1], config.dropout)
+        self._reset_parameters()
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        """Returns ``QuantizerOutput(quantized (B, d), codes (B, L), loss, reconstruction (B, D))``.
+
+        ``reconstruction`` is x_hat in the standardised input space, the space the loss compares in.
+        """
+        xs = self.standardize(x)
+        z = self.encoder(xs)  # (B, d)
+        q = self.quantizer(z)
+        x_hat = self.decoder(q.quantized)  # (B, D)
+        recon = (xs - x_hat).pow(2).sum(-1).mean()
+        return QuantizerOutput(q.quantized, q.codes, recon + q.loss, x_hat)
+
+    def _codes(self, x: Tensor) -> Tensor:
+        return self.quantizer.encode(self.encoder(self.standardize(x)))
+
+    def _reset_parameters(self) -> None:
+        # Our choice (TIGER does not state its init). He init keeps the activation scale through the ReLU
+        # layers, so the latents on which the codebooks are k-means initialised already have a trained
+        # encoder's spread; PyTorch's default shrinks the variance ~6x per layer and training must then inflate
+        # z, leaving the codewords behind. The decoder's output layer starts at zero: the first reconstruction
+        # gradients are then small and do not throw the latents away from the fresh codebooks.
+        enc = [m for m in self.encoder if isinstance(m, nn.Linear)]
+        dec = [m for m in self.decoder if isinstance(m, nn.Linear)]
+        for linear in enc[:-1] + dec[:-1]:
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        nn.init.kaiming_normal_(enc[-1].weight, nonlinearity="linear")
+        nn.init.zeros_(dec[-1].weight)
+        for linear in enc + dec:
+            nn.init.zeros_(linear.bias)
+        self.quantizer.reset_parameters()
+
+    def fit(
+        self,
+        emb: Tensor,
+        *,
+        seed: int,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> RQVAE:
+        """Train from scratch on item embeddings ``emb (N, D)``.
+
+        Args:
+            emb: item embeddings, one row per item.
+            seed: seeds weight init, the k-means init and the shuffling (fit is deterministic on CPU).
+            device: where to train (``"auto"``: GPU if available); the model stays there.
+            progress: show a progress bar.
+            log: called after every epoch with ``{"epoch", "loss", "recon", **codebook_health}`` (health on
+                all N items), so collapse is visible while it happens.
+
+        Returns:
+            ``self``, in eval mode.
+        """
+        self._check_fit_input(emb)
+        device = resolve_device(device) if isinstance(device, str) else device
+        generator = torch.Generator().manual_seed(seed)
+        # Seed weight init and dropout without touching the caller's global RNG state.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            self._reset_parameters()
+            self.to(device)
+            x = emb.to(device, torch.float32)
+            self._set_standardization(x, self.config.standardize)
+            self._train(x, generator, progress, log)
+        return self.eval()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        codebooks = self.quantizer.codebooks
+        groups = [
+            {"params": [p for p in self.parameters() if p is not codebooks]},
+            {"params": [codebooks], "lr": cfg.lr * cfg.codebook_lr_scale},
+        ]
+        if cfg.optimizer == "adagrad":
+            return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _train(
+        self,
+        x: Tensor,
+        generator: torch.Generator,
+        progress: bool,
+        log: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        cfg = self.config
+        n = x.shape[0]
+        if cfg.kmeans_init:
+            # TIGER initialises the codebooks by k-means on the first batch; we use a random batch of that size.
+            first = x[torch.randperm(n, generator=generator)[: cfg.batch_size].to(x.device)]
+            self.eval()
+            with torch.no_grad():
+                self.quantizer.init_kmeans(self.encoder(self.standardize(first)), cfg.kmeans_iters, generator)
+        self.fitted.fill_(True)
+        optimizer = self._make_optimizer()
+        bar = tqdm(range(1, cfg.epochs + 1), desc=self.name, disable=not progress)
+        for epoch in bar:
+            self.train()
+            perm = torch.randperm(n, generator=generator).to(x.device)
+            loss_sum = x.new_zeros(())  # kept on device: no host sync per step
+            recon_sum = x.new_zeros(())
+            for start in range(0, n, cfg.batch_size):
+                xb = x[perm[start : start + cfg.batch_size]]
+                out = self(xb)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                loss_sum += out.loss.detach() * len(xb)
+                recon_sum += (self.standardize(xb) - out.reconstruction.detach()).pow(2).sum()
+            epoch_loss = float(loss_sum) / n
+            if not math.isfinite(epoch_loss):
+                raise RuntimeError(
+                    f"{self.name}: loss is {epoch_loss} at epoch {epoch}; lower tokenizer.params.lr"
+                )
+            if log is None and not progress:
+                continue
+            stats = {"epoch": epoch, "loss": epoch_loss, "recon": float(recon_sum) / n}
+            stats.update(codebook_health(self.encode(x), cfg.codebook_size))
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", usage1=f"{stats['usage'][0]:.2f}")
+            if log is not None:
+                log(stats)

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from sidrec.tokenizers.kmeans import balanced_kmeans, kmeans, nearest
+
+
+def blobs(n_per: int, centres: torch.Tensor, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(len(centres)).repeat_interleave(n_per)
+    x = centres[labels] + spread * torch.randn(len(labels), centres.shape[1], generator=gen)
+    return x, labels
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return len({(int(i), int(j)) for i, j in zip(a, b)}) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_kmeans_recovers_separated_clusters(init):
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x, labels = blobs(30, centres, 0.1, seed=0)
+    found = 0
+    for seed in range(3):
+        c, a = kmeans(x, 4, iters=20, generator=torch.Generator().manual_seed(seed), init=init)
+        assert c.shape == (4, 2) and a.shape == (120,)
+        # Assignments are consistent with the returned centroids.
+        assert torch.equal(a, nearest(x, c)[0])
+        found += same_partition(a, labels)
+    # k-means++ always finds well-separated blobs; random init may fall into a local optimum on some seed.
+    assert found == 3 if init == "kmeans++" else found >= 1
+
+
+def test_kmeans_centroids_are_cluster_means():
+    centres = torch.tensor([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    x, labels = blobs(20, centres, 0.3, seed=1)
+    c, a = kmeans(x, 2, generator=torch.Generator().manual_seed(0))
+    for k in range(2):
+        assert torch.allclose(c[k], x[a == k].mean(0), atol=1e-5)
+
+
+def test_kmeans_is_deterministic_for_a_seed():
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(2))
+    c1, a1 = kmeans(x, 7, generator=torch.Generator().manual_seed(3))
+    c2, a2 = kmeans(x, 7, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(c1, c2) and torch.equal(a1, a2)
+
+
+def test_kmeans_with_fewer_points_than_clusters():
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    c, a = kmeans(x, 8, generator=torch.Generator().manual_seed(0))
+    assert c.shape == (8, 2) and torch.isfinite(c).all()
+    assert a.shape == (3,) and len(set(a.tolist())) == 3
+    # Every point has a centroid (almost) on it.
+    assert torch.allclose(c[a], x, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kmeans_reseeds_empty_clusters(seed):
+    # Random init on mostly-duplicate points starts with identical centroids, leaving clusters empty.
+    x = torch.cat([torch.zeros(50, 2), torch.ones(5, 2), torch.tensor([[3.0, 3.0], [4.0, 0.0]])])
+    _, a = kmeans(x, 4, generator=torch.Generator().manual_seed(seed), init="random")
+    assert len(set(a.tolist())) == 4
+
+
+def test_kmeans_rejects_bad_init_and_empty_input():
+    with pytest.raises(ValueError, match="init"):
+        kmeans(torch.randn(10, 2), 2, init="farthest")
+    with pytest.raises(ValueError, match="at least one point"):
+        kmeans(torch.zeros(0, 2), 2)
+
+
+@pytest.mark.parametrize("n,k", [(120, 4), (103, 10), (64, 64), (50, 7)])
+def test_balanced_kmeans_sizes_are_equal_up_to_one(n, k):
+    # Deliberately unbalanced data: most points in one blob.
+    gen = torch.Generator().manual_seed(n)
+    x = torch.cat(
+        [torch.randn(n - n // 5, 3, generator=gen) * 0.1, 5 + torch.randn(n // 5, 3, generator=gen)]
+    )
+    c, a = balanced_kmeans(x, k, iters=10, generator=torch.Generator().manual_seed(0))
+    sizes = torch.bincount(a, minlength=k)
+    assert c.shape == (k, 3)
+    assert int(sizes.max() - sizes.min()) <= 1 and int(sizes.sum()) == n
+
+
+def test_balanced_kmeans_matches_kmeans_on_balanced_blobs():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x, labels = blobs(25, centres, 0.2, seed=4)
+    _, a = balanced_kmeans(x, 3, generator=torch.Generator().manual_seed(0))
+    assert same_partition(a, labels)

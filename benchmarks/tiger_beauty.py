@@ -1,8 +1,14 @@
 """TIGER on Amazon Beauty end to end, in calls of at most ~10 minutes (resumes from checkpoints between calls).
 
-GPU (one H100), from the repo root, after copying the data and the cached embeddings into a carried folder:
+GPU (one H100): on this machine run ``benchmarks/stage_gpu.sh configs/beauty.yaml amazon-beauty`` (copies the
+dataset and the embedding matrix into the git-ignored ``.carry/``), then on the GPU machine, carrying ``.carry``:
 
-    python benchmarks/tiger_beauty.py --budget 540 --out results/tiger_beauty.json
+    SIDREC_DATA=.carry/data PYTHONPATH=. python benchmarks/tiger_beauty.py --budget 540 \
+        embed.sources=[npy] embed.npy_path=.carry/beauty-emb.npy run_dir=.carry/runs/beauty \
+        cache_dir=.carry/cache train.batch_size=1024 train.lr=0.002
+
+and repeat the same call while the machine is still warm until it exits 0 (each call trains ~9 minutes and
+checkpoints; the final call evaluates on test and writes the results JSON).
 
 Exit code 3 means "time budget used, call again"; 0 means finished and the results JSON was written.
 Extra ``key=value`` arguments override configs/beauty.yaml (e.g. ``train.batch_size=1024``).

@@ -4,7 +4,7 @@ A run directory holds::
 
     config.yaml          the resolved RunConfig          run.json       seed, versions, git commit
     stages.json          a content key per finished stage; a stage re-runs only when its key changes
-    data/                the prepared Dataset            tokenizer/     weights, sids.npy, health.json
+    data/                the prepared Dataset            tokenizer/     weights, sids.npy, health.json, fit_log.jsonl
     recommender/         checkpoints/, best/, train_log.jsonl
     model/               model.safetensors + model.json (the selected recommender)
     metrics.json         valid.* / test.* / popularity.* metrics
@@ -112,12 +112,13 @@ class Run:
         d = self.cfg.data
         if d.format == "movielens_pypi":
             folder = fetch_movielens_100k(self.cache / "downloads", wheel=d.path)
-            ds = load_dataset("recbole", folder, name=d.name, **d.options)
+            ds = load_dataset("recbole", folder, **d.options)
         else:
             if d.path is None:
                 raise ValueError("data.path: required for format " + d.format)
             path = Path(d.path) if Path(d.path).is_absolute() else data_root() / d.path
-            ds = load_dataset(d.format, path, name=d.name, **d.options)
+            ds = load_dataset(d.format, path, **d.options)
+        ds.name = d.name
         ds.save(self.dir / "data")
         self._mark("prepare", key)
         self.log(f"prepared {ds.name}: {ds.stats()}")
@@ -137,7 +138,10 @@ class Run:
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
             x = torch.as_tensor(emb, dtype=torch.float32)
-            tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress)
+            tdir.mkdir(parents=True, exist_ok=True)
+            with open(tdir / "fit_log.jsonl", "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
+                tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
+                        log=lambda rec: f.write(json.dumps(rec) + "\n"))
             tok.save(tdir)
             sids = tok.semantic_ids(x.to(self.device)).cpu().numpy()
             health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)

@@ -152,6 +152,24 @@ def test_cache_index_select_duplicates_rows() -> None:
     torch.testing.assert_close(logits, full[1][index], atol=1e-5, rtol=1e-5)
 
 
+def test_cache_expand_and_reorder_share_encoder_rows() -> None:
+    """Beams share their user's encoder K/V (group > 1) and give the same logits as materialised rows."""
+    model = tiny_model()
+    history, target = random_batch(3, 2, seed=5, pads=[1, 0, 0])
+    ids, mask = model.encoder_inputs(history, torch.arange(3))
+    with torch.no_grad():
+        full = model(ids, mask, target)
+        cache = model.start_decoding(ids, mask)
+        _, cache = model.decode_step(cache, None, 0)
+        beams = cache.expand(2)  # rows 0,0,1,1,2,2
+        assert beams.group == 2 and beams.cross_k[0].shape[0] == 3 and beams.num_rows == 6
+        beams = beams.reorder(torch.tensor([1, 0, 1, 2, 3, 3, 4, 5, 4]))  # the beam widens to 3 per user
+        assert beams.group == 3 and beams.cross_k[0].shape[0] == 3
+        user = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+        logits, _ = model.decode_step(beams, target[user, 0], 1)
+    torch.testing.assert_close(logits, full[1][user], atol=1e-5, rtol=1e-5)
+
+
 def test_decode_step_rejects_wrong_level_and_codes() -> None:
     model = tiny_model()
     history, _ = random_batch(2, 2, seed=5)

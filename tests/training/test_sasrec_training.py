@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sidrec.data.dataset import Dataset
+from sidrec.data.splits import Examples, leave_one_out
+from sidrec.eval.metrics import topk_metrics
+from sidrec.models.sasrec import SASRec, SASRecConfig, load_sasrec
+from sidrec.training.sasrec import SASRecTrainConfig, evaluate_sasrec, rank_items, train_sasrec
+
+NUM_ITEMS = 30
+
+
+def successor_dataset(num_users: int = 80, seed: int = 0) -> Dataset:
+    """Every user reads a run of consecutive items: item i is always followed by item i + 1."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(num_users):
+        length = int(rng.integers(5, 9))
+        start = int(rng.integers(0, NUM_ITEMS - length + 1))
+        seqs.append(np.arange(start, start + length, dtype=np.int64))
+    return Dataset("successor", [f"i{i}" for i in range(NUM_ITEMS)], [f"u{u}" for u in range(num_users)], seqs)
+
+
+def small_model(seed: int = 0, loss: str = "ce") -> SASRec:
+    torch.manual_seed(seed)
+    return SASRec(SASRecConfig(num_items=NUM_ITEMS, d_model=32, num_heads=2, max_len=10, dropout=0.1, loss=loss))
+
+
+@pytest.mark.parametrize("loss, min_recall", [("ce", 0.8), ("bce", 0.6)])  # one negative learns slower
+def test_training_learns_the_successor_and_keeps_the_best_epoch(tmp_path, loss, min_recall):
+    split = leave_one_out(successor_dataset(), max_history=8)
+    model = small_model(loss=loss)
+    before = evaluate_sasrec(model, split.test, ks=[1])["recall@1"]
+    cfg = SASRecTrainConfig(epochs=50, batch_size=32, lr=1e-2, patience=50, max_steps=100)
+    res = train_sasrec(model, split, cfg, tmp_path, seed=0, device="cpu", progress=False)
+    assert res["steps"] == 100
+    assert res["history"][-1]["loss"] < 0.5 * res["history"][0]["loss"]
+    after = evaluate_sasrec(model, split.test, ks=[1])["recall@1"]
+    assert before < 0.2 and after > min_recall
+    # the model left in memory is the best validation epoch, the one saved in best/
+    best = load_sasrec(tmp_path / "best")
+    assert torch.equal(best.item_embeddings(), model.item_embeddings())
+    assert evaluate_sasrec(model, split.valid, ks=[10]) == res["best_valid"]
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(res["epochs_run"]))
+
+
+def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
+    split = leave_one_out(successor_dataset(num_users=30), max_history=8)
+    cfg = SASRecTrainConfig(epochs=3, batch_size=16, patience=10)
+    full = small_model(loss="bce")
+    res_full = train_sasrec(full, split, cfg, tmp_path / "full", seed=3, device="cpu", progress=False)
+    part = small_model(loss="bce")
+    train_sasrec(part, split, SASRecTrainConfig(epochs=1, batch_size=16, patience=10), tmp_path / "part",
+                 seed=3, device="cpu", progress=False)
+    res_part = train_sasrec(small_model(seed=99, loss="bce"), split, cfg, tmp_path / "part", seed=3, device="cpu",
+                            progress=False)
+    assert [r["loss"] for r in res_part["history"]] == [r["loss"] for r in res_full["history"]]
+    assert res_part["best_epoch"] == res_full["best_epoch"]
+
+
+def test_evaluation_equals_hand_computed_full_ranking():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=NUM_ITEMS, d_model=16, max_len=6, dropout=0.0))
+    rng = np.random.default_rng(1)
+    history = rng.integers(0, NUM_ITEMS, size=(50, 6))
+    history[:10, :4] = -1  # some short histories
+    history[10, :] = -1  # and an empty one
+    with torch.no_grad():
+        scores = model.scores(torch.as_tensor(history)).numpy()  # (50, N)
+    order = np.argsort(-scores, axis=1)
+    # targets at known ranks: first for 10 users, fourth for 10, eighth for 10, random for the rest
+    target = rng.integers(0, NUM_ITEMS, size=50)
+    target[:10], target[10:20], target[20:30] = order[:10, 0], order[10:20, 3], order[20:30, 7]
+    examples = Examples(history, target, np.arange(50))
+    got = evaluate_sasrec(model, examples, ks=[1, 5, 10], batch_size=7)
+    want = topk_metrics(order[:, :10], target, [1, 5, 10])
+    assert got == pytest.approx(want)
+    assert got["recall@1"] >= 0.2 and got["recall@5"] >= 0.4
+    assert np.array_equal(rank_items(model, history, 10, batch_size=7), order[:, :10])
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="batch_size"):
+        SASRecTrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr"):
+        SASRecTrainConfig(lr=0.0)

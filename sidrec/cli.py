@@ -20,6 +20,7 @@ STAGE_HELP = {
     "tokenize": "embed, then fit the tokenizer and assign unique semantic IDs",
     "train": "tokenize, then train the recommender (resumes from the last checkpoint)",
     "run": "all stages: prepare, embed, tokenize, train, evaluate; prints the results table",
+    "baseline": "prepare, then train and evaluate the SASRec baseline (full ranking); prints its metrics",
 }
 
 
@@ -70,6 +71,10 @@ def _stage(args: argparse.Namespace) -> int:
     ds = run.stage_prepare()
     if args.command == "prepare":
         print(json.dumps(ds.stats()))
+        return 0
+    if args.command == "baseline":
+        print(json.dumps(run.stage_sasrec(ds, resume=resume), indent=2))
+        print(f"\nrun directory: {run.dir}  (sasrec/metrics.json, sasrec/model/)")
         return 0
     emb = run.stage_embed(ds)
     if args.command == "embed":

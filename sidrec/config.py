@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from sidrec.data.embeddings import EmbedConfig
+from sidrec.models.sasrec import SASRecConfig
+from sidrec.training.sasrec import SASRecTrainConfig
 
 
 class ConfigError(ValueError):
@@ -79,6 +81,23 @@ class TrainConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The SASRec baseline (METHODS 7) trained by ``sidrec baseline``: model sizes, then its own training."""
+
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    loss: str = "ce"  # ce | bce
+    train: SASRecTrainConfig = field(default_factory=SASRecTrainConfig)
+
+    def model_config(self, num_items: int) -> SASRecConfig:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        return SASRecConfig(num_items=num_items, **fields)
+
+
+@dataclass
 class EvalConfig:
     beam_size: int = 20
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
@@ -93,6 +112,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sasrec: BaselineConfig = field(default_factory=BaselineConfig)
     seed: int = 42
     run_dir: str = "runs/default"
     cache_dir: str = ".sidrec/cache"
@@ -117,6 +137,10 @@ class RunConfig:
         for key, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
+        try:
+            self.sasrec.model_config(num_items=2)
+        except ValueError as e:
+            raise ConfigError(f"sasrec: {e}") from None
         return self
 
 

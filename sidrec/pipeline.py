@@ -8,6 +8,7 @@ A run directory holds::
     recommender/         checkpoints/, best/, train_log.jsonl
     model/               model.safetensors + model.json (the selected recommender)
     metrics.json         valid.* / test.* / popularity.* metrics
+    sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sidrec.models.tiger import Tiger, TigerConfig, load_model, save_model
 from sidrec.tokenizers import build_tokenizer
 from sidrec.tokenizers.base import codebook_health
 from sidrec.training.recommender import train_recommender
+from sidrec.training.sasrec import sasrec_baseline
 from sidrec.utils import (
     atomic_write,
     atomic_write_json,
@@ -208,6 +210,25 @@ class Run:
                                "beam_size": e.beam_size, "max_history": split.max_history}
         atomic_write_json(mpath, metrics)
         self._mark("evaluate", key)
+        return metrics
+
+    def stage_sasrec(self, ds: Dataset, resume: bool = True) -> dict[str, float]:
+        """Train and evaluate the SASRec baseline in ``sasrec/`` (full ranking), cached by its own key."""
+        c = self.cfg
+        key = _key(self.keys()["prepare"], asdict(c.sasrec), c.eval.ks, c.seed)
+        sdir = self.dir / "sasrec"
+        same = (sdir / "key").exists() and (sdir / "key").read_text() == key
+        if same and (sdir / "metrics.json").exists():
+            return {k: v for k, v in read_json(sdir / "metrics.json").items() if k.startswith("sasrec.")}
+        if sdir.exists() and (not resume or not same):  # checkpoints of another config must not be resumed
+            shutil.rmtree(sdir)
+        atomic_write_text(sdir / "key", key)
+        seed_all(c.seed)
+        metrics = sasrec_baseline(ds, c.sasrec.model_config(ds.num_items), c.sasrec.train, sdir, c.seed,
+                                  self.device, ks=c.eval.ks, progress=self.progress, resume=resume,
+                                  log=self._epoch_line)
+        test = [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("sasrec.test.")]
+        self.log("SASRec: " + "  ".join(test))
         return metrics
 
     def run_all(self, resume: bool = True, deadline: float | None = None) -> dict[str, Any] | None:

@@ -123,3 +123,13 @@ def test_every_preset_prepares_its_real_dataset(preset, tmp_path, capsys):
     assert main([*args, "--quiet"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["users"] > 900 and stats["items"] > 1600
+
+
+def test_sasrec_baseline_subcommand(tiny_args, capsys):
+    run, args = tiny_args
+    extra = ["sasrec.d_model=16", "sasrec.train.epochs=2", "sasrec.train.batch_size=32"]
+    assert main(["baseline", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[: out.index("\n}") + 2])
+    assert 0.0 <= metrics["sasrec.test.recall@10"] <= 1.0
+    assert (run / "sasrec" / "metrics.json").exists()

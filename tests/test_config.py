@@ -55,3 +55,12 @@ def test_presets_load():
     assert len(presets) >= 6
     for p in presets:
         load_config(p)
+
+
+def test_sasrec_section():
+    cfg = load_config(None, ["sasrec.d_model=32", "sasrec.train.epochs=5"])
+    assert cfg.sasrec.model_config(num_items=10).d_model == 32 and cfg.sasrec.train.epochs == 5
+    with pytest.raises(ConfigError, match="sasrec"):
+        load_config(None, ["sasrec.loss=bpr"])
+    with pytest.raises(ConfigError, match="sasrec.train.epoch"):
+        load_config(None, ["sasrec.train.epoch=5"])

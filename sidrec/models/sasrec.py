@@ -74,6 +74,8 @@ class SASRecConfig:
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention restricted by a boolean mask (causal and padding, built once per batch)."""
+
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
@@ -160,9 +162,9 @@ class SASRec(nn.Module):
         per example drawn uniformly from the other N - 1 items with ``generator`` (on the model's device, or
         None for the global RNG).
         """
-        h = self(history)  # (B, d)
         if self.cfg.loss == "ce":
-            return F.cross_entropy(h @ self.item_emb.weight[1:].T, target)
+            return F.cross_entropy(self.scores(history), target)
+        h = self(history)  # (B, d)
         device = generator.device if generator is not None else target.device
         shift = torch.randint(1, self.cfg.num_items, target.shape, generator=generator, device=device)
         negative = (target + shift.to(target.device)) % self.cfg.num_items  # never the target  (B,)

@@ -202,3 +202,17 @@ def test_text_with_real_minilm(tmp_path):
     # Related titles are closer than unrelated ones.
     assert x[0] @ x[1] > x[0] @ x[4]
     assert Path(default_model_path()).is_dir()
+
+
+def test_sasrec_source_is_seeded_normalised_and_cached(tmp_path):
+    rng = np.random.default_rng(0)
+    seqs = [np.arange(s, s + 6) for s in rng.integers(0, 14, 30)]  # successor runs over 20 items
+    ds = Dataset("runs", [f"i{i}" for i in range(20)], [f"u{u}" for u in range(30)], seqs)
+    cfg = EmbedConfig(sources=["sasrec"], sasrec_dim=8)
+    x = embed_items(ds, cfg, cache_dir=tmp_path, progress=False)
+    assert x.shape == (20, 8)
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(x, embed_items(ds, cfg, cache_dir=None, progress=False))  # same seed, same vectors
+    assert len(list(tmp_path.glob("sasrec-*"))) == 1
+    with pytest.raises(ValueError, match="sasrec_dim"):
+        embed_items(ds, EmbedConfig(sources=["sasrec"], sasrec_dim=7), progress=False)

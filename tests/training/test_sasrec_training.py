@@ -8,7 +8,14 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, load_sasrec
-from sidrec.training.sasrec import SASRecTrainConfig, evaluate_sasrec, rank_items, train_sasrec
+from sidrec.training.sasrec import (
+    SASRecTrainConfig,
+    evaluate_sasrec,
+    rank_items,
+    sasrec_baseline,
+    sasrec_item_embeddings,
+    train_sasrec,
+)
 
 NUM_ITEMS = 30
 
@@ -21,12 +28,14 @@ def successor_dataset(num_users: int = 80, seed: int = 0) -> Dataset:
         length = int(rng.integers(5, 9))
         start = int(rng.integers(0, NUM_ITEMS - length + 1))
         seqs.append(np.arange(start, start + length, dtype=np.int64))
-    return Dataset("successor", [f"i{i}" for i in range(NUM_ITEMS)], [f"u{u}" for u in range(num_users)], seqs)
+    items, users = [f"i{i}" for i in range(NUM_ITEMS)], [f"u{u}" for u in range(num_users)]
+    return Dataset("successor", items, users, seqs)
 
 
 def small_model(seed: int = 0, loss: str = "ce") -> SASRec:
     torch.manual_seed(seed)
-    return SASRec(SASRecConfig(num_items=NUM_ITEMS, d_model=32, num_heads=2, max_len=10, dropout=0.1, loss=loss))
+    cfg = SASRecConfig(num_items=NUM_ITEMS, d_model=32, num_heads=2, max_len=10, dropout=0.1, loss=loss)
+    return SASRec(cfg)
 
 
 @pytest.mark.parametrize("loss, min_recall", [("ce", 0.8), ("bce", 0.6)])  # one negative learns slower
@@ -56,10 +65,11 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     part = small_model(loss="bce")
     train_sasrec(part, split, SASRecTrainConfig(epochs=1, batch_size=16, patience=10), tmp_path / "part",
                  seed=3, device="cpu", progress=False)
-    res_part = train_sasrec(small_model(seed=99, loss="bce"), split, cfg, tmp_path / "part", seed=3, device="cpu",
-                            progress=False)
+    resumed = small_model(seed=99, loss="bce")  # a fresh object: everything must come from the checkpoint
+    res_part = train_sasrec(resumed, split, cfg, tmp_path / "part", seed=3, device="cpu", progress=False)
     assert [r["loss"] for r in res_part["history"]] == [r["loss"] for r in res_full["history"]]
     assert res_part["best_epoch"] == res_full["best_epoch"]
+    assert torch.equal(resumed.item_embeddings(), full.item_embeddings())
 
 
 def test_evaluation_equals_hand_computed_full_ranking():
@@ -81,6 +91,35 @@ def test_evaluation_equals_hand_computed_full_ranking():
     assert got == pytest.approx(want)
     assert got["recall@1"] >= 0.2 and got["recall@5"] >= 0.4
     assert np.array_equal(rank_items(model, history, 10, batch_size=7), order[:, :10])
+
+
+def test_item_embeddings_are_seeded_and_trained(tmp_path):
+    ds = successor_dataset()
+    cfg = SASRecTrainConfig(epochs=10, batch_size=32, lr=1e-2, max_steps=60)
+    x = sasrec_item_embeddings(ds, dim=16, seed=5, out_dir=tmp_path / "a", train_cfg=cfg, progress=False)
+    again = sasrec_item_embeddings(ds, dim=16, seed=5, out_dir=tmp_path / "b", train_cfg=cfg, progress=False)
+    assert x.shape == (NUM_ITEMS, 16) and x.dtype == np.float32
+    assert np.array_equal(x, again)
+    torch.manual_seed(5)
+    untrained = SASRec(SASRecConfig(num_items=NUM_ITEMS, d_model=16)).item_embeddings().numpy()
+    assert np.abs(x - untrained).max() > 0.1
+
+
+def test_baseline_reports_valid_and_test_metrics(tmp_path):
+    ds = successor_dataset()
+    model_cfg = SASRecConfig(num_items=NUM_ITEMS, d_model=32, max_len=10, dropout=0.1)
+    train_cfg = SASRecTrainConfig(epochs=10, batch_size=32, lr=1e-2, max_steps=100)
+    metrics = sasrec_baseline(ds, model_cfg, train_cfg, tmp_path, seed=0, ks=[1, 10], progress=False)
+    keys = [f"sasrec.{p}.{m}@{k}" for p in ("valid", "test") for m in ("recall", "ndcg") for k in (1, 10)]
+    assert sorted(metrics) == sorted(keys)
+    assert metrics["sasrec.test.recall@1"] > 0.8
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["sasrec.test.ndcg@10"] == metrics["sasrec.test.ndcg@10"]
+    split = leave_one_out(ds, max_history=10)
+    assert evaluate_sasrec(load_sasrec(tmp_path / "model"), split.test, ks=[1])["recall@1"] == (
+        metrics["sasrec.test.recall@1"])
+    with pytest.raises(ValueError, match="num_items"):
+        sasrec_baseline(ds, SASRecConfig(num_items=5), train_cfg, tmp_path, seed=0)
 
 
 def test_train_config_validation():

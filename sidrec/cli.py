@@ -3,6 +3,7 @@
     sidrec run configs/ml-100k.yaml train.epochs=5 run_dir=runs/quick
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
+    sidrec serve runs/quick --port 8000
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    srv = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)",
+                         description="Serve a trained run over HTTP: POST /recommend, POST /recommend/batch, "
+                                     "GET /items/{key}, GET /health. A host other than loopback needs an API key.")
+    srv.add_argument("run_dir")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key-env", metavar="NAME",
+                     help="environment variable holding the key that clients must send as X-API-Key")
     return parser
 
 
@@ -116,6 +125,15 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from sidrec.serve.app import serve
+    except ImportError as e:
+        raise ValueError(f"{e}; install the server with: pip install 'sidrec[serve]'") from e
+    serve(args.run_dir, host=args.host, port=args.port, api_key_env=args.api_key_env)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -123,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "recommend":
             return _recommend(args)
+        if args.command == "serve":
+            return _serve(args)
         return _stage(args)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -51,37 +51,103 @@ class Recommender:
         sids, sizes = load_sids(run / "tokenizer")
         return cls(Dataset.load(run / "data"), load_model(run / "model"), sids, sizes, str(resolve_device(device)))
 
+    def unknown_items(self, keys: list[str]) -> list[str]:
+        """The keys in ``keys`` that are not in the catalogue, in order, without duplicates."""
+        return list(dict.fromkeys(k for k in keys if k not in self._index))
+
     def item_indices(self, history: list[str]) -> list[int]:
-        unknown = [k for k in history if k not in self._index]
+        unknown = self.unknown_items(history)
         if unknown:
             raise KeyError(f"unknown item key(s): {', '.join(map(repr, unknown[:5]))}")
         return [self._index[k] for k in history]
 
-    @torch.inference_mode()
+    def info(self) -> dict:
+        """What is being served: catalogue size, SID shape and model sizes (JSON-serialisable)."""
+        cfg = self.model.cfg
+        return {
+            "dataset": self.dataset.name,
+            "items": self.dataset.num_items,
+            "sid_levels": list(self.trie.level_sizes),
+            "max_history": self.max_history,
+            "parameters": self.model.num_parameters(),
+            "d_model": cfg.d_model,
+            "layers": [cfg.num_encoder_layers, cfg.num_decoder_layers],
+            "device": str(self.device),
+        }
+
     def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
                   beam_size: int | None = None) -> list[Recommendation]:
-        """Top-``k`` items after ``history`` (item keys, oldest first), best first."""
-        if not history:
-            raise ValueError("history is empty")
-        if k < 1 or k > self.dataset.num_items:
-            raise ValueError(f"k must be in 1..{self.dataset.num_items}")
-        idx = self.item_indices(history)
-        seen = set(idx) if exclude_history else set()
-        # Widen the beam so that removing history items still leaves k results.
-        beam = max(beam_size or 20, k + len(seen))
-        beam = min(beam, self.dataset.num_items)
-        hist = np.full(self.max_history, -1, dtype=np.int64)
-        tail = idx[-self.max_history :]
-        hist[self.max_history - len(tail) :] = tail
-        hist_t = torch.as_tensor(hist, device=self.device)[None]
-        users = torch.zeros(1, dtype=torch.long, device=self.device)
+        """Top-``k`` items after ``history`` (item keys, oldest first), best first.
+
+        Args:
+            history: item keys as in the dataset, oldest first; only the last ``max_history`` are encoded.
+            k: number of items returned, 1..num_items.
+            exclude_history: drop items that are already in ``history``.
+            beam_size: beams kept by the search (default 20), widened to ``k`` plus the excluded items.
+
+        Example:
+            >>> rec.recommend(["i3", "i4"], k=2)  # doctest: +SKIP
+            [Recommendation(item='i5', title='Movie 5', score=-0.41, sid=[3, 6]), ...]
+        """
+        return self.recommend_batch([history], k, exclude_history, beam_size)[0]
+
+    @torch.inference_mode()
+    def recommend_batch(self, histories: list[list[str]], k: int | list[int] = 10,
+                        exclude_history: bool | list[bool] = True,
+                        beam_size: int | None = None) -> list[list[Recommendation]]:
+        """``recommend`` for many histories with one batched beam search.
+
+        The whole batch shares one beam width, the widest any history needs (``k`` plus its excluded items),
+        so a history decoded next to longer ones can only get a wider, never a narrower, search than alone.
+
+        Args:
+            histories: one list of item keys per request, oldest first.
+            k: items per request, one int for all or one per history.
+            exclude_history: one bool for all or one per history.
+            beam_size: minimum beam width (default 20).
+
+        Returns:
+            One best-first list of Recommendation per history.
+
+        Example:
+            >>> [len(r) for r in rec.recommend_batch([["i3"], ["i4", "i5"]], k=[3, 5])]  # doctest: +SKIP
+            [3, 5]
+        """
+        n = len(histories)
+        ks = list(k) if isinstance(k, (list, tuple)) else [k] * n
+        excludes = list(exclude_history) if isinstance(exclude_history, (list, tuple)) else [exclude_history] * n
+        if len(ks) != n or len(excludes) != n:
+            raise ValueError(f"k and exclude_history must be one value or one per history ({n})")
+        if n == 0:
+            return []
+        num_items = self.dataset.num_items
+        hist = np.full((n, self.max_history), -1, dtype=np.int64)  # (B, H) left-padded with -1
+        seen = []
+        for row, (history, k_row, exclude) in enumerate(zip(histories, ks, excludes)):
+            if not history:
+                raise ValueError(f"history {row} is empty")
+            if k_row < 1 or k_row > num_items:
+                raise ValueError(f"k must be in 1..{num_items}, got {k_row} for history {row}")
+            idx = self.item_indices(history)
+            seen.append(set(idx) if exclude else set())
+            tail = idx[-self.max_history :]
+            hist[row, self.max_history - len(tail) :] = tail
+        # Widen the beam so that removing history items still leaves k results for every row.
+        beam = max(beam_size or 20, *(k_row + len(s) for k_row, s in zip(ks, seen)))
+        beam = min(beam, num_items)
+        hist_t = torch.as_tensor(hist, device=self.device)
+        users = torch.zeros(n, dtype=torch.long, device=self.device)
         ids, mask = model_inputs(self.model, self.item_sids, hist_t, users)
         res = constrained_beam_search(self.model, ids, mask, self.trie, beam_size=beam, topk=beam)
+        items, scores, sids = res.items.tolist(), res.scores.tolist(), res.sids.tolist()  # (B, beam[, Lc])
         out = []
-        for item, score, sid in zip(res.items[0].tolist(), res.scores[0].tolist(), res.sids[0].tolist()):
-            if item < 0 or item in seen:
-                continue
-            out.append(Recommendation(self.dataset.item_keys[item], self.dataset.title(item), score, sid))
-            if len(out) == k:
-                break
+        for row in range(n):
+            recs = []
+            for item, score, sid in zip(items[row], scores[row], sids[row]):
+                if item < 0 or item in seen[row]:
+                    continue
+                recs.append(Recommendation(self.dataset.item_keys[item], self.dataset.title(item), score, sid))
+                if len(recs) == ks[row]:
+                    break
+            out.append(recs)
         return out

@@ -1,0 +1,23 @@
+"""The Python API: the same objects the CLI uses.
+
+Example:
+    >>> import sidrec
+    >>> rec = sidrec.load_run("runs/ml-100k-demo")  # doctest: +SKIP
+    >>> [r.title for r in rec.recommend(["50", "172", "181"], k=3)]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sidrec.serve.recommender import Recommender
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> Recommender:
+    """Load a finished run directory (dataset, SIDs, selected model) as a ``Recommender``.
+
+    Args:
+        run_dir: a directory written by ``sidrec run``.
+        device: ``"auto"`` (GPU if available), ``"cpu"`` or ``"cuda"``.
+    """
+    return Recommender.from_run(run_dir, device)

@@ -1,0 +1,217 @@
+"""HTTP API for a trained run: FastAPI app with micro-batched decoding, plus ``serve`` to run it with uvicorn.
+
+    POST /recommend        {"history": ["50", "172"], "k": 10, "exclude_history": true} -> {"items": [...]}
+    POST /recommend/batch  {"requests": [<recommend body>, ...]}                     -> {"results": [...]}
+    GET  /items/{key}      title, SID and text fields of one item
+    GET  /health           status, catalogue size, model info
+
+Every error is a 4xx with ``{"detail": "<message>"}``: unknown item keys 404 (naming them), a bad API key 401,
+malformed JSON 400, out-of-bounds fields 422. Needs the ``serve`` extra (fastapi, uvicorn).
+"""
+
+import ipaddress
+import os
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sidrec.serve.batcher import MicroBatcher
+from sidrec.serve.recommender import Recommendation, Recommender
+
+
+class RecommendationOut(BaseModel):
+    item: str
+    title: str
+    score: float
+    sid: list[int]
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendationOut]
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendResponse]
+
+
+class ItemResponse(BaseModel):
+    item: str
+    title: str
+    sid: list[int]
+    text: dict[str, str | None]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    items: int
+    model: dict
+
+
+def _response(recs: list[Recommendation]) -> RecommendResponse:
+    return RecommendResponse(items=[RecommendationOut(**r.__dict__) for r in recs])
+
+
+def _unknown_message(unknown: list[str]) -> str:
+    # Keys come from the client: cap how many and how much of each is echoed back.
+    names = ", ".join(repr(k[:100]) for k in unknown[:5])
+    more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+    return f"unknown item key(s): {names}{more}"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """One readable line per problem, e.g. ``history: List should have at least 1 item``; never the input."""
+    errors = exc.errors()
+    if any(e["type"] == "json_invalid" for e in errors):
+        return JSONResponse(status_code=400, content={"detail": "request body is not valid JSON"})
+    lines = []
+    for e in errors:
+        where = ".".join(str(part) for part in e["loc"] if part != "body")
+        lines.append(f"{where}: {e['msg']}" if where else e["msg"])
+    return JSONResponse(status_code=422, content={"detail": "; ".join(lines)})
+
+
+def create_app(recommender: Recommender, api_key: str | None = None, max_history: int = 200,
+               max_k: int = 100, max_batch: int = 256, max_wait_ms: float = 5.0) -> FastAPI:
+    """A FastAPI app serving ``recommender``; concurrent requests share batched decodes.
+
+    Args:
+        recommender: the loaded run (see ``Recommender.from_run``).
+        api_key: if set, every request must send it in the ``X-API-Key`` header (else 401).
+        max_history: most item keys accepted in one history.
+        max_k: largest ``k`` accepted (also capped at the catalogue size).
+        max_batch: most requests in one ``/recommend/batch`` call and in one decode.
+        max_wait_ms: how long a request waits for others to share its decode.
+
+    Returns:
+        The app; run it with uvicorn (``serve`` does) or any ASGI server.
+
+    Example:
+        >>> app = create_app(Recommender.from_run("runs/ml-100k"), api_key="secret")  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    for name, value in (("max_history", max_history), ("max_k", max_k), ("max_batch", max_batch)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key is empty: pass None to serve without a key, or a non-empty key")
+    k_limit = min(max_k, recommender.dataset.num_items)
+
+    # The request models are built here because their bounds are this app's limits.
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: list[str] = Field(min_length=1, max_length=max_history,
+                                   description="item keys, oldest first")
+        k: int = Field(default=min(10, k_limit), ge=1, le=k_limit)
+        exclude_history: bool = True
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        requests: list[RecommendRequest] = Field(min_length=1, max_length=max_batch)
+
+    batcher = MicroBatcher(recommender, max_batch=max_batch, max_wait_ms=max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="sidrec", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.state.batcher = batcher
+
+    if api_key is not None:
+        expected = api_key.encode("utf-8")
+
+        # A middleware, not a dependency: it runs before the body is parsed, so a client without the key
+        # learns nothing, not even whether its JSON was valid.
+        @app.middleware("http")
+        async def check_key(request: Request, call_next):
+            # Starlette decodes headers as latin-1: encoding back gives the raw bytes the client sent.
+            given = request.headers.get("x-api-key", "").encode("latin-1")
+            # compare_digest: the time taken does not reveal how much of a guessed key was right.
+            if not secrets.compare_digest(given, expected):
+                return JSONResponse(status_code=401, content={"detail": "missing or invalid X-API-Key header"})
+            return await call_next(request)
+
+    async def decode(requests: list[RecommendRequest]) -> list[list[Recommendation]]:
+        for i, r in enumerate(requests):
+            unknown = recommender.unknown_items(r.history)
+            if unknown:
+                prefix = f"requests[{i}]: " if len(requests) > 1 else ""
+                raise HTTPException(status_code=404, detail=prefix + _unknown_message(unknown))
+        try:
+            return await batcher.submit_many([(r.history, r.k, r.exclude_history) for r in requests])
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
+        return _response((await decode([body]))[0])
+
+    @app.post("/recommend/batch", response_model=BatchResponse)
+    async def recommend_batch(body: BatchRequest) -> BatchResponse:
+        return BatchResponse(results=[_response(recs) for recs in await decode(body.requests)])
+
+    @app.get("/items/{key:path}", response_model=ItemResponse)
+    async def item(key: str) -> ItemResponse:
+        if recommender.unknown_items([key]):
+            raise HTTPException(status_code=404, detail=_unknown_message([key]))
+        i = recommender.item_indices([key])[0]
+        ds = recommender.dataset
+        return ItemResponse(item=key, title=ds.title(i), sid=recommender.item_sids[i].tolist(),
+                            text={name: values[i] for name, values in ds.item_text.items()})
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        return HealthResponse(status="ok", items=recommender.dataset.num_items, model=recommender.info())
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1), which other machines cannot reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
+          device: str = "auto") -> None:
+    """Load a run and serve it with uvicorn until interrupted.
+
+    Args:
+        run_dir: a finished run directory.
+        host: interface to bind; anything but loopback requires an API key.
+        port: TCP port.
+        api_key_env: name of the environment variable holding the API key (the key itself never goes on the
+            command line, where other users could see it in the process list).
+        device: "auto", "cpu", "cuda", ...
+
+    Example:
+        >>> serve("runs/ml-100k", port=8000)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise ValueError(f"--api-key-env {api_key_env}: environment variable {api_key_env} is unset or empty")
+    if api_key is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host} without an API key: anyone who can reach it could query the model. "
+            "Set a key in an environment variable and pass --api-key-env NAME, or bind to 127.0.0.1"
+        )
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: must be in 0..65535")
+    app = create_app(Recommender.from_run(run_dir, device), api_key=api_key)
+    uvicorn.run(app, host=host, port=port)

@@ -1,6 +1,6 @@
 """The ``sidrec`` command line: one subcommand per stage, plus ``run`` for all of them.
 
-    sidrec run configs/ml-100k.yaml train.epochs=5 run_dir=runs/quick
+    sidrec run configs/movielens-100k.yaml train.epochs=5 run_dir=runs/quick
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
@@ -26,7 +26,7 @@ STAGE_HELP = {
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML preset, e.g. configs/ml-100k.yaml")
+    p.add_argument("config", help="YAML preset, e.g. configs/movielens-100k.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 seed=1")
     p.add_argument("--fresh", action="store_true", help="ignore existing recommender checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")

@@ -15,7 +15,6 @@ N(0, 1 / d_model) so that tied logits start with unit scale, and the SASRec inpu
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from sidrec.utils import atomic_write, atomic_write_json, read_json
+from sidrec.models.io import load_module, save_module
 
 LOSSES = ("ce", "bce")
 
@@ -186,10 +184,7 @@ def save_sasrec(model: SASRec, directory: str | Path) -> None:
     Example:
         >>> save_sasrec(model, "runs/beauty/sasrec/model")
     """
-    directory = Path(directory)
-    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
-    atomic_write_json(directory / "model.json", dataclasses.asdict(model.cfg))
+    save_module(model, directory)
 
 
 def load_sasrec(directory: str | Path, device: str | torch.device = "cpu") -> SASRec:
@@ -198,33 +193,4 @@ def load_sasrec(directory: str | Path, device: str | torch.device = "cpu") -> SA
     Example:
         >>> model = load_sasrec("runs/beauty/sasrec/model")
     """
-    directory = Path(directory)
-    config_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    raw = read_json(config_path)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{config_path}: expected a JSON object with SASRecConfig fields")
-    fields = {f.name for f in dataclasses.fields(SASRecConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ValueError(f"{config_path}: unknown SASRecConfig keys {unknown}")
-    if "num_items" not in raw:
-        raise ValueError(f"{config_path}: missing required key 'num_items'")
-    try:
-        cfg = SASRecConfig(**raw)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{config_path}: {e}") from None
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{weights_path}: file not found")
-    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
-        model = SASRec(cfg)
-    state = load_file(str(weights_path))
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected tensors {unexpected}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(f"{weights_path}: tensor {name} has shape {tuple(tensor.shape)}, "
-                             f"config expects {tuple(expected[name].shape)}")
-    model.load_state_dict(state)
-    return model.to(device)
+    return load_module(SASRec, SASRecConfig, directory, required=("num_items",), device=device)

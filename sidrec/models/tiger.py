@@ -26,16 +26,15 @@ layer 655,744, the 2,778-token embedding 355,584, the heads 99,328, the two rela
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sidrec.models.io import load_module, save_module
 from sidrec.models.t5 import (
     Attention,
     DecoderCache,
@@ -45,7 +44,6 @@ from sidrec.models.t5 import (
     T5Dims,
     T5Encoder,
 )
-from sidrec.utils import atomic_write, atomic_write_json, read_json
 
 PAD = 0
 START = 1
@@ -366,10 +364,7 @@ class Tiger(nn.Module):
 
 def save_model(model: Tiger, directory: str | Path) -> None:
     """Atomically write ``model.safetensors`` and ``model.json`` (the TigerConfig) into ``directory``."""
-    directory = Path(directory)
-    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
-    atomic_write_json(directory / "model.json", dataclasses.asdict(model.cfg))
+    save_module(model, directory)
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Tiger:
@@ -378,35 +373,4 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Tig
     Example:
         >>> model = load_model("runs/tiger/best")
     """
-    directory = Path(directory)
-    config_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    raw = read_json(config_path)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{config_path}: expected a JSON object with TigerConfig fields")
-    fields = {f.name for f in dataclasses.fields(TigerConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ValueError(f"{config_path}: unknown TigerConfig keys {unknown}")
-    if "level_sizes" not in raw:
-        raise ValueError(f"{config_path}: missing required key 'level_sizes'")
-    try:
-        cfg = TigerConfig(**raw)
-    except ValueError as e:
-        raise ValueError(f"{config_path}: {e}") from None
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{weights_path}: file not found")
-    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
-        model = Tiger(cfg)
-    state = load_file(str(weights_path))
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected tensors {unexpected}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(
-                f"{weights_path}: tensor {name} has shape {tuple(tensor.shape)}, "
-                f"config expects {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(state)
-    return model.to(device)
+    return load_module(Tiger, TigerConfig, directory, required=("level_sizes",), device=device)

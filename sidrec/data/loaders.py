@@ -637,26 +637,38 @@ def load_amazon2014(path: str | Path, name: str | None = None, min_interactions:
     Example:
         >>> ds = load_amazon2014("raw/amazon2014", name="Beauty")
     """
+    return _load_amazon(
+        "amazon2014", path, name, min_interactions,
+        reviews=["reviews_{}_5.json.gz", "reviews_{}_5.json"], columns=("reviewerID", "asin", "unixReviewTime"),
+        metas=["meta_{}.json.gz", "meta_{}.json"], read_meta=_amazon2014_meta, key_field="asin",
+        fields={
+            "title": lambda r, w: _text(r.get("title"), w),
+            "brand": lambda r, w: _text(r.get("brand"), w),
+            "categories": _flat_categories,
+            "description": lambda r, w: _text(r.get("description"), w, sep=" "),
+        },
+    )
+
+
+def _load_amazon(loader: str, path: str | Path, name: str | None, min_interactions: int, *, reviews: list[str],
+                 columns: tuple[str, str, str], metas: list[str], read_meta: Callable, key_field: str,
+                 fields: dict[str, Callable]) -> Dataset:
+    """Shared body of the Amazon 2014/2023 loaders: reviews -> k-core, time-ordered sequences; meta -> text."""
     _check_min_interactions(min_interactions)
     directory = _directory(path)
-    reviews_path, name = _find_main(directory, name, ["reviews_{}_5.json.gz", "reviews_{}_5.json"])
+    reviews_path, name = _find_main(directory, name, reviews)
     files: dict[str, str] = {}
-    interactions, all_users, all_items = _read_reviews(reviews_path, files, "reviewerID", "asin", "unixReviewTime")
+    interactions, all_users, all_items = _read_reviews(reviews_path, files, *columns)
     user_keys, item_keys, sequences = _amazon_dataset(reviews_path, interactions, all_users, all_items,
                                                       min_interactions)
     item_text = {}
-    for meta_name in (f"meta_{name}.json.gz", f"meta_{name}.json"):
-        meta_path = directory / meta_name
+    for pattern in metas:
+        meta_path = directory / pattern.format(name)
         if meta_path.is_file():
-            item_text = _meta_text(_amazon2014_meta(meta_path, files), "asin", item_keys, {
-                "title": lambda r, w: _text(r.get("title"), w),
-                "brand": lambda r, w: _text(r.get("brand"), w),
-                "categories": _flat_categories,
-                "description": lambda r, w: _text(r.get("description"), w, sep=" "),
-            })
+            item_text = _meta_text(read_meta(meta_path, files), key_field, item_keys, fields)
             break
     return Dataset(name, item_keys, user_keys, sequences, item_text=item_text,
-                   source=_source("amazon2014", files, name=name, min_interactions=min_interactions))
+                   source=_source(loader, files, name=name, min_interactions=min_interactions))
 
 
 def _json_records(path: Path, files: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -681,26 +693,17 @@ def load_amazon2023(path: str | Path, name: str | None = None, min_interactions:
     Example:
         >>> ds = load_amazon2023("raw/amazon2023", name="All_Beauty")
     """
-    _check_min_interactions(min_interactions)
-    directory = _directory(path)
-    reviews_path, name = _find_main(directory, name, ["{}.jsonl.gz", "{}.jsonl"])
-    files: dict[str, str] = {}
-    interactions, all_users, all_items = _read_reviews(reviews_path, files, "user_id", "parent_asin", "timestamp")
-    user_keys, item_keys, sequences = _amazon_dataset(reviews_path, interactions, all_users, all_items,
-                                                      min_interactions)
-    item_text = {}
-    for meta_name in (f"meta_{name}.jsonl.gz", f"meta_{name}.jsonl"):
-        meta_path = directory / meta_name
-        if meta_path.is_file():
-            item_text = _meta_text(_json_records(meta_path, files), "parent_asin", item_keys, {
-                "title": lambda r, w: _text(r.get("title"), w),
-                "description": lambda r, w: _text(r.get("description"), w, sep=" "),
-                "categories": lambda r, w: _text(r.get("categories"), w),
-                "brand": lambda r, w: _text(r.get("store"), w),
-            })
-            break
-    return Dataset(name, item_keys, user_keys, sequences, item_text=item_text,
-                   source=_source("amazon2023", files, name=name, min_interactions=min_interactions))
+    return _load_amazon(
+        "amazon2023", path, name, min_interactions,
+        reviews=["{}.jsonl.gz", "{}.jsonl"], columns=("user_id", "parent_asin", "timestamp"),
+        metas=["meta_{}.jsonl.gz", "meta_{}.jsonl"], read_meta=_json_records, key_field="parent_asin",
+        fields={
+            "title": lambda r, w: _text(r.get("title"), w),
+            "description": lambda r, w: _text(r.get("description"), w, sep=" "),
+            "categories": lambda r, w: _text(r.get("categories"), w),
+            "brand": lambda r, w: _text(r.get("store"), w),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

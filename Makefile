@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[text,serve,dev]"
+	$(PY) -m pip install -q -e ".[text,serve,report,dev]"
 	touch $@
 
 demo: install

@@ -4,6 +4,8 @@
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
+    sidrec inspect runs/quick
+    sidrec export-sids runs/quick --format parquet -o sids.parquet
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from sidrec.config import ConfigError, load_config
 
@@ -58,7 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key-env", metavar="NAME",
                      help="environment variable holding the key that clients must send as X-API-Key")
+    _add_interop_parsers(sub)
     return parser
+
+
+def _add_interop_parsers(sub) -> None:
+    ins = sub.add_parser("inspect", help="codebook health of a run's semantic IDs (table, --json, PNG plots)",
+                         description="Per-level usage, perplexity, dead codes, collisions, how often nearest "
+                                     "neighbours share SID prefixes vs random items, and the tokenizer's fit "
+                                     "trajectory. Plots (the 'report' extra) and health.json go to RUN/inspect/.")
+    ins.add_argument("run_dir")
+    ins.add_argument("--samples", type=int, default=1000,
+                     help="items whose nearest neighbour is compared (0: skip; needs the run's embeddings)")
+    ins.add_argument("--seed", type=int, default=0, help="seed of the item sample and the random pairs")
+    ins.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    ins.add_argument("--no-plots", action="store_true", help="write no PNG plots (no matplotlib needed)")
+    exp = sub.add_parser("export-sids", help="write a run's semantic IDs as JSON, parquet or an LC-Rec index file",
+                         description="Export every item's SID with its key, title and token strings "
+                                     "(<a_12><b_7>...): json, parquet (needs pyarrow) or index-json "
+                                     "(LC-Rec/LETTER *.index.json, importable with tokenizer.name=imported).")
+    exp.add_argument("run_dir")
+    exp.add_argument("--format", choices=["json", "parquet", "index-json"], default="json")
+    exp.add_argument("-o", "--output", required=True, help="file to write")
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -134,6 +158,54 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from sidrec.eval.health import health_table, inspect_run, level_counts
+    from sidrec.utils import atomic_write_json
+
+    if args.samples < 0:
+        raise ValueError(f"--samples: must be >= 0, got {args.samples}")
+    if not args.no_plots:
+        from sidrec.eval.plots import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as e:
+            raise ValueError(f"{e}; or pass --no-plots") from None
+    report, codes = inspect_run(args.run_dir, num_samples=args.samples, seed=args.seed)
+    out = Path(args.run_dir) / "inspect"
+    atomic_write_json(out / "health.json", report)
+    written = [out / "health.json"]
+    if not args.no_plots:
+        import torch
+
+        from sidrec.eval.plots import save_health_plots
+
+        written += save_health_plots(report, level_counts(torch.as_tensor(codes), report["level_sizes"]), out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(health_table(report))
+        print("\nwritten: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _export_sids(args: argparse.Namespace) -> int:
+    from sidrec.data.dataset import Dataset
+    from sidrec.pipeline import load_sids
+    from sidrec.tokenizers.index import export_sids
+
+    run = Path(args.run_dir)
+    if not (run / "tokenizer" / "sids.npy").is_file():
+        raise FileNotFoundError(f"{run / 'tokenizer' / 'sids.npy'}: missing; has the run been tokenized?")
+    sids, sizes = load_sids(run / "tokenizer")
+    try:
+        path = export_sids(Dataset.load(run / "data"), sids, sizes, args.output, args.format)
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    print(f"{len(sids)} items x {sids.shape[1]} tokens ({args.format}) -> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -143,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             return _recommend(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "export-sids":
+            return _export_sids(args)
         return _stage(args)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

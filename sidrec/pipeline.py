@@ -36,6 +36,7 @@ from sidrec.eval.metrics import popularity_ranking, topk_metrics
 from sidrec.models.tiger import Tiger, TigerConfig, load_model, save_model
 from sidrec.tokenizers import build_tokenizer
 from sidrec.tokenizers.base import codebook_health
+from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
 from sidrec.training.recommender import train_recommender
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.utils import (
@@ -45,6 +46,7 @@ from sidrec.utils import (
     read_json,
     resolve_device,
     run_metadata,
+    sha256_file,
 )
 from sidrec.utils import seed_everything as seed_all
 
@@ -101,7 +103,10 @@ class Run:
         c = self.cfg
         k = {"prepare": _key(asdict(c.data))}
         k["embed"] = _key(k["prepare"], asdict(c.embed))
-        k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
+        tok = asdict(c.tokenizer)
+        if c.tokenizer.name == IMPORTED:  # the imported file's content, not only its path, decides the SIDs
+            tok["sha256"] = sha256_file(imported_config(c.tokenizer.params).path)
+        k["tokenize"] = _key(k["embed"], tok, c.seed)
         k["train"] = _key(k["tokenize"], asdict(c.model), asdict(c.train), c.seed)
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k
@@ -133,9 +138,14 @@ class Run:
         return emb
 
     def stage_tokenize(self, emb: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """Fit the tokenizer and assign unique SIDs; returns (item_sids (N, Lc), level sizes)."""
+        """Fit the tokenizer (or import SIDs: ``tokenizer.name: imported``) and assign unique SIDs.
+
+        Returns (item_sids (N, Lc), level sizes).
+        """
         key = self.keys()["tokenize"]
         tdir = self.dir / "tokenizer"
+        if self.cfg.tokenizer.name == IMPORTED and not self._done("tokenize", key):
+            self._import_sids(tdir, key)
         if not self._done("tokenize", key):
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
@@ -153,6 +163,19 @@ class Run:
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "
                      f"{health['max_group']}, usage per level {[round(u, 3) for u in health['usage']]}")
         return load_sids(tdir)
+
+    def _import_sids(self, tdir: Path, key: str) -> None:
+        """``tokenizer.name: imported``: SIDs from another tool's index file; nothing is fitted."""
+        imp = import_sids(self.cfg.tokenizer.params, Dataset.load(self.dir / "data"))
+        tdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("tokenizer.safetensors", "fit_log.jsonl"):  # left by a tokenizer fitted here before
+            (tdir / stale).unlink(missing_ok=True)
+        atomic_write_json(tdir / "tokenizer.json", imp.meta)
+        atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, imp.sids))
+        atomic_write_json(tdir / "health.json", imp.health)
+        self._mark("tokenize", key)
+        self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, collision rate "
+                 f"{imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
 
     def stage_train(self, split: LeaveOneOut, sids: np.ndarray, level_sizes: list[int], resume: bool = True,
                     deadline: float | None = None):
@@ -249,10 +272,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:
-    """Item SIDs (N, Lc) and the level sizes (codebook size per learned level, max group for the dedup level)."""
+    """Item SIDs (N, Lc) and the level sizes (codebook size per learned level, max group for the dedup level).
+
+    Imported SIDs store their level sizes in ``tokenizer.json``.
+    """
     tdir = Path(tokenizer_dir)
     sids = np.load(tdir / "sids.npy", allow_pickle=False)
     tok_meta = read_json(tdir / "tokenizer.json")
+    if "level_sizes" in tok_meta:
+        return sids, [int(s) for s in tok_meta["level_sizes"]]
     k = int(tok_meta["config"]["codebook_size"])
     return sids, [k] * (sids.shape[1] - 1) + [int(sids[:, -1].max()) + 1]
 

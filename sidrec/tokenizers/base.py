@@ -11,7 +11,7 @@ import math
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -74,12 +74,12 @@ def assign_semantic_ids(codes: Tensor) -> Tensor:
     return torch.cat([codes, dedup[:, None].to(codes.dtype)], dim=1)
 
 
-def codebook_health(codes: Tensor, codebook_size: int) -> dict[str, Any]:
+def codebook_health(codes: Tensor, codebook_size: int | Sequence[int]) -> dict[str, Any]:
     """Usage statistics of a code matrix, to spot codebook collapse and collisions.
 
     Args:
         codes: ``(N, L)`` long, values in ``0..codebook_size - 1``.
-        codebook_size: K, codes per level.
+        codebook_size: K, codes per level, or one size per level (imported SIDs may differ per level).
 
     Returns:
         A JSON-serialisable dict: per level (lists of length L) ``usage`` (fraction of the K codes used),
@@ -94,18 +94,22 @@ def codebook_health(codes: Tensor, codebook_size: int) -> dict[str, Any]:
     if codes.dim() != 2:
         raise ValueError(f"codes: expected shape (N, L), got {tuple(codes.shape)}")
     n, num_levels = codes.shape
-    if n and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
-        raise ValueError(
-            f"codes: values must lie in 0..{codebook_size - 1}, got {int(codes.min())}..{int(codes.max())}"
-        )
+    sizes = [codebook_size] * num_levels if isinstance(codebook_size, int) else [int(k) for k in codebook_size]
+    if len(sizes) != num_levels:
+        raise ValueError(f"codebook_size: {len(sizes)} level sizes for {num_levels} levels")
     usage, perplexity, dead = [], [], []
-    for level in range(num_levels):
-        counts = torch.bincount(codes[:, level], minlength=codebook_size).double()  # (K,)
+    for level, k in enumerate(sizes):
+        column = codes[:, level]
+        if n and (int(column.min()) < 0 or int(column.max()) >= k):
+            raise ValueError(
+                f"codes: values must lie in 0..{k - 1}, got {int(column.min())}..{int(column.max())} at level {level + 1}"
+            )
+        counts = torch.bincount(column, minlength=k).double()  # (K,)
         used = int((counts > 0).sum())
         p = counts[counts > 0] / max(n, 1)
-        usage.append(used / codebook_size)
+        usage.append(used / k)
         perplexity.append(math.exp(float(-(p * p.log()).sum())))
-        dead.append(codebook_size - used)
+        dead.append(k - used)
     if n:
         _, group_sizes = torch.unique(codes, dim=0, return_counts=True)
         unique, max_group = len(group_sizes), int(group_sizes.max())

@@ -1,0 +1,204 @@
+"""Codebook health of semantic IDs, for any tokenizer (``sidrec inspect RUN``).
+
+Three views of one code matrix ``(N, L)``:
+- per level usage, perplexity and dead codes, plus collisions (``codebook_health`` of the tokenizers);
+- semantic locality: how often an item and its nearest neighbour by cosine in the embeddings the tokenizer was fit
+  on share the first l codes, against random pairs (``prefix_sharing``); good SIDs share far more with neighbours;
+- the fit trajectory from ``tokenizer/fit_log.jsonl`` (``fit_trajectory``): usage per epoch (per level for
+  RQ-KMeans, which fits level after level), so a collapse during training shows.
+
+The statistics are pure functions; ``inspect_run`` gathers them from a run directory; plots live in
+``sidrec.eval.plots``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sidrec.config import load_config
+from sidrec.data.dataset import Dataset
+from sidrec.data.embeddings import embed_items
+from sidrec.pipeline import load_sids
+from sidrec.tokenizers.base import codebook_health
+from sidrec.utils import read_json
+
+
+def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: int = 0,
+                   chunk: int = 1024) -> dict[str, Any]:
+    """Share of items whose nearest neighbour (by cosine in ``emb``) has the same first l codes, l = 1..L, and the
+    same share for random pairs.
+
+    For a seeded sample of items, the neighbour of item i is ``argmax_{j != i} cos(emb_i, emb_j)`` and its random
+    partner a uniform ``j != i``.
+
+    Args:
+        codes: ``(N, L)`` long, the learned codes (without the dedup token).
+        emb: ``(N, D)`` float, the embeddings the tokenizer was fit on.
+        num_samples: items sampled (all N when larger).
+        seed: seeds the sample and the random partners.
+        chunk: sampled items scored against all N at once (bounds the ``(chunk, N)`` similarity matrix).
+
+    Returns:
+        ``{"num_samples": S, "neighbour": [L floats], "random": [L floats]}``; entry l - 1 is the share for prefix
+        length l.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+        >>> prefix_sharing(torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]]), emb)["neighbour"]
+        [1.0, 0.0]
+    """
+    if codes.dim() != 2 or emb.dim() != 2 or codes.shape[0] != emb.shape[0]:
+        raise ValueError(f"codes (N, L) and emb (N, D) must have the same N, got {tuple(codes.shape)} and "
+                         f"{tuple(emb.shape)}")
+    n = codes.shape[0]
+    if n < 2:
+        raise ValueError(f"prefix_sharing: needs at least 2 items, got {n}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randperm(n, generator=generator)[:num_samples]  # (S,)
+    unit = F.normalize(emb.float(), dim=1)  # (N, D); a zero row stays zero: similarity 0 to everything
+    neighbours = []
+    for rows in sample.split(chunk):
+        sim = unit[rows] @ unit.T  # (c, N)
+        sim[torch.arange(len(rows)), rows] = -float("inf")  # an item is not its own neighbour
+        neighbours.append(sim.argmax(1))
+    neighbour = torch.cat(neighbours)  # (S,)
+    partner = (sample + torch.randint(1, n, (len(sample),), generator=generator)) % n  # uniform over j != i
+
+    def shared(other: Tensor) -> list[float]:
+        same = (codes[sample] == codes[other]).long()  # (S, L)
+        return same.cumprod(dim=1).double().mean(0).tolist()  # prefix l shared iff the first l codes agree
+
+    return {"num_samples": len(sample), "neighbour": shared(neighbour), "random": shared(partner)}
+
+
+def read_fit_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``fit_log.jsonl`` (one JSON object per line); errors name the file and line."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("usage"), list):
+                raise ValueError(f"{path}:{lineno}: expected an object with a 'usage' list")
+            records.append(record)
+    return records
+
+
+def fit_trajectory(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Usage, perplexity, collisions and loss per logged step of a tokenizer fit.
+
+    The step is ``epoch`` (gradient-trained tokenizers) or ``level`` (RQ-KMeans logs once per fitted level, its
+    codes so far); ``usage[t]`` lists the usage of each level known at step t.
+
+    Example:
+        >>> t = fit_trajectory([{"epoch": 1, "usage": [0.5], "collision_rate": 0.2},
+        ...                     {"epoch": 2, "usage": [0.9], "collision_rate": 0.1}])
+        >>> t["usage_level1_first"], t["usage_level1_last"]
+        (0.5, 0.9)
+    """
+    if not records:
+        raise ValueError("fit_trajectory: no records")
+    step = "epoch" if "epoch" in records[0] else "level" if "level" in records[0] else "step"
+    steps = [r.get(step, i + 1) for i, r in enumerate(records)]
+    return {
+        "step": step,
+        "steps": steps,
+        "usage": [r["usage"] for r in records],
+        "perplexity": [r.get("perplexity") for r in records],
+        "collision_rate": [r.get("collision_rate") for r in records],
+        "loss": [r.get("loss") for r in records],
+        "usage_level1_first": records[0]["usage"][0],
+        "usage_level1_last": records[-1]["usage"][0],
+    }
+
+
+def level_counts(codes: Tensor, level_sizes: list[int]) -> list[np.ndarray]:
+    """Items per code, one ``(K_l,)`` array per level: the usage histogram."""
+    return [torch.bincount(codes[:, level], minlength=k).numpy() for level, k in enumerate(level_sizes)]
+
+
+def learned_codes(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int], str]:
+    """A run's learned codes ``(N, L)`` (the SIDs without a dedup token), their level sizes and tokenizer name."""
+    tdir = Path(tokenizer_dir)
+    sids, sizes = load_sids(tdir)
+    meta = read_json(tdir / "tokenizer.json")
+    # Fitted tokenizers always append the dedup token; imported SIDs record whether they did.
+    num_levels = int(meta["num_levels"]) if "num_levels" in meta else sids.shape[1] - 1
+    return sids[:, :num_levels], sizes[:num_levels], str(meta.get("name"))
+
+
+def inspect_run(run_dir: str | Path, num_samples: int = 1000, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """Health report of a run's semantic IDs; returns ``(report, learned codes (N, L))``.
+
+    The embeddings for ``prefix_sharing`` are the run's own (``embed_items`` with the run's config: read from the
+    embedding cache, recomputed when the cache is gone); ``num_samples=0`` skips them. Nothing in the run
+    directory is written.
+
+    Example:
+        >>> report, codes = inspect_run("runs/ml-100k-demo")  # doctest: +SKIP
+        >>> report["codebook"]["collision_rate"]  # doctest: +SKIP
+        0.0101
+    """
+    run = Path(run_dir)
+    if not (run / "tokenizer" / "sids.npy").is_file():
+        raise FileNotFoundError(f"{run / 'tokenizer' / 'sids.npy'}: missing; has the run been tokenized?")
+    codes, sizes, name = learned_codes(run / "tokenizer")
+    report: dict[str, Any] = {
+        "run": str(run),
+        "tokenizer": name,
+        "num_items": int(codes.shape[0]),
+        "level_sizes": sizes,
+        "codebook": codebook_health(torch.as_tensor(codes), sizes),
+        "prefix_sharing": None,
+        "fit": None,
+    }
+    if num_samples > 0:
+        cfg = load_config(run / "config.yaml")
+        ds = Dataset.load(run / "data")
+        emb = embed_items(ds, cfg.embed, Path(cfg.cache_dir) / "embeddings", device="cpu", progress=False)
+        report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples, seed)
+    log_path = run / "tokenizer" / "fit_log.jsonl"
+    if log_path.is_file():
+        records = read_fit_log(log_path)
+        report["fit"] = fit_trajectory(records) if records else None
+    return report, codes
+
+
+def health_table(report: dict[str, Any]) -> str:
+    """The report of ``inspect_run`` as plain-text tables."""
+    h = report["codebook"]
+    lines = [f"{report['run']}: tokenizer {report['tokenizer']}, {report['num_items']} items, "
+             f"{len(report['level_sizes'])} levels", ""]
+    head = f"{'level':>5} {'size':>6} {'used':>6} {'usage':>7} {'perplexity':>11} {'dead':>6}"
+    lines += [head, "-" * len(head)]
+    for level, k in enumerate(report["level_sizes"]):
+        lines.append(f"{level + 1:>5} {k:>6} {k - h['dead_codes'][level]:>6} {h['usage'][level]:>7.3f} "
+                     f"{h['perplexity'][level]:>11.1f} {h['dead_codes'][level]:>6}")
+    lines += ["", f"collision rate {h['collision_rate']:.4f}, largest group {h['max_group']} items, "
+              f"{h['unique_tuples']} unique code tuples"]
+    ps = report["prefix_sharing"]
+    if ps is not None:
+        lines += ["", f"items sharing the first l codes ({ps['num_samples']} sampled items)"]
+        head = f"{'l':>3} {'nearest neighbour':>18} {'random item':>12}"
+        lines += [head, "-" * len(head)]
+        for level, (nb, rnd) in enumerate(zip(ps["neighbour"], ps["random"])):
+            lines.append(f"{level + 1:>3} {nb:>18.3f} {rnd:>12.3f}")
+    fit = report["fit"]
+    if fit is not None:
+        lines += ["", f"fit log: {len(fit['steps'])} {fit['step']}s; level-1 usage first {fit['usage_level1_first']:.3f}"
+                  f" -> last {fit['usage_level1_last']:.3f}; collision rate last {fit['collision_rate'][-1]}"]
+    return "\n".join(lines)

@@ -199,6 +199,8 @@ def health_table(report: dict[str, Any]) -> str:
             lines.append(f"{level + 1:>3} {nb:>18.3f} {rnd:>12.3f}")
     fit = report["fit"]
     if fit is not None:
+        last_rate = fit["collision_rate"][-1]
         lines += ["", f"fit log: {len(fit['steps'])} {fit['step']}s; level-1 usage first {fit['usage_level1_first']:.3f}"
-                  f" -> last {fit['usage_level1_last']:.3f}; collision rate last {fit['collision_rate'][-1]}"]
+                  f" -> last {fit['usage_level1_last']:.3f}"
+                  + (f"; last collision rate {last_rate:.4f}" if last_rate is not None else "")]
     return "\n".join(lines)

@@ -69,14 +69,15 @@ def _add_interop_parsers(sub) -> None:
     ins = sub.add_parser("inspect", help="codebook health of a run's semantic IDs (table, --json, PNG plots)",
                          description="Per-level usage, perplexity, dead codes, collisions, how often nearest "
                                      "neighbours share SID prefixes vs random items, and the tokenizer's fit "
-                                     "trajectory. Plots (the 'report' extra) and health.json go to RUN/inspect/.")
+                                     "trajectory. Plots (the 'report' extra) and health.json go to "
+                                     "RUN/inspect/.")
     ins.add_argument("run_dir")
     ins.add_argument("--samples", type=int, default=1000,
                      help="items whose nearest neighbour is compared (0: skip; needs the run's embeddings)")
     ins.add_argument("--seed", type=int, default=0, help="seed of the item sample and the random pairs")
     ins.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     ins.add_argument("--no-plots", action="store_true", help="write no PNG plots (no matplotlib needed)")
-    exp = sub.add_parser("export-sids", help="write a run's semantic IDs as JSON, parquet or an LC-Rec index file",
+    exp = sub.add_parser("export-sids", help="write a run's SIDs as JSON, parquet or an LC-Rec index file",
                          description="Export every item's SID with its key, title and token strings "
                                      "(<a_12><b_7>...): json, parquet (needs pyarrow) or index-json "
                                      "(LC-Rec/LETTER *.index.json, importable with tokenizer.name=imported).")

@@ -103,10 +103,7 @@ class Run:
         c = self.cfg
         k = {"prepare": _key(asdict(c.data))}
         k["embed"] = _key(k["prepare"], asdict(c.embed))
-        tok = asdict(c.tokenizer)
-        if c.tokenizer.name == IMPORTED:  # the imported file's content, not only its path, decides the SIDs
-            tok["sha256"] = sha256_file(imported_config(c.tokenizer.params).path)
-        k["tokenize"] = _key(k["embed"], tok, c.seed)
+        k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
         k["train"] = _key(k["tokenize"], asdict(c.model), asdict(c.train), c.seed)
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k
@@ -132,6 +129,8 @@ class Run:
         return ds
 
     def stage_embed(self, ds: Dataset) -> np.ndarray:
+        if self.cfg.tokenizer.name == IMPORTED:
+            imported_config(self.cfg.tokenizer.params)  # a wrong path or key fails before the embedding work
         emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)
         self._mark("embed", self.keys()["embed"])
@@ -144,8 +143,8 @@ class Run:
         """
         key = self.keys()["tokenize"]
         tdir = self.dir / "tokenizer"
-        if self.cfg.tokenizer.name == IMPORTED and not self._done("tokenize", key):
-            self._import_sids(tdir, key)
+        if self.cfg.tokenizer.name == IMPORTED:
+            return self._import_sids(tdir, key)
         if not self._done("tokenize", key):
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
@@ -164,8 +163,16 @@ class Run:
                      f"{health['max_group']}, usage per level {[round(u, 3) for u in health['usage']]}")
         return load_sids(tdir)
 
-    def _import_sids(self, tdir: Path, key: str) -> None:
-        """``tokenizer.name: imported``: SIDs from another tool's index file; nothing is fitted."""
+    def _import_sids(self, tdir: Path, key: str) -> tuple[np.ndarray, list[int]]:
+        """``tokenizer.name: imported``: SIDs from another tool's index file; nothing is fitted.
+
+        Cached like a fit, and also re-imported when the file's content changed (its path stayed the same).
+        """
+        path = imported_config(self.cfg.tokenizer.params).path
+        if self._done("tokenize", key) and read_json(tdir / "tokenizer.json")["source"]["sha256"] == sha256_file(
+            path
+        ):
+            return load_sids(tdir)
         imp = import_sids(self.cfg.tokenizer.params, Dataset.load(self.dir / "data"))
         tdir.mkdir(parents=True, exist_ok=True)
         for stale in ("tokenizer.safetensors", "fit_log.jsonl"):  # left by a tokenizer fitted here before
@@ -174,8 +181,9 @@ class Run:
         atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, imp.sids))
         atomic_write_json(tdir / "health.json", imp.health)
         self._mark("tokenize", key)
-        self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, collision rate "
-                 f"{imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
+        self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
+                 f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
+        return load_sids(tdir)
 
     def stage_train(self, split: LeaveOneOut, sids: np.ndarray, level_sizes: list[int], resume: bool = True,
                     deadline: float | None = None):

@@ -43,10 +43,11 @@ def test_inspect_errors(tmp_path, run_copy, capsys):
 
 
 def test_export_sids_round_trips_through_index_json(run_copy, tmp_path, capsys):
-    sids, sizes = load_sids(run_copy / "tokenizer")
+    sids, _ = load_sids(run_copy / "tokenizer")
     ds = Dataset.load(run_copy / "data")
-    assert main(["export-sids", str(run_copy), "--format", "index-json", "-o", str(tmp_path / "t.index.json")]) == 0
-    assert np.array_equal(read_index_json(tmp_path / "t.index.json", ds), sids)
+    out = tmp_path / "t.index.json"
+    assert main(["export-sids", str(run_copy), "--format", "index-json", "-o", str(out)]) == 0
+    assert np.array_equal(read_index_json(out, ds), sids)
     assert main(["export-sids", str(run_copy), "-o", str(tmp_path / "t.json")]) == 0
     items = json.loads((tmp_path / "t.json").read_text())["items"]
     assert [r["item"] for r in items] == ds.item_keys and items[3]["title"] == "Movie 3"
@@ -80,7 +81,19 @@ def test_run_on_imported_sids_with_collisions(tiny_args, tiny_run, tmp_path, cap
     # A changed file (same path) re-imports; a bad one fails naming the file and item.
     index.write_text(json.dumps({"0": ["<a_1>", "<c_2>"]}))
     assert main(["tokenize", "configs/ml-100k-demo.yaml", *args, "--quiet"]) == 2
-    assert f"{index}: item '0', token 2: token '<c_2>' has level letter 'c', expected 'b'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{index}: item '0', token 2: token '<c_2>' has level letter 'c', expected 'b'" in err
+
+
+def test_bad_import_params_fail_before_embedding(tiny_args, tmp_path, capsys):
+    run, args = tiny_args
+    args = [a for a in args if not a.startswith("tokenizer.params")] + ["tokenizer.name=imported"]
+    missing = tmp_path / "missing.index.json"
+    assert main(["embed", "configs/ml-100k-demo.yaml", *args, f"tokenizer.params={{path: {missing}}}"]) == 2
+    assert f"tokenizer.params.path: {missing}: file not found" in capsys.readouterr().err
+    assert main(["embed", "configs/ml-100k-demo.yaml", *args, "tokenizer.params={path: x, levels: 3}"]) == 2
+    assert "tokenizer.params.levels: unknown parameter" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "embeddings").exists()
 
 
 def test_rqkmeans_logs_its_fit_and_inspect_shows_it(tiny_args, capsys):

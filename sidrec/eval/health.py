@@ -2,8 +2,9 @@
 
 Three views of one code matrix ``(N, L)``:
 - per level usage, perplexity and dead codes, plus collisions (``codebook_health`` of the tokenizers);
-- semantic locality: how often an item and its nearest neighbour by cosine in the embeddings the tokenizer was fit
-  on share the first l codes, against random pairs (``prefix_sharing``); good SIDs share far more with neighbours;
+- semantic locality: how often an item and its nearest neighbour by cosine in the embeddings the tokenizer was
+  fit on share the first l codes, against random pairs (``prefix_sharing``); good SIDs share far more with
+  neighbours;
 - the fit trajectory from ``tokenizer/fit_log.jsonl`` (``fit_trajectory``): usage per epoch (per level for
   RQ-KMeans, which fits level after level), so a collapse during training shows.
 
@@ -32,11 +33,11 @@ from sidrec.utils import read_json
 
 def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: int = 0,
                    chunk: int = 1024) -> dict[str, Any]:
-    """Share of items whose nearest neighbour (by cosine in ``emb``) has the same first l codes, l = 1..L, and the
-    same share for random pairs.
+    """Share of items whose nearest neighbour (by cosine in ``emb``) has the same first l codes, l = 1..L, and
+    the same share for random pairs.
 
-    For a seeded sample of items, the neighbour of item i is ``argmax_{j != i} cos(emb_i, emb_j)`` and its random
-    partner a uniform ``j != i``.
+    For a seeded sample of items, the neighbour of item i is ``argmax_{j != i} cos(emb_i, emb_j)`` and its
+    random partner a uniform ``j != i``.
 
     Args:
         codes: ``(N, L)`` long, the learned codes (without the dedup token).
@@ -46,8 +47,8 @@ def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: in
         chunk: sampled items scored against all N at once (bounds the ``(chunk, N)`` similarity matrix).
 
     Returns:
-        ``{"num_samples": S, "neighbour": [L floats], "random": [L floats]}``; entry l - 1 is the share for prefix
-        length l.
+        ``{"num_samples": S, "neighbour": [L floats], "random": [L floats]}``; entry l - 1 is the share for
+        prefix length l.
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
@@ -101,8 +102,8 @@ def read_fit_log(path: str | Path) -> list[dict[str, Any]]:
 def fit_trajectory(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Usage, perplexity, collisions and loss per logged step of a tokenizer fit.
 
-    The step is ``epoch`` (gradient-trained tokenizers) or ``level`` (RQ-KMeans logs once per fitted level, its
-    codes so far); ``usage[t]`` lists the usage of each level known at step t.
+    The step is ``epoch`` (gradient-trained tokenizers) or ``level`` (RQ-KMeans logs once per fitted level,
+    its codes so far); ``usage[t]`` lists the usage of each level known at step t.
 
     Example:
         >>> t = fit_trajectory([{"epoch": 1, "usage": [0.5], "collision_rate": 0.2},
@@ -132,7 +133,7 @@ def level_counts(codes: Tensor, level_sizes: list[int]) -> list[np.ndarray]:
 
 
 def learned_codes(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int], str]:
-    """A run's learned codes ``(N, L)`` (the SIDs without a dedup token), their level sizes and tokenizer name."""
+    """A run's learned codes ``(N, L)`` (SIDs without the dedup token), their level sizes, the tokenizer name."""
     tdir = Path(tokenizer_dir)
     sids, sizes = load_sids(tdir)
     meta = read_json(tdir / "tokenizer.json")
@@ -141,11 +142,12 @@ def learned_codes(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int], str
     return sids[:, :num_levels], sizes[:num_levels], str(meta.get("name"))
 
 
-def inspect_run(run_dir: str | Path, num_samples: int = 1000, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+def inspect_run(run_dir: str | Path, num_samples: int = 1000,
+                seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
     """Health report of a run's semantic IDs; returns ``(report, learned codes (N, L))``.
 
-    The embeddings for ``prefix_sharing`` are the run's own (``embed_items`` with the run's config: read from the
-    embedding cache, recomputed when the cache is gone); ``num_samples=0`` skips them. Nothing in the run
+    The embeddings for ``prefix_sharing`` are the run's own (``embed_items`` with the run's config: read from
+    the embedding cache, recomputed when the cache is gone); ``num_samples=0`` skips them. Nothing in the run
     directory is written.
 
     Example:
@@ -170,7 +172,8 @@ def inspect_run(run_dir: str | Path, num_samples: int = 1000, seed: int = 0) -> 
         cfg = load_config(run / "config.yaml")
         ds = Dataset.load(run / "data")
         emb = embed_items(ds, cfg.embed, Path(cfg.cache_dir) / "embeddings", device="cpu", progress=False)
-        report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples, seed)
+        report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples,
+                                                  seed)
     log_path = run / "tokenizer" / "fit_log.jsonl"
     if log_path.is_file():
         records = read_fit_log(log_path)
@@ -200,7 +203,7 @@ def health_table(report: dict[str, Any]) -> str:
     fit = report["fit"]
     if fit is not None:
         last_rate = fit["collision_rate"][-1]
-        lines += ["", f"fit log: {len(fit['steps'])} {fit['step']}s; level-1 usage first {fit['usage_level1_first']:.3f}"
-                  f" -> last {fit['usage_level1_last']:.3f}"
-                  + (f"; last collision rate {last_rate:.4f}" if last_rate is not None else "")]
+        line = (f"fit log: {len(fit['steps'])} {fit['step']}s; level-1 usage first "
+                f"{fit['usage_level1_first']:.3f} -> last {fit['usage_level1_last']:.3f}")
+        lines += ["", line + (f"; last collision rate {last_rate:.4f}" if last_rate is not None else "")]
     return "\n".join(lines)

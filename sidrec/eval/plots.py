@@ -1,6 +1,6 @@
 """PNG plots of a health report (``sidrec inspect``). Needs matplotlib (the ``report`` extra), imported lazily.
 
-Figures are drawn with ``matplotlib.figure.Figure`` directly (no pyplot), so no display or global state is involved.
+Figures are drawn with ``matplotlib.figure.Figure`` directly (no pyplot): no display, no global state.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def require_matplotlib():
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError(f"plots need matplotlib ({e}); install it with: pip install 'sidrec[report]'") from e
+        raise ImportError(f"plots need matplotlib ({e}); install: pip install 'sidrec[report]'") from e
     return Figure
 
 
@@ -83,7 +83,7 @@ def plot_fit_trajectory(fit: dict[str, Any], path: str | Path) -> Path:
 
 
 def save_health_plots(report: dict[str, Any], counts: list[np.ndarray], out_dir: str | Path) -> list[Path]:
-    """Write ``usage_histogram.png``, ``prefix_sharing.png`` and ``fit_usage.png`` (those with data) to ``out_dir``.
+    """Write ``usage_histogram.png``, ``prefix_sharing.png`` and ``fit_usage.png`` (those with data).
 
     Example:
         >>> save_health_plots(report, level_counts(codes, sizes), "runs/demo/inspect")  # doctest: +SKIP

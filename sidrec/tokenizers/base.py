@@ -94,16 +94,15 @@ def codebook_health(codes: Tensor, codebook_size: int | Sequence[int]) -> dict[s
     if codes.dim() != 2:
         raise ValueError(f"codes: expected shape (N, L), got {tuple(codes.shape)}")
     n, num_levels = codes.shape
-    sizes = [codebook_size] * num_levels if isinstance(codebook_size, int) else [int(k) for k in codebook_size]
+    sizes = [codebook_size] * num_levels if isinstance(codebook_size, int) else list(codebook_size)
     if len(sizes) != num_levels:
         raise ValueError(f"codebook_size: {len(sizes)} level sizes for {num_levels} levels")
     usage, perplexity, dead = [], [], []
     for level, k in enumerate(sizes):
         column = codes[:, level]
         if n and (int(column.min()) < 0 or int(column.max()) >= k):
-            raise ValueError(
-                f"codes: values must lie in 0..{k - 1}, got {int(column.min())}..{int(column.max())} at level {level + 1}"
-            )
+            low, high = int(column.min()), int(column.max())
+            raise ValueError(f"codes: values must lie in 0..{k - 1}, got {low}..{high} at level {level + 1}")
         counts = torch.bincount(column, minlength=k).double()  # (K,)
         used = int((counts > 0).sum())
         p = counts[counts > 0] / max(n, 1)

@@ -1,14 +1,15 @@
-"""Semantic-ID maps in and out: LC-Rec/LETTER ``*.index.json`` files, and JSON/parquet exports for LLM recommenders.
+"""Semantic-ID maps in and out: LC-Rec/LETTER ``*.index.json`` files, and JSON/parquet exports for LLMs.
 
-An LC-Rec/LETTER index file is one JSON object, item id (the 0-based item index of that tool's data, as a string)
--> the item's tokens, one per level, the level named by a letter (a, b, c, ...)::
+An LC-Rec/LETTER index file is one JSON object, item id (the 0-based item index of that tool's data, as a
+string) -> the item's tokens, one per level, the level named by a letter (a, b, c, ...)::
 
     {"0": ["<a_128>", "<b_241>", "<c_146>", "<d_235>"], "1": ["<a_171>", "<b_57>", "<c_141>", "<d_231>"], ...}
 
-``read_index_json`` turns such a file into codes ``(N, L)`` and ``write_index_json`` writes one. A run uses a file
-from another tool with ``tokenizer.name: imported`` and ``tokenizer.params: {path: ...}`` (``ImportedConfig``):
-nothing is fitted, items sharing a code tuple get the dedup token, and the level sizes come from the data.
-``export_sids`` writes a run's SIDs, with item keys, titles and token strings, as JSON, parquet or index JSON.
+``read_index_json`` turns such a file into codes ``(N, L)`` and ``write_index_json`` writes one. A run uses a
+file from another tool with ``tokenizer.name: imported`` and ``tokenizer.params: {path: ...}``
+(``ImportedConfig``): nothing is fitted, items sharing a code tuple get the dedup token, and the level sizes come
+from the data. ``export_sids`` writes a run's SIDs, with item keys, titles and token strings, as JSON, parquet or
+index JSON.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def parse_token(token: Any, level: int, where: str, codebook_size: int | None = 
     letter = _LETTERS[level]
     match = _TOKEN.fullmatch(token) if isinstance(token, str) else None
     if match is None:
-        raise ValueError(f"{where}: malformed token {token!r}, expected '<{letter}_CODE>' with CODE an integer")
+        raise ValueError(f"{where}: malformed token {token!r}, expected '<{letter}_CODE>', CODE an integer")
     if match[1] != letter:
         raise ValueError(f"{where}: token {token!r} has level letter {match[1]!r}, expected {letter!r} "
                          "(the tokens of an item name the levels a, b, c, ... in order)")
@@ -76,17 +77,18 @@ def read_index_json(path: str | Path, dataset: Dataset, keys: Literal["index", "
     Args:
         path: the index file.
         dataset: the items the file must cover, each exactly once.
-        keys: what the file's keys are: ``"index"``, the 0-based item index (LC-Rec's item id; for a dataset read
-            by the ``lcrec`` loader it is the same number), or ``"item"``, the dataset's item keys (e.g. ASINs).
+        keys: what the file's keys are: ``"index"``, the 0-based item index (LC-Rec's item id; for a dataset
+            read by the ``lcrec`` loader it is the same number), or ``"item"``, the dataset's item keys (e.g.
+            ASINs).
         codebook_size: if given, every code must be below it.
 
     Returns:
         ``codes[i]`` = the codes of item ``i`` in level order.
 
     Raises:
-        FileNotFoundError / ValueError naming the file and the item (and token) at fault: keys that name no item of
-        the dataset, items without a SID, malformed tokens, level letters out of order, negative codes, lists of
-        different lengths, codes >= ``codebook_size``.
+        FileNotFoundError / ValueError naming the file and the item (and token) at fault: keys that name no
+        item of the dataset, items without a SID, malformed tokens, level letters out of order, negative codes,
+        lists of different lengths, codes >= ``codebook_size``.
 
     Example:
         >>> codes = read_index_json("data/Instruments/Instruments.index.json", ds)  # doctest: +SKIP
@@ -94,9 +96,11 @@ def read_index_json(path: str | Path, dataset: Dataset, keys: Literal["index", "
         (9922, 4)
     """
     path = Path(path)
+    if keys not in ("index", "item"):
+        raise ValueError(f"keys: expected 'index' or 'item', got {keys!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    raw = _load_json(path)
+    raw = _load_json(path)  # duplicate keys are errors: an item cannot be listed twice
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path}: expected a non-empty JSON object {{item: [\"<a_12>\", \"<b_7>\", ...]}}")
     n = dataset.num_items
@@ -113,16 +117,14 @@ def read_index_json(path: str | Path, dataset: Dataset, keys: Literal["index", "
             item = int(key)
         else:
             raise ValueError(f"{where}: not an item index of dataset {dataset.name!r} (items are 0..{n - 1})")
-        if item in rows:  # only for "index" keys: "0" and "00" would both name item 0, but "00" is refused above
-            raise ValueError(f"{where}: item listed twice")
         if not isinstance(tokens, list) or not tokens:
             raise ValueError(f"{where}: expected a non-empty list of tokens like \"<a_12>\", got {tokens!r}")
         if first is None:
             first = key
             if len(tokens) > len(_LETTERS):
-                raise ValueError(f"{where}: {len(tokens)} tokens, index files name at most {len(_LETTERS)} levels")
+                raise ValueError(f"{where}: {len(tokens)} tokens, index files have at most {len(_LETTERS)}")
         elif len(tokens) != len(raw[first]):
-            raise ValueError(f"{where}: {len(tokens)} tokens, expected {len(raw[first])} as for item {first!r}")
+            raise ValueError(f"{where}: {len(tokens)} tokens, expected {len(raw[first])} as item {first!r}")
         rows[item] = [parse_token(t, level, f"{where}, token {level + 1}", codebook_size)
                       for level, t in enumerate(tokens)]
     if len(rows) < n:
@@ -151,7 +153,7 @@ def write_index_json(path: str | Path, sids: np.ndarray, keys: Sequence[str] | N
         raise ValueError("sids: codes must be >= 0")
     keys = [str(i) for i in range(len(sids))] if keys is None else [str(k) for k in keys]
     if len(keys) != len(sids) or len(set(keys)) != len(keys):
-        raise ValueError(f"keys: expected {len(sids)} distinct keys, got {len(keys)} ({len(set(keys))} distinct)")
+        raise ValueError(f"keys: expected {len(sids)} distinct keys, got {len(keys)} ({len(set(keys))} unique)")
     obj = {key: sid_tokens(row) for key, row in zip(keys, sids.tolist())}
     return atomic_write_text(path, json.dumps(obj) + "\n")
 
@@ -167,8 +169,8 @@ class ImportedConfig:
     Args:
         path: the ``*.index.json`` file (absolute, or relative to the working directory).
         keys: ``"index"`` (0-based item index, LC-Rec's item ids) or ``"item"`` (the dataset's item keys).
-        codebook_size: the codebook size the file was made with; every code must be below it and it is the size
-            of every level. None: each level's size is its largest code + 1.
+        codebook_size: the codebook size the file was made with; every code must be below it and it is the
+            size of every level. None: each level's size is its largest code + 1.
 
     Example:
         >>> ImportedConfig(path="Instruments.index.json", codebook_size=256)
@@ -256,8 +258,8 @@ def sid_records(dataset: Dataset, sids: np.ndarray) -> list[dict[str, Any]]:
     out = []
     for i, sid in enumerate(np.asarray(sids).tolist()):
         tokens = sid_tokens(sid)
-        out.append({"index": i, "item": dataset.item_keys[i], "title": titles[i], "sid": sid, "tokens": tokens,
-                    "sid_string": "".join(tokens)})
+        out.append({"index": i, "item": dataset.item_keys[i], "title": titles[i], "sid": sid,
+                    "tokens": tokens, "sid_string": "".join(tokens)})
     return out
 
 
@@ -266,7 +268,7 @@ def _pyarrow():
         import pyarrow
         import pyarrow.parquet
     except ImportError as e:
-        raise ImportError(f"parquet export needs pyarrow ({e}); install it with: pip install 'sidrec[parquet]'") from e
+        raise ImportError(f"parquet export needs pyarrow ({e}); install: pip install 'sidrec[parquet]'") from e
     return pyarrow, pyarrow.parquet
 
 
@@ -276,9 +278,9 @@ def export_sids(dataset: Dataset, sids: np.ndarray, level_sizes: Sequence[int], 
 
     Formats:
         ``json``: ``{"num_items", "level_sizes", "items": [sid_records...]}``.
-        ``parquet``: one row per item, columns ``index, item, title, sid, tokens, sid_string``; the level sizes
-            in the schema metadata under ``sidrec``. Needs pyarrow (the ``parquet`` extra), imported lazily.
-        ``index-json``: the LC-Rec/LETTER index file (keys = item index), which ``read_index_json`` reads back.
+        ``parquet``: one row per item, columns ``index, item, title, sid, tokens, sid_string``; the level
+            sizes in the schema metadata under ``sidrec``. Needs pyarrow (the ``parquet`` extra), imported lazily.
+        ``index-json``: the LC-Rec/LETTER index file (keys = item index); ``read_index_json`` reads it back.
 
     Example:
         >>> export_sids(ds, sids, sizes, "runs/demo/sids.parquet", "parquet")  # doctest: +SKIP
@@ -291,8 +293,8 @@ def export_sids(dataset: Dataset, sids: np.ndarray, level_sizes: Sequence[int], 
         pa, pq = _pyarrow()  # before any work: a missing pyarrow fails fast
         records = sid_records(dataset, sids)
         table = pa.Table.from_pylist(records, schema=pa.schema([
-            ("index", pa.int64()), ("item", pa.string()), ("title", pa.string()), ("sid", pa.list_(pa.int64())),
-            ("tokens", pa.list_(pa.string())), ("sid_string", pa.string()),
+            ("index", pa.int64()), ("item", pa.string()), ("title", pa.string()),
+            ("sid", pa.list_(pa.int64())), ("tokens", pa.list_(pa.string())), ("sid_string", pa.string()),
         ], metadata={"sidrec": json.dumps({"level_sizes": [int(s) for s in level_sizes]})}))
         return atomic_write(path, lambda p: pq.write_table(table, str(p)))
     records = sid_records(dataset, sids)

@@ -38,7 +38,8 @@ LCREC = {"0": ["<a_128>", "<b_241>", "<c_146>", "<d_235>"], "1": ["<a_171>", "<b
 def test_reads_an_lcrec_index_file(tmp_path):
     codes = read_index_json(write(tmp_path, LCREC), toy_dataset())
     assert codes.dtype == np.int64
-    assert codes.tolist() == [[128, 241, 146, 235], [171, 57, 141, 231], [56, 57, 51, 109], [11, 198, 51, 249]]
+    assert codes.tolist() == [[128, 241, 146, 235], [171, 57, 141, 231], [56, 57, 51, 109],
+                              [11, 198, 51, 249]]
 
 
 def test_write_then_read_round_trips(tmp_path):
@@ -60,13 +61,15 @@ def test_written_file_has_the_lcrec_layout(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"4": ["<a_1>", "<b_1>", "<c_1>", "<d_1>"]}, r"item '4': not an item index of dataset 'toy' \(items are 0\.\.3\)"),
+    ({"4": ["<a_1>", "<b_1>", "<c_1>", "<d_1>"]},
+     r"item '4': not an item index of dataset 'toy' \(items are 0\.\.3\)"),
     ({"x": ["<a_1>", "<b_1>", "<c_1>", "<d_1>"]}, r"item 'x': not an item index"),
     ({"01": ["<a_1>", "<b_1>", "<c_1>", "<d_1>"]}, r"item '01': not an item index"),
     ({"2": ["<a_x>", "<b_1>", "<c_1>", "<d_1>"]}, r"item '2', token 1: malformed token '<a_x>'"),
-    ({"2": ["<a_1>", "<c_1>", "<b_1>", "<d_1>"]}, r"item '2', token 2: token '<c_1>' has level letter 'c', expected 'b'"),
+    ({"2": ["<a_1>", "<c_1>", "<b_1>", "<d_1>"]},
+     r"item '2', token 2: token '<c_1>' has level letter 'c', expected 'b'"),
     ({"2": ["<a_1>", "<b_-3>", "<c_1>", "<d_1>"]}, r"item '2', token 2: token '<b_-3>' has a negative code"),
-    ({"2": ["<a_1>", "<b_1>", "<c_1>"]}, r"item '2': 3 tokens, expected 4 as for item '0'"),
+    ({"2": ["<a_1>", "<b_1>", "<c_1>"]}, r"item '2': 3 tokens, expected 4 as item '0'"),
     ({"2": []}, r"item '2': expected a non-empty list of tokens"),
     ({"2": "<a_1><b_1><c_1><d_1>"}, r"item '2': expected a non-empty list of tokens"),
     ({"2": ["<a_1>", "<b_1>", "<c_1>", 7]}, r"item '2', token 4: malformed token 7"),
@@ -81,11 +84,12 @@ def test_bad_entries_name_the_file_and_item(tmp_path, change, message):
 def test_missing_items_unknown_keys_and_codebook_size(tmp_path):
     ds = toy_dataset()
     path = write(tmp_path, {k: v for k, v in LCREC.items() if k != "2"})
-    with pytest.raises(ValueError, match=r"no SID for 1 of the 4 items of dataset 'toy', e\.g\. item 2 \(key 'B002'\)"):
+    with pytest.raises(ValueError, match=r"no SID for 1 of the 4 items of dataset 'toy', e\.g\. item 2 "
+                                         r"\(key 'B002'\)"):
         read_index_json(path, ds)
     with pytest.raises(ValueError, match=r"item '0': not an item key of dataset 'toy'"):
         read_index_json(write(tmp_path, LCREC), ds, keys="item")
-    with pytest.raises(ValueError, match=r"item '0', token 2: token '<b_241>': code 241 >= codebook_size 200"):
+    with pytest.raises(ValueError, match=r"item '0', token 2: token '<b_241>': code 241 >= codebook_size"):
         read_index_json(write(tmp_path, LCREC), ds, codebook_size=200)
     assert read_index_json(write(tmp_path, LCREC), ds, codebook_size=256).max() == 249
 
@@ -167,5 +171,5 @@ def test_export_parquet(tmp_path):
 def test_parquet_without_pyarrow_says_which_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'sidrec\[parquet\]'"):
-        export_sids(toy_dataset(), np.zeros((4, 2), dtype=np.int64), [1, 4], tmp_path / "s.parquet", "parquet")
-    assert not (tmp_path / "s.parquet").exists()
+        export_sids(toy_dataset(), np.zeros((4, 2), dtype=np.int64), [1, 4], tmp_path / "s.pq", "parquet")
+    assert not (tmp_path / "s.pq").exists()

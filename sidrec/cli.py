@@ -83,6 +83,8 @@ def _add_interop_parsers(sub) -> None:
                                      "(LC-Rec/LETTER *.index.json, importable with tokenizer.name=imported).")
     exp.add_argument("run_dir")
     exp.add_argument("--format", choices=["json", "parquet", "index-json"], default="json")
+    exp.add_argument("--keys", choices=["index", "item"], default="index",
+                     help="index-json keys: 0-based item index (LC-Rec item ids) or the dataset's item keys")
     exp.add_argument("-o", "--output", required=True, help="file to write")
 
 
@@ -200,7 +202,7 @@ def _export_sids(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run / 'tokenizer' / 'sids.npy'}: missing; has the run been tokenized?")
     sids, sizes = load_sids(run / "tokenizer")
     try:
-        path = export_sids(Dataset.load(run / "data"), sids, sizes, args.output, args.format)
+        path = export_sids(Dataset.load(run / "data"), sids, sizes, args.output, args.format, args.keys)
     except ImportError as e:
         raise ValueError(str(e)) from None
     print(f"{len(sids)} items x {sids.shape[1]} tokens ({args.format}) -> {path}")

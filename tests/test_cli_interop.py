@@ -48,6 +48,9 @@ def test_export_sids_round_trips_through_index_json(run_copy, tmp_path, capsys):
     out = tmp_path / "t.index.json"
     assert main(["export-sids", str(run_copy), "--format", "index-json", "-o", str(out)]) == 0
     assert np.array_equal(read_index_json(out, ds), sids)
+    assert main(["export-sids", str(run_copy), "--format", "index-json", "--keys", "item", "-o", str(out)]) == 0
+    assert list(json.loads(out.read_text()))[:2] == ds.item_keys[:2]
+    assert np.array_equal(read_index_json(out, ds, keys="item"), sids)
     assert main(["export-sids", str(run_copy), "-o", str(tmp_path / "t.json")]) == 0
     items = json.loads((tmp_path / "t.json").read_text())["items"]
     assert [r["item"] for r in items] == ds.item_keys and items[3]["title"] == "Movie 3"

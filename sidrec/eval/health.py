@@ -32,7 +32,7 @@ from sidrec.utils import read_json
 
 
 def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: int = 0,
-                   chunk: int = 1024) -> dict[str, Any]:
+                   chunk: int | None = None) -> dict[str, Any]:
     """Share of items whose nearest neighbour (by cosine in ``emb``) has the same first l codes, l = 1..L, and
     the same share for random pairs.
 
@@ -44,7 +44,8 @@ def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: in
         emb: ``(N, D)`` float, the embeddings the tokenizer was fit on.
         num_samples: items sampled (all N when larger).
         seed: seeds the sample and the random partners.
-        chunk: sampled items scored against all N at once (bounds the ``(chunk, N)`` similarity matrix).
+        chunk: sampled items scored against all N at once; default: a ``(chunk, N)`` similarity matrix of at
+            most 2^26 floats (256 MB), so that large catalogues fit in memory.
 
     Returns:
         ``{"num_samples": S, "neighbour": [L floats], "random": [L floats]}``; entry l - 1 is the share for
@@ -67,6 +68,7 @@ def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: in
     sample = torch.randperm(n, generator=generator)[:num_samples]  # (S,)
     unit = F.normalize(emb.float(), dim=1)  # (N, D); a zero row stays zero: similarity 0 to everything
     neighbours = []
+    chunk = chunk or max(1, min(1024, (1 << 26) // n))
     for rows in sample.split(chunk):
         sim = unit[rows] @ unit.T  # (c, N)
         sim[torch.arange(len(rows)), rows] = -float("inf")  # an item is not its own neighbour

@@ -273,22 +273,25 @@ def _pyarrow():
 
 
 def export_sids(dataset: Dataset, sids: np.ndarray, level_sizes: Sequence[int], path: str | Path,
-                fmt: str = "json") -> Path:
+                fmt: str = "json", keys: Literal["index", "item"] = "index") -> Path:
     """Write the SIDs of every item for downstream (LLM) recommenders, atomically.
 
     Formats:
         ``json``: ``{"num_items", "level_sizes", "items": [sid_records...]}``.
         ``parquet``: one row per item, columns ``index, item, title, sid, tokens, sid_string``; the level
             sizes in the schema metadata under ``sidrec``. Needs pyarrow (the ``parquet`` extra), imported lazily.
-        ``index-json``: the LC-Rec/LETTER index file (keys = item index); ``read_index_json`` reads it back.
+        ``index-json``: the LC-Rec/LETTER index file, keyed by item index (LC-Rec's item ids for the ``lcrec``
+            loader) or, with ``keys="item"``, by item key; ``read_index_json`` with the same ``keys`` reads it back.
 
     Example:
         >>> export_sids(ds, sids, sizes, "runs/demo/sids.parquet", "parquet")  # doctest: +SKIP
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if keys not in ("index", "item"):
+        raise ValueError(f"keys: expected 'index' or 'item', got {keys!r}")
     if fmt == "index-json":
-        return write_index_json(path, sids)
+        return write_index_json(path, sids, dataset.item_keys if keys == "item" else None)
     if fmt == "parquet":
         pa, pq = _pyarrow()  # before any work: a missing pyarrow fails fast
         records = sid_records(dataset, sids)

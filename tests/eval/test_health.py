@@ -38,6 +38,7 @@ def test_neighbours_share_more_than_random_pairs_on_clustered_data():
     # Prefix sharing can only fall with length, and the result is seeded.
     assert out["random"] == sorted(out["random"], reverse=True)
     assert prefix_sharing(codes, emb, num_samples=100, seed=1) == out
+    assert prefix_sharing(codes, emb, num_samples=100, seed=1, chunk=7) == out  # chunking changes nothing
 
 
 def test_codes_unrelated_to_embeddings_share_like_random_pairs():

@@ -31,6 +31,7 @@ def write(tmp_path, obj, name="Toy.index.json"):
     return path
 
 
+# The first four entries of LETTER's data/Instruments/Instruments.index.json (github HonghuiBao2000/LETTER).
 LCREC = {"0": ["<a_128>", "<b_241>", "<c_146>", "<d_235>"], "1": ["<a_171>", "<b_57>", "<c_141>", "<d_231>"],
          "2": ["<a_56>", "<b_57>", "<c_51>", "<d_109>"], "3": ["<a_11>", "<b_198>", "<c_51>", "<d_249>"]}
 
@@ -115,6 +116,7 @@ def test_import_dedups_only_collisions_and_derives_level_sizes(tmp_path):
     declared = import_sids({"path": str(write(tmp_path, LCREC)), "codebook_size": 256}, ds)
     assert declared.level_sizes == [256] * 4 and declared.health["usage"][0] == 4 / 256
 
+    # Real LC-Rec/LETTER files can hold full collisions (LETTER's Instruments items 112 and 175 share all 4 codes).
     clash = {**LCREC, "3": LCREC["1"], "2": LCREC["1"]}  # items 1, 2, 3 share all four codes
     imp = import_sids({"path": str(write(tmp_path, clash, "clash.json"))}, ds)
     assert imp.meta["dedup"] and imp.meta["num_levels"] == 4

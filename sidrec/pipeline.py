@@ -133,7 +133,9 @@ class Run:
             imported_config(self.cfg.tokenizer.params)  # a wrong path or key fails before the embedding work
         emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)
-        self._mark("embed", self.keys()["embed"])
+        key = self.keys()["embed"]
+        if not self._done("embed", key):  # marking again would drop the later stages' cached results
+            self._mark("embed", key)
         return emb
 
     def stage_tokenize(self, emb: np.ndarray) -> tuple[np.ndarray, list[int]]:

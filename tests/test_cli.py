@@ -22,9 +22,12 @@ def test_run_all_stages_then_evaluate_and_recommend(tiny_args, capsys):
         assert (run / name).exists()
     assert json.loads((run / "run.json").read_text())["seed"] == 42
 
-    # Cached: a second run re-uses every stage and gives identical metrics.
+    # Cached: a second run re-uses every stage (nothing is rewritten) and gives identical metrics.
+    written = {p: p.stat().st_mtime_ns for p in (run / "tokenizer/tokenizer.safetensors", run / "model/model.json",
+                                                   run / "metrics.json")}
     assert main(["run", "configs/ml-100k-demo.yaml", *args, "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert {p: p.stat().st_mtime_ns for p in written} == written
 
     capsys.readouterr()
     assert main(["evaluate", str(run), "--quiet"]) == 0

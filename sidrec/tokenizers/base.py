@@ -41,6 +41,30 @@ class QuantizerOutput(NamedTuple):
     reconstruction: Tensor | None = None
 
 
+class Assignment(NamedTuple):
+    """What a trainable tokenizer's ``assign`` returns: the codes plus everything joint training needs.
+
+    Attributes:
+        codes: the chosen code per level ``(B, L)`` long.
+        onehot: ``(B, L, K)`` float, a hard one-hot of ``codes`` in the forward pass. Where the tokenizer is
+            trained through its assignments (DIGER) it is straight-through, so a loss on it (the recommender
+            reads code embeddings as ``onehot @ table``) reaches the codebooks; otherwise it is a constant.
+        logits: ``(B, L, K)``, minus the squared distance of each level's residual to each codeword.
+        latent: the encoder output z ``(B, d)``.
+        quantized: the quantized latent ``(B, d)``.
+        reconstruction: the decoder's reconstruction ``(B, D)`` of the standardised input, or ``None``.
+        loss: scalar, the tokenizer's own training loss.
+    """
+
+    codes: Tensor
+    onehot: Tensor
+    logits: Tensor
+    latent: Tensor
+    quantized: Tensor
+    reconstruction: Tensor | None
+    loss: Tensor
+
+
 def assign_semantic_ids(codes: Tensor) -> Tensor:
     """Append the dedup token: each item's index within its group of identical code tuples.
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from sidrec.tokenizers.base import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    Assignment,
     QuantizerOutput,
     Tokenizer,
     assign_semantic_ids,
@@ -76,6 +77,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 __all__ = [
     "TOKENIZERS",
+    "Assignment",
     "QuantizerOutput",
     "RQKMeans",
     "RQKMeansConfig",

@@ -42,18 +42,24 @@ class QuantizerOutput(NamedTuple):
 
 
 class Assignment(NamedTuple):
-    """What a trainable tokenizer's ``assign`` returns: the codes plus everything joint training needs.
+    """What a trainable tokenizer's ``assign`` returns: everything joint schedules and alignment losses need.
 
     Attributes:
         codes: the chosen code per level ``(B, L)`` long.
-        onehot: ``(B, L, K)`` float, a hard one-hot of ``codes`` in the forward pass. Where the tokenizer is
-            trained through its assignments (DIGER) it is straight-through, so a loss on it (the recommender
-            reads code embeddings as ``onehot @ table``) reaches the codebooks; otherwise it is a constant.
-        logits: ``(B, L, K)``, minus the squared distance of each level's residual to each codeword.
+        onehot: ``(B, L, K)`` float, a hard one-hot of ``codes`` in the forward pass. Straight-through for
+            DIGER (the gradient flows to the soft assignment); a constant (no gradient) for RQ-VAE. A recommender
+            that embeds SID tokens as ``onehot @ token_rows`` lets the recommendation loss reach the tokenizer.
+        logits: ``(B, L, K)`` = minus the squared distance of each level's residual to every codeword of that
+            level (residuals follow the hard codes); the level's code distribution is ``softmax(logits / tau)``.
         latent: the encoder output z ``(B, d)``.
-        quantized: the quantized latent ``(B, d)``.
-        reconstruction: the decoder's reconstruction ``(B, D)`` of the standardised input, or ``None``.
-        loss: scalar, the tokenizer's own training loss.
+        quantized: the quantised latent ``(B, d)`` (straight-through where the tokenizer is trained by gradient).
+        reconstruction: the reconstruction ``(B, D)`` of the standardised input, where the model has a decoder.
+        loss: the tokenizer's own scalar training loss (e.g. L_SQ of RQ-VAE).
+
+    Example:
+        >>> out = tok.assign(item_emb[:8])  # doctest: +SKIP
+        >>> out.logits.softmax(-1).shape  # doctest: +SKIP
+        torch.Size([8, 3, 256])
     """
 
     codes: Tensor

@@ -180,7 +180,7 @@ class DIGER(RQVAE):
 
         Training mode with ``gumbel``: per level, Gumbel-perturbed softmax over minus squared distances,
         straight-through indicator, quantized vector ``Ind . E_l``, next residual from it. Otherwise (eval mode,
-        or the naive baseline): argmin codes, constant one-hot, quantized ``z + sg(z_hat - z)``.
+        or the naive baseline) ``RQVAE.assign``: argmin codes, constant one-hot, quantized ``z + sg(z_hat - z)``.
 
         Args:
             x: item embeddings ``(B, D)`` on the tokenizer's device.
@@ -192,7 +192,8 @@ class DIGER(RQVAE):
             quantized vector, codebook and commitment terms) plus the weighted balance loss.
         """
         cfg = self.config
-        noisy = self.training and cfg.gumbel
+        if not (self.training and cfg.gumbel):
+            return super().assign(x)
         generator = self.noise_generator if generator is None else generator
         codebooks = self.quantizer.codebooks  # (L, K, d)
         xs = self.standardize(x)
@@ -203,42 +204,35 @@ class DIGER(RQVAE):
         scale: Tensor | float = cfg.noise_scale
         for level in range(cfg.num_levels):
             logits = -squared_distances(residual, codebooks[level])  # (B, K)
-            if noisy:
-                if cfg.decay == "frqud" and level == 0:
-                    hot = self.update_usage(logits.argmax(dim=1))  # (B,)
-                    scale = cfg.noise_scale * hot.to(logits.dtype)[:, None]  # (B, 1), same for every level
-                elif cfg.decay == "sdud":
-                    scale = self.sigma[level].abs()
-                noise = gumbel_noise(tuple(logits.shape), generator).to(logits.device)  # (B, K)
-                y_soft = F.softmax((logits + scale * noise) / cfg.gumbel_tau, dim=1)  # (B, K)
-                code = y_soft.argmax(dim=1)
-                onehot = F.one_hot(code, cfg.codebook_size).to(y_soft.dtype) - y_soft.detach() + y_soft
-                chosen = onehot @ codebooks[level]  # (B, d): the hard codeword, with gradient to all of them
-                if cfg.balance_weight > 0:
-                    balance = (y_soft.mean(dim=0) - 1.0 / cfg.codebook_size).abs().sum()
-                    loss = loss + cfg.balance_weight * balance
-            else:
-                code = logits.argmax(dim=1)
-                onehot = F.one_hot(code, cfg.codebook_size).to(logits.dtype)
-                chosen = codebooks[level][code]  # (B, d)
+            if cfg.decay == "frqud" and level == 0:
+                hot = self.update_usage(logits.argmax(dim=1))  # (B,)
+                scale = cfg.noise_scale * hot.to(logits.dtype)[:, None]  # (B, 1), kept for every level
+            elif cfg.decay == "sdud":
+                scale = self.sigma[level].abs()
+            noise = gumbel_noise(tuple(logits.shape), generator).to(logits.device)  # (B, K)
+            y_soft = F.softmax((logits + scale * noise) / cfg.gumbel_tau, dim=1)  # (B, K)
+            code = y_soft.argmax(dim=1)  # (B,)
+            onehot = F.one_hot(code, cfg.codebook_size).to(y_soft.dtype) - y_soft.detach() + y_soft
+            chosen = onehot @ codebooks[level]  # (B, d): the hard codeword, with gradient to all of them
             hard = codebooks[level][code]  # (B, d), for the codebook and commitment terms
             loss = loss + (residual.detach() - hard).pow(2).sum(-1).mean()
             loss = loss + cfg.beta * (residual - hard.detach()).pow(2).sum(-1).mean()
+            if cfg.balance_weight > 0:
+                loss = loss + cfg.balance_weight * (y_soft.mean(dim=0) - 1.0 / cfg.codebook_size).abs().sum()
             codes.append(code)
             onehots.append(onehot)
             logits_all.append(logits)
             z_hat = z_hat + chosen
             residual = residual - chosen
-        # Gumbel: the decoder reads Ind . E, so reconstruction trains the codebooks; naive: straight-through to z.
-        quantized = z_hat if noisy else z + (z_hat - z).detach()
-        x_hat = self.decoder(quantized)  # (B, D)
+        # The decoder reads Ind . E (no straight-through to z), so reconstruction trains the codebooks too.
+        x_hat = self.decoder(z_hat)  # (B, D)
         loss = loss + (xs - x_hat).pow(2).sum(-1).mean()
         return Assignment(
             codes=torch.stack(codes, dim=1),
             onehot=torch.stack(onehots, dim=1),
             logits=torch.stack(logits_all, dim=1),
             latent=z,
-            quantized=quantized,
+            quantized=z_hat,
             reconstruction=x_hat,
             loss=loss,
         )

@@ -335,6 +335,23 @@ class Tokenizer(nn.Module, ABC):
         """Codes plus the dedup token: ``(N, L + 1)`` long, one unique row per item."""
         return assign_semantic_ids(self.encode(emb, batch_size))
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups for training this tokenizer with a recommender: all parameters at ``lr``.
+
+        Subclasses with parameters that need their own rate (DIGER's SDUD sigmas) override this.
+
+        Example:
+            >>> opt = torch.optim.AdamW(tok.param_groups(1e-4))
+        """
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
+        """The recommendation loss as the joint objective uses it while this tokenizer trains: unchanged here.
+
+        DIGER's SDUD overrides it to tie its noise scale to the task loss.
+        """
+        return task_loss
+
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.
 

@@ -238,10 +238,13 @@ class DIGER(RQVAE):
         )
 
     def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
-        """SDUD: ``mean_l [ L / (2 (|sigma_l| + lambda)^2) + log(|sigma_l| + lambda) ]``; identity otherwise.
+        """SDUD: ``mean_l [ L / (2 (|sigma_l| + lambda)^2) + log(|sigma_l| + lambda) ]``; unchanged otherwise.
 
         Each term is minimal at ``|sigma_l| + lambda = sqrt(L)``, so the noise scale follows the task loss and
         decays as the recommender converges.
+
+        Example:
+            >>> total = tok.wrap_task_loss(rec_loss) + assignment.loss
         """
         if self.config.decay != "sdud":
             return task_loss
@@ -249,13 +252,13 @@ class DIGER(RQVAE):
         return (task_loss / (2 * s.pow(2)) + s.log()).mean()
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimiser parameter groups for joint training: everything at ``lr``, the SDUD sigmas at ``sigma_lr``.
+        """Optimiser parameter groups: everything at ``lr``; with SDUD the sigmas at ``sigma_lr``, no decay.
 
         Example:
             >>> opt = torch.optim.AdamW(tok.param_groups(1e-4) + [{"params": rec.parameters()}], lr=1e-3)
         """
         if self.config.decay != "sdud":
-            return [{"params": list(self.parameters()), "lr": lr}]
+            return super().param_groups(lr)
         rest = [p for p in self.parameters() if p is not self.sigma]
         return [
             {"params": rest, "lr": lr},

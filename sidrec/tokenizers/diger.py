@@ -93,10 +93,17 @@ class DIGERConfig(RQVAEConfig):
         )
 
 
-def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """Standard Gumbel samples on the generator's device: ``-log(E)`` with ``E ~ Exp(1)``."""
-    e = torch.empty(shape, device=generator.device).exponential_(generator=generator)
-    return -e.clamp_min(torch.finfo(e.dtype).tiny).log()
+def gumbel_noise(
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """Standard Gumbel samples ``-log(E)``, ``E ~ Exp(1)``, on ``device``.
+
+    Drawn from ``generator`` (on its own device, then moved) or, when None, from torch's seeded default RNG of
+    ``device``.
+    """
+    source = device if generator is None else generator.device
+    e = torch.empty(shape, device=source).exponential_(generator=generator)
+    return -e.clamp_min(torch.finfo(e.dtype).tiny).log().to(device)
 
 
 class DIGER(RQVAE):
@@ -129,11 +136,6 @@ class DIGER(RQVAE):
             self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))
         if config.decay == "sdud":
             self.sigma = nn.Parameter(torch.full((config.num_levels,), config.noise_scale))
-        self.noise_generator = torch.Generator().manual_seed(0)
-
-    def seed_noise(self, seed: int) -> None:
-        """Reseed the CPU generator that ``assign`` draws its Gumbel noise from (when given none)."""
-        self.noise_generator.manual_seed(seed)
 
     def reset_noise_state(self) -> None:
         """Forget the FrqUD usage statistics and put the SDUD sigmas back to ``noise_scale``."""
@@ -153,9 +155,8 @@ class DIGER(RQVAE):
         progress: bool = True,
         log: Callable[[dict[str, Any]], None] | None = None,
     ) -> DIGER:
-        """Pre-train as an RQ-VAE (``RQVAE.fit``, same arguments), with fresh noise state seeded by ``seed``."""
+        """Pre-train as an RQ-VAE (``RQVAE.fit``, same arguments), with fresh noise state."""
         self.reset_noise_state()
-        self.seed_noise(seed)
         super().fit(emb, seed=seed, device=device, progress=progress, log=log)
         return self
 
@@ -184,8 +185,8 @@ class DIGER(RQVAE):
 
         Args:
             x: item embeddings ``(B, D)`` on the tokenizer's device.
-            generator: source of the Gumbel noise (CPU or on the tokenizer's device); default
-                ``self.noise_generator``.
+            generator: source of the Gumbel noise; default torch's RNG of the tokenizer's device, which the
+                training loop seeds and saves in its checkpoints (so a resumed run draws the same noise).
 
         Returns:
             ``Assignment``; ``loss`` is the RQ-VAE loss of the chosen codes (reconstruction of the decoded
@@ -194,7 +195,6 @@ class DIGER(RQVAE):
         cfg = self.config
         if not (self.training and cfg.gumbel):
             return super().assign(x)
-        generator = self.noise_generator if generator is None else generator
         codebooks = self.quantizer.codebooks  # (L, K, d)
         xs = self.standardize(x)
         z = self.encoder(xs)  # (B, d)
@@ -209,7 +209,7 @@ class DIGER(RQVAE):
                 scale = cfg.noise_scale * hot.to(logits.dtype)[:, None]  # (B, 1), kept for every level
             elif cfg.decay == "sdud":
                 scale = self.sigma[level].abs()
-            noise = gumbel_noise(tuple(logits.shape), generator).to(logits.device)  # (B, K)
+            noise = gumbel_noise(tuple(logits.shape), logits.device, generator)  # (B, K)
             y_soft = F.softmax((logits + scale * noise) / cfg.gumbel_tau, dim=1)  # (B, K)
             code = y_soft.argmax(dim=1)  # (B,)
             onehot = F.one_hot(code, cfg.codebook_size).to(y_soft.dtype) - y_soft.detach() + y_soft

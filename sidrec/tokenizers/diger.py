@@ -195,9 +195,23 @@ class DIGER(RQVAE):
         cfg = self.config
         if not (self.training and cfg.gumbel):
             return super().assign(x)
+        # float32 even under the recommender's bf16 autocast (the tokenizer is small): bf16 latents and distances
+        # flip near-ties, so noise-free samples would get codes other than encode()'s argmin.
+        with torch.autocast(x.device.type, enabled=False):
+            xs = self.standardize(x.float())
+            z = self.encoder(xs)  # (B, d)
+            codes, onehot, logits, z_hat, loss = self._gumbel_levels(z, generator)
+            # The decoder reads Ind . E (no straight-through to z), so reconstruction trains the codebooks too.
+            x_hat = self.decoder(z_hat)  # (B, D)
+            loss = loss + (xs - x_hat).pow(2).sum(-1).mean()
+        return Assignment(codes, onehot, logits, z, z_hat, x_hat, loss)
+
+    def _gumbel_levels(
+        self, z: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The levels of ``assign``: codes (B, L), indicators (B, L, K), logits (B, L, K), z_hat (B, d), loss."""
+        cfg = self.config
         codebooks = self.quantizer.codebooks  # (L, K, d)
-        xs = self.standardize(x)
-        z = self.encoder(xs)  # (B, d)
         residual, z_hat = z, torch.zeros_like(z)
         codes, onehots, logits_all = [], [], []
         loss = z.new_zeros(())
@@ -224,18 +238,8 @@ class DIGER(RQVAE):
             logits_all.append(logits)
             z_hat = z_hat + chosen
             residual = residual - chosen
-        # The decoder reads Ind . E (no straight-through to z), so reconstruction trains the codebooks too.
-        x_hat = self.decoder(z_hat)  # (B, D)
-        loss = loss + (xs - x_hat).pow(2).sum(-1).mean()
-        return Assignment(
-            codes=torch.stack(codes, dim=1),
-            onehot=torch.stack(onehots, dim=1),
-            logits=torch.stack(logits_all, dim=1),
-            latent=z,
-            quantized=z_hat,
-            reconstruction=x_hat,
-            loss=loss,
-        )
+        stack = torch.stack
+        return stack(codes, dim=1), stack(onehots, dim=1), stack(logits_all, dim=1), z_hat, loss
 
     def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
         """SDUD: ``mean_l [ L / (2 (|sigma_l| + lambda)^2) + log(|sigma_l| + lambda) ]``; unchanged otherwise.

@@ -248,3 +248,12 @@ def test_config_is_strict_and_checked():
             build_tokenizer("diger", params, input_dim=D)
     with pytest.raises(ValueError, match="update_usage needs 'frqud'"):
         fitted(decay="none").update_usage(torch.zeros(3, dtype=torch.long))
+
+
+def test_training_assignment_runs_in_float32_under_bf16_autocast():
+    model = fitted(decay="frqud", noise_scale=0.0).train()  # no noise: codes must be encode()'s argmin
+    x = items(64, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = model.assign(x)
+    assert a.logits.dtype == a.quantized.dtype == a.reconstruction.dtype == torch.float32
+    assert torch.equal(a.codes, model.encode(x))

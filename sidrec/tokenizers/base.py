@@ -352,6 +352,13 @@ class Tokenizer(nn.Module, ABC):
         """
         return task_loss
 
+    def joint_stats(self) -> dict[str, Any]:
+        """JSON-able training state to log after each epoch that trained the tokenizer (none here).
+
+        DIGER reports its noise (SDUD sigmas, FrqUD share of perturbed samples) so its decay can be followed.
+        """
+        return {}
+
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.
 

@@ -241,6 +241,29 @@ class DIGER(RQVAE):
         stack = torch.stack
         return stack(codes, dim=1), stack(onehots, dim=1), stack(logits_all, dim=1), z_hat, loss
 
+    def joint_stats(self) -> dict[str, Any]:
+        """The current noise, to follow its decay in the training log.
+
+        Returns:
+            SDUD: ``{"noise.sigma": [|sigma_l| per level]}``. FrqUD: ``{"noise.hot_codes": share of level-1
+            codes that are hot, "noise.perturbed": EMA share of samples whose code is hot, i.e. perturbed}``.
+            Otherwise ``{}``.
+
+        Example:
+            >>> tok.joint_stats()  # after some joint training with decay="frqud"
+            {'noise.hot_codes': 0.02, 'noise.perturbed': 0.11}
+        """
+        cfg = self.config
+        if cfg.decay == "sdud":
+            return {"noise.sigma": self.sigma.detach().abs().tolist()}
+        if cfg.decay == "frqud" and int(self.usage_steps) > 0:
+            hot = self.usage_ema > cfg.frqud_hot_factor / cfg.codebook_size  # (K,)
+            return {
+                "noise.hot_codes": float(hot.float().mean()),
+                "noise.perturbed": float(self.usage_ema[hot].sum()),
+            }
+        return {}
+
     def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
         """SDUD: ``mean_l [ L / (2 (|sigma_l| + lambda)^2) + log(|sigma_l| + lambda) ]``; unchanged otherwise.
 

@@ -290,6 +290,7 @@ def train_joint(
             trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
             health = codebook_health(joint.item_sids[:, :-1], tokenizer.codebook_size)
             rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
+            rec.update(tokenizer.joint_stats())
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
             metrics = evaluate(model, valid, joint.item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
                                batch_size=cfg.eval_batch_size, progress=progress, desc="validate")

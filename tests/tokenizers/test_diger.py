@@ -110,7 +110,9 @@ def test_frqud_perturbs_fewer_samples_as_usage_balances():
     model = DIGER(DIGERConfig(**BASE, decay="frqud"), input_dim=D)
     skewed = torch.zeros(64, dtype=torch.long)  # every sample on code 0
     balanced = torch.arange(64) % K
+    assert model.joint_stats() == {}  # no usage seen yet
     assert int(model.update_usage(skewed).sum()) == 64  # the EMA starts at the first batch's usage
+    assert model.joint_stats() == {"noise.hot_codes": 1 / K, "noise.perturbed": 1.0}
     counts = [int(model.update_usage(balanced).sum()) for _ in range(400)]
     # Reference: code 0's EMA decays as 0.99 e + 0.01 / K from 1; it stays hot while above 1.5 / K; the
     # other codes rise from 0 towards 1 / K and never become hot.
@@ -120,6 +122,7 @@ def test_frqud_perturbs_fewer_samples_as_usage_balances():
         expected.append(64 // K if ema > 1.5 / K else 0)
     assert counts == expected
     assert counts[0] == 8 and counts[-1] == 0
+    assert model.joint_stats() == {"noise.hot_codes": 0.0, "noise.perturbed": 0.0}
     assert int(model.usage_steps) == 401
 
 

@@ -66,7 +66,8 @@ def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Te
     if int(sids[:, -1].max()) >= capacity:
         raise RuntimeError(
             f"{int(sids[:, -1].max()) + 1} items share one code tuple, more than the recommender's dedup level "
-            f"holds ({capacity}): the codebook is collapsing; lower schedule.tokenizer_lr"
+            f"holds ({capacity}): the codebook is collapsing; lower schedule.tokenizer_lr or raise "
+            "schedule.dedup_capacity"
         )
     return sids
 

@@ -23,6 +23,7 @@ from sidrec.tokenizers.base import (
     codebook_health,
     config_from_params,
 )
+from sidrec.tokenizers.diger import DIGER, DIGERConfig
 from sidrec.tokenizers.residual import ResidualQuantizer
 from sidrec.tokenizers.rqkmeans import RQKMeans, RQKMeansConfig
 from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
@@ -31,6 +32,7 @@ from sidrec.utils import read_json
 TOKENIZERS: dict[str, tuple[type[Tokenizer], type]] = {
     "rqvae": (RQVAE, RQVAEConfig),
     "rqkmeans": (RQKMeans, RQKMeansConfig),
+    "diger": (DIGER, DIGERConfig),
 }
 
 
@@ -78,6 +80,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 __all__ = [
     "TOKENIZERS",
     "Assignment",
+    "DIGER",
+    "DIGERConfig",
     "QuantizerOutput",
     "RQKMeans",
     "RQKMeansConfig",

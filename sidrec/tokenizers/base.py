@@ -335,6 +335,30 @@ class Tokenizer(nn.Module, ABC):
         """Codes plus the dedup token: ``(N, L + 1)`` long, one unique row per item."""
         return assign_semantic_ids(self.encode(emb, batch_size))
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups for training this tokenizer with a recommender: all parameters at ``lr``.
+
+        Subclasses with parameters that need their own rate (DIGER's SDUD sigmas) override this.
+
+        Example:
+            >>> opt = torch.optim.AdamW(tok.param_groups(1e-4))
+        """
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
+        """The recommendation loss as the joint objective uses it while this tokenizer trains: unchanged here.
+
+        DIGER's SDUD overrides it to tie its noise scale to the task loss.
+        """
+        return task_loss
+
+    def joint_stats(self) -> dict[str, Any]:
+        """JSON-able training state to log after each epoch that trained the tokenizer (none here).
+
+        DIGER reports its noise (SDUD sigmas, FrqUD share of perturbed samples) so its decay can be followed.
+        """
+        return {}
+
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.
 

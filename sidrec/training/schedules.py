@@ -10,9 +10,10 @@
 
 Every phase minimises the same objective, ``L_REC + L_SQ + mu L_SIA + lambda L_PSA + gamma L_SODA``; a phase only
 chooses which side is trainable (``requires_grad``, train/eval mode), so a term reaches a side exactly when it has
-a gradient path to it. L_REC reaches the tokenizer only with ``soft_codes``: the recommender then embeds SID tokens
-as ``Assignment.onehot @ token rows`` (straight-through for DIGER). The alignment losses are off during the first
-``warmup_epochs`` epochs. Early stopping (``train.patience``) applies only once the tokenizer is frozen for good
+a gradient path to it. While the tokenizer trains, L_REC goes through its ``wrap_task_loss`` (identity except for
+DIGER's SDUD, which ties its noise scale to the task loss). L_REC reaches the tokenizer only with ``soft_codes``:
+the recommender then embeds SID tokens as ``Assignment.onehot @ token rows`` (straight-through for DIGER). The
+alignment losses are off during the first ``warmup_epochs`` epochs. Early stopping (``train.patience``) applies only once the tokenizer is frozen for good
 (fine-tune epochs, or two-stage), because a tokenizer phase may lower validation before the recommender adapts.
 
 The best validation epoch's recommender and tokenizer are kept in ``best/`` (``model.safetensors``,
@@ -137,7 +138,8 @@ def joint_losses(
     enc, dec = model.hidden_states(ids, mask, target_sids, history_onehot, target_onehot)
     logits = model.all_level_logits(dec)  # [(B, K_l)] per level
     out = {"rec": model.rec_loss(logits, target_sids)}
-    total = out["rec"]
+    # A training tokenizer may reshape the task loss (DIGER's SDUD ties its noise scale to it); logged raw.
+    total = tokenizer.wrap_task_loss(out["rec"]) if tokenizer.training else out["rec"]
     if a is not None:
         out["sq"] = a.loss
         total = total + a.loss
@@ -216,7 +218,8 @@ def train_joint(
     joint = JointState(model, tokenizer, semantic_ids_for(tokenizer, item_emb, model))
     opt = torch.optim.AdamW([
         {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": list(tokenizer.parameters()), "lr": schedule.tokenizer_lr, "weight_decay": 0.0},
+        # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
+        *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
     ])
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
@@ -288,6 +291,7 @@ def train_joint(
             trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
             health = codebook_health(joint.item_sids[:, :-1], tokenizer.codebook_size)
             rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
+            rec.update(tokenizer.joint_stats())
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
             metrics = evaluate(model, valid, joint.item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
                                batch_size=cfg.eval_batch_size, progress=progress, desc="validate")

@@ -11,9 +11,9 @@ letter              configs/letter-beauty.yaml (two-stage)
 letter-soda         + alternating schedule + SODA
 etegrec             configs/etegrec-beauty.yaml (alternating, L_SIA + L_PSA)
 etegrec-soda        + SODA
-diger-frqud         ETEGRec's model and losses, DIGER tokenizer (FrqUD), joint schedule, soft codes
-diger-sdud          the same with SDUD
-st-joint            DIGER without Gumbel noise (naive straight-through), joint schedule, soft codes
+diger-frqud         configs/diger-frqud-beauty.yaml (ETEGRec's model, DIGER tokenizer, joint schedule, soft codes)
+diger-sdud          configs/diger-sdud-beauty.yaml (the same with SDUD)
+st-joint            configs/st-joint-beauty.yaml (DIGER without Gumbel noise: naive straight-through)
 ==================  ====================================================================================
 
 SODA's settings here (gamma 0.1, forward KL, tau 1, in-batch negatives) are ours: the paper's are not public.
@@ -60,7 +60,6 @@ METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 SODA = "schedule.losses.soda={weight: 0.1, direction: forward, tau: 1.0, in_batch: true}"
 ALTERNATING = ["schedule.name=alternating", "schedule.cycle_epochs=2", "schedule.tokenizer_lr=0.0001",
                "schedule.warmup_epochs=10", "schedule.finetune_epochs=100"]
-JOINT_SOFT = ["schedule.name=joint", "schedule.soft_codes=true", "tokenizer.name=diger"]
 METHODS: dict[str, tuple[str, str, list[str]]] = {  # name -> (label, preset, overrides)
     "tiger": ("TIGER", "configs/beauty.yaml", []),
     "tiger-soda": ("TIGER + SODA", "configs/beauty.yaml", [*ALTERNATING, SODA]),
@@ -70,10 +69,9 @@ METHODS: dict[str, tuple[str, str, list[str]]] = {  # name -> (label, preset, ov
     "letter-soda": ("LETTER + SODA", "configs/letter-beauty.yaml", [*ALTERNATING, SODA]),
     "etegrec": ("ETEGRec", "configs/etegrec-beauty.yaml", []),
     "etegrec-soda": ("ETEGRec + SODA", "configs/etegrec-beauty.yaml", [SODA]),
-    "diger-frqud": ("DIGER-FrqUD", "configs/etegrec-beauty.yaml", [*JOINT_SOFT, "tokenizer.params.decay=frqud"]),
-    "diger-sdud": ("DIGER-SDUD", "configs/etegrec-beauty.yaml", [*JOINT_SOFT, "tokenizer.params.decay=sdud"]),
-    "st-joint": ("straight-through joint", "configs/etegrec-beauty.yaml",
-                 [*JOINT_SOFT, "tokenizer.params.gumbel=false", "tokenizer.params.decay=none"]),
+    "diger-frqud": ("DIGER-FrqUD", "configs/diger-frqud-beauty.yaml", []),
+    "diger-sdud": ("DIGER-SDUD", "configs/diger-sdud-beauty.yaml", []),
+    "st-joint": ("straight-through joint", "configs/st-joint-beauty.yaml", []),
 }
 
 # --smoke: tiny models, tiny codebooks, 3 short epochs (tokenizer, recommender, fine-tune) on the real data. The

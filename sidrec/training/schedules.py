@@ -13,8 +13,9 @@ chooses which side is trainable (``requires_grad``, train/eval mode), so a term 
 a gradient path to it. While the tokenizer trains, L_REC goes through its ``wrap_task_loss`` (identity except for
 DIGER's SDUD, which ties its noise scale to the task loss). L_REC reaches the tokenizer only with ``soft_codes``:
 the recommender then embeds SID tokens as ``Assignment.onehot @ token rows`` (straight-through for DIGER). The
-alignment losses are off during the first ``warmup_epochs`` epochs. Early stopping (``train.patience``) applies only once the tokenizer is frozen for good
-(fine-tune epochs, or two-stage), because a tokenizer phase may lower validation before the recommender adapts.
+alignment losses are off during the first ``warmup_epochs`` epochs. Early stopping (``train.patience``) applies
+only once the tokenizer is frozen for good (fine-tune epochs, or two-stage), because a tokenizer phase may lower
+validation before the recommender adapts.
 
 The best validation epoch's recommender and tokenizer are kept in ``best/`` (``model.safetensors``,
 ``tokenizer/``); checkpoints hold both sides, the current SID table and the optimiser (safetensors + JSON).

@@ -124,7 +124,8 @@ def joint_losses(
             candidates, negative = soda_candidates(target, item_emb.shape[0], soda)
             parts.append(candidates)
         uniq, inverse = torch.unique(torch.cat(parts), return_inverse=True)
-        a = tokenizer.assign(item_emb[uniq])  # one tokenizer pass over every item the batch touches
+        with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
+            a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
         row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
@@ -145,7 +146,9 @@ def joint_losses(
         out["sq"] = a.loss
         total = total + a.loss
     if a is not None and (sia is not None or (soda is not None and soda.user_source == "latent")):
-        latent_logits = tokenizer.quantizer.logits(model.sequence_latent(enc, mask))  # (B, L, K)
+        z_e = model.sequence_latent(enc, mask)  # (B, d)
+        with torch.autocast(z_e.device.type, enabled=False):
+            latent_logits = tokenizer.quantizer.logits(z_e.float())  # (B, L, K)
     if sia is not None:
         out["sia"] = sia_loss(latent_logits, a.logits[row[target]])
         total = total + sia.weight * out["sia"]

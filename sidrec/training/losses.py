@@ -9,7 +9,7 @@ SODA (METHODS 6): the paper's body and code are not public. **The formulation he
 faithful to the abstract and with every choice configurable so it can be ablated:
 
 - item distribution per level ``P_i^l = softmax(logits_i^l / tau)``, logits from the tokenizer (residuals follow the
-  hard codes of earlier levels);
+  hard codes of earlier levels, or with ``soft_residuals`` the expected codewords);
 - user distribution per level: the recommender's teacher-forced next-token distribution at level l
   (``user_source="recommender"``, default) or the sequence latent ``z_E = MLP(mean_pool(encoder states))``
   quantised by the tokenizer (``user_source="latent"``, ETEGRec-style), at the same temperature;
@@ -48,6 +48,7 @@ class SODAConfig:
         tau: temperature of the item (and latent user) distributions, softmax(-distance / tau).
         in_batch: use the other targets of the batch as negatives.
         sampled: negatives drawn uniformly from the catalogue per batch (0 = none).
+        soft_residuals: item residuals subtract each level's expected codeword instead of the chosen one.
 
     Example:
         >>> SODAConfig(weight=0.1, direction="symmetric", sampled=64)
@@ -59,6 +60,7 @@ class SODAConfig:
     tau: float = 1.0
     in_batch: bool = True
     sampled: int = 0
+    soft_residuals: bool = False
 
     def __post_init__(self) -> None:
         key = "schedule.losses.soda"

@@ -160,7 +160,11 @@ def joint_losses(
             user = torch.stack(logits[: a.logits.shape[1]], dim=1)  # (B, L, K) teacher-forced, learned levels
         else:
             user = latent_logits / soda.tau
-        items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
+        if soda.soft_residuals:
+            with torch.autocast(a.latent.device.type, enabled=False):
+                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau) / soda.tau
+        else:
+            items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
         out["soda"] = soda_loss(user, items, candidates, target, negative, soda.direction)
         total = total + soda.weight * out["soda"]
     out["total"] = total

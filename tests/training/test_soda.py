@@ -131,3 +131,16 @@ def test_sia_reaches_codebooks_and_the_latent_head(tmp_path):
     schedule = ScheduleConfig(name="joint", losses=LossesConfig(sia=SIAConfig(weight=1.0)))
     grad, model = _codebook_grad(tmp_path, schedule, "joint", term="sia", latent_dim=4)
     assert grad > 0 and model.latent_head[0].weight.grad.abs().sum() > 0
+
+
+def test_soft_residuals_follow_expected_codewords(tmp_path):
+    _, tok, emb, _ = _tiny(tmp_path)
+    z = tok.assign(emb[:5]).latent
+    rq = tok.quantizer
+    soft = rq.soft_logits(z, tau=0.5)
+    assert torch.allclose(soft[:, 0], rq.logits(z)[:, 0])  # level 0 sees z itself either way
+    r1 = z - (soft[:, 0] / 0.5).softmax(-1) @ rq.codebooks[0]
+    assert torch.allclose(soft[:, 1], -torch.cdist(r1, rq.codebooks[1]).pow(2), atol=1e-4)
+    losses = LossesConfig(soda=SODAConfig(weight=1.0, soft_residuals=True))
+    grad, _ = _codebook_grad(tmp_path, ScheduleConfig(name="alternating", losses=losses), "tokenizer", term="soda")
+    assert grad > 0

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_overrides, write_recbole
@@ -193,8 +194,12 @@ def test_cli_alternating_soda_on_tiger(tmp_path):
     # tokenizer/ holds the updated tokenizer and its SIDs; the tokenize stage's fit is kept beside it
     assert (run / "tokenizer" / "pretrained" / "sids.npy").exists()
     assert metrics["tokenizer.health"] == json.loads((run / "tokenizer" / "health.json").read_text())
-    # a second call finds every stage done and re-evaluates nothing
-    assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
+    pretrained = np.load(run / "tokenizer" / "pretrained" / "sids.npy")
+    assert not np.array_equal(np.load(run / "tokenizer" / "sids.npy"), pretrained)  # the tokenizer epoch moved codes
+    # switching back to two-stage restores the tokenize stage's tokenizer instead of reusing the updated one
+    assert main(["run", "configs/ml-100k-demo.yaml", *args, "train.epochs=1", "--quiet"]) == 0
+    assert np.array_equal(np.load(run / "tokenizer" / "sids.npy"), pretrained)
+    assert not (run / "tokenizer" / "pretrained").exists()
 
 
 def test_assignment_contract_fields():

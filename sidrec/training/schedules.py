@@ -123,7 +123,7 @@ def joint_losses(
         if soda is not None:
             candidates, negative = soda_candidates(target, item_emb.shape[0], soda)
             parts.append(candidates)
-        uniq, inverse = torch.unique(torch.cat(parts), return_inverse=True)
+        uniq = torch.unique(torch.cat(parts))
         with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
             a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
         row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
@@ -145,7 +145,7 @@ def joint_losses(
     if a is not None:
         out["sq"] = a.loss
         total = total + a.loss
-    if a is not None and (sia is not None or (soda is not None and soda.user_source == "latent")):
+    if sia is not None or (soda is not None and soda.user_source == "latent"):
         z_e = model.sequence_latent(enc, mask)  # (B, d)
         with torch.autocast(z_e.device.type, enabled=False):
             latent_logits = tokenizer.quantizer.logits(z_e.float())  # (B, L, K)

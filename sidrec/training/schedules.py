@@ -74,7 +74,8 @@ def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Te
     return sids
 
 
-def _set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
+def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
+    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other."""
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
@@ -248,7 +249,7 @@ def train_joint(
             log(rec)
 
     def finish(done: bool) -> TrainResult:
-        _set_phase(model, tokenizer, "joint")  # hand both back trainable
+        set_phase(model, tokenizer, "joint")  # hand both back trainable
         return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], done)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +258,7 @@ def train_joint(
         epoch = state["epoch"]
         phase = schedule.phase(epoch, cfg.epochs)
         aligned = epoch >= schedule.warmup_epochs
-        _set_phase(model, tokenizer, phase)
+        set_phase(model, tokenizer, phase)
         trainable = [p for p in joint.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)

@@ -20,7 +20,7 @@ from sidrec.training.losses import (
     soda_loss,
     soda_scores,
 )
-from sidrec.training.schedules import _set_phase, joint_losses, semantic_ids_for
+from sidrec.training.schedules import joint_losses, semantic_ids_for, set_phase
 
 
 def test_kl_matrix_matches_the_definition():
@@ -97,7 +97,7 @@ def _tiny(tmp_path, latent_dim=0):
 def _codebook_grad(tmp_path, schedule, phase, aligned=True, term="total", latent_dim=0):
     model, tok, emb, batch = _tiny(tmp_path, latent_dim)
     sids = semantic_ids_for(tok, emb, model)
-    _set_phase(model, tok, phase)
+    set_phase(model, tok, phase)
     out = joint_losses(model, tok, emb, sids, *batch, schedule, aligned)
     if out[term].requires_grad:
         out[term].backward()

@@ -124,6 +124,9 @@ class ScheduleConfig:
         finetune_epochs: last epochs with the tokenizer frozen (recommender fine-tuning).
         soft_codes: the recommender embeds SID tokens from the tokenizer's ``onehot`` so that L_REC reaches the
             tokenizer (needs a straight-through tokenizer such as DIGER to have any effect).
+        dedup_capacity: size of the recommender's last (dedup) level when the tokenizer trains: the largest group
+            of items sharing one code tuple that later codes may form. 0 = max(2 x the pre-trained tokenizer's
+            largest group, K) (our choice).
         losses: extra losses (``soda``, ``sia``, ``psa``), off when absent.
 
     Example:
@@ -136,6 +139,7 @@ class ScheduleConfig:
     warmup_epochs: int = 0
     finetune_epochs: int = 0
     soft_codes: bool = False
+    dedup_capacity: int = 0
     losses: LossesConfig = field(default_factory=LossesConfig)
 
     def __post_init__(self) -> None:
@@ -145,6 +149,7 @@ class ScheduleConfig:
             ("tokenizer_lr", self.tokenizer_lr > 0, f"must be > 0, got {self.tokenizer_lr}"),
             ("warmup_epochs", self.warmup_epochs >= 0, f"must be >= 0, got {self.warmup_epochs}"),
             ("finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}"),
+            ("dedup_capacity", self.dedup_capacity >= 0, f"must be >= 0, got {self.dedup_capacity}"),
             ("soft_codes", not (self.soft_codes and self.name == "two_stage"),
              "needs a schedule that trains the tokenizer (alternating or joint)"),
         ]

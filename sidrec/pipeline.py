@@ -238,10 +238,8 @@ class Run:
                 shutil.copyfile(tdir / name, tmp / name)
             tmp.rename(tdir / "pretrained")
         tok = load_tokenizer(tdir / "pretrained")
-        if sched.trains_tokenizer:
-            # our choice: the dedup level holds groups of up to K items, so the codes may change without
-            # resizing the model (a larger group is reported as codebook collapse)
-            level_sizes = level_sizes[:-1] + [max(level_sizes[-1], tok.codebook_size)]
+        if sched.trains_tokenizer:  # room for larger collision groups as the codes change (see dedup_capacity)
+            level_sizes = level_sizes[:-1] + [sched.dedup_capacity or max(2 * level_sizes[-1], tok.codebook_size)]
         model = self._new_model(level_sizes, split.max_history).to(self.device)
         self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
                  f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")

@@ -104,6 +104,20 @@ class ResidualQuantizer(nn.Module):
         residuals = self.residuals(z, codes)  # (B, L, d)
         return torch.stack([-self.distances(residuals[:, level], level) for level in range(self.num_levels)], 1)
 
+    def soft_logits(self, z: Tensor, tau: float = 1.0) -> Tensor:
+        """Like ``logits`` but each residual subtracts the expected codeword of the level before: ``(B, L, K)``.
+
+        r_{l+1} = r_l - sum_k softmax(-||r_l - e^l_k||^2 / tau)_k e^l_k, so every codeword of every level shapes the
+        later levels' distributions (SODA's soft-residual option, our formulation).
+        """
+        out = []
+        residual = z
+        for level in range(self.num_levels):
+            logits = -self.distances(residual, level)  # (B, K)
+            out.append(logits)
+            residual = residual - (logits / tau).softmax(-1) @ self.codebooks[level]
+        return torch.stack(out, 1)
+
     def lookup(self, codes: Tensor) -> Tensor:
         """z_hat = sum of the chosen codewords, ``(B, L) -> (B, d)``, with gradients to the codebooks."""
         levels = torch.arange(self.num_levels, device=codes.device)

@@ -13,8 +13,9 @@ chooses which side is trainable (``requires_grad``, train/eval mode), so a term 
 a gradient path to it. While the tokenizer trains, L_REC goes through its ``wrap_task_loss`` (identity except for
 DIGER's SDUD, which ties its noise scale to the task loss). L_REC reaches the tokenizer only with ``soft_codes``:
 the recommender then embeds SID tokens as ``Assignment.onehot @ token rows`` (straight-through for DIGER). The
-alignment losses are off during the first ``warmup_epochs`` epochs. Early stopping (``train.patience``) applies only once the tokenizer is frozen for good
-(fine-tune epochs, or two-stage), because a tokenizer phase may lower validation before the recommender adapts.
+alignment losses are off during the first ``warmup_epochs`` epochs. Early stopping (``train.patience``) applies
+only once the tokenizer is frozen for good (fine-tune epochs, or two-stage), because a tokenizer phase may lower
+validation before the recommender adapts.
 
 The best validation epoch's recommender and tokenizer are kept in ``best/`` (``model.safetensors``,
 ``tokenizer/``); checkpoints hold both sides, the current SID table and the optimiser (safetensors + JSON).
@@ -67,12 +68,14 @@ def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Te
     if int(sids[:, -1].max()) >= capacity:
         raise RuntimeError(
             f"{int(sids[:, -1].max()) + 1} items share one code tuple, more than the recommender's dedup level "
-            f"holds ({capacity}): the codebook is collapsing; lower schedule.tokenizer_lr"
+            f"holds ({capacity}): the codebook is collapsing; lower schedule.tokenizer_lr or raise "
+            "schedule.dedup_capacity"
         )
     return sids
 
 
-def _set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
+def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
+    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other."""
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
@@ -121,8 +124,9 @@ def joint_losses(
         if soda is not None:
             candidates, negative = soda_candidates(target, item_emb.shape[0], soda)
             parts.append(candidates)
-        uniq, inverse = torch.unique(torch.cat(parts), return_inverse=True)
-        a = tokenizer.assign(item_emb[uniq])  # one tokenizer pass over every item the batch touches
+        uniq = torch.unique(torch.cat(parts))
+        with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
+            a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
         row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
@@ -142,8 +146,10 @@ def joint_losses(
     if a is not None:
         out["sq"] = a.loss
         total = total + a.loss
-    if a is not None and (sia is not None or (soda is not None and soda.user_source == "latent")):
-        latent_logits = tokenizer.quantizer.logits(model.sequence_latent(enc, mask))  # (B, L, K)
+    if sia is not None or (soda is not None and soda.user_source == "latent"):
+        z_e = model.sequence_latent(enc, mask)  # (B, d)
+        with torch.autocast(z_e.device.type, enabled=False):
+            latent_logits = tokenizer.quantizer.logits(z_e.float())  # (B, L, K)
     if sia is not None:
         out["sia"] = sia_loss(latent_logits, a.logits[row[target]])
         total = total + sia.weight * out["sia"]
@@ -155,7 +161,11 @@ def joint_losses(
             user = torch.stack(logits[: a.logits.shape[1]], dim=1)  # (B, L, K) teacher-forced, learned levels
         else:
             user = latent_logits / soda.tau
-        items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
+        if soda.soft_residuals:
+            with torch.autocast(a.latent.device.type, enabled=False):
+                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau) / soda.tau
+        else:
+            items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
         out["soda"] = soda_loss(user, items, candidates, target, negative, soda.direction)
         total = total + soda.weight * out["soda"]
     out["total"] = total
@@ -239,7 +249,7 @@ def train_joint(
             log(rec)
 
     def finish(done: bool) -> TrainResult:
-        _set_phase(model, tokenizer, "joint")  # hand both back trainable
+        set_phase(model, tokenizer, "joint")  # hand both back trainable
         return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], done)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +258,7 @@ def train_joint(
         epoch = state["epoch"]
         phase = schedule.phase(epoch, cfg.epochs)
         aligned = epoch >= schedule.warmup_epochs
-        _set_phase(model, tokenizer, phase)
+        set_phase(model, tokenizer, phase)
         trainable = [p for p in joint.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)

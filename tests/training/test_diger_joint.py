@@ -1,13 +1,18 @@
 import json
 
+import pytest
 import torch
+from conftest import write_recbole
 from safetensors.torch import load_file
 
 from sidrec.cli import main
-from sidrec.config import ScheduleConfig
+from sidrec.config import ScheduleConfig, TrainConfig
+from sidrec.data.loaders import load_dataset
+from sidrec.data.splits import leave_one_out
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import DIGER, DIGERConfig, load_tokenizer
-from sidrec.training.schedules import joint_losses, semantic_ids_for
+from sidrec.training import schedules
+from sidrec.training.schedules import joint_losses, semantic_ids_for, train_joint
 
 K, N, D = 8, 24, 10
 
@@ -89,3 +94,45 @@ def test_joint_objective_wraps_the_recommendation_loss_while_sdud_trains():
         rec = tok.wrap_task_loss(out["rec"]) if training else out["rec"]
         assert torch.allclose(out["total"], rec + out["sq"])
         assert not torch.allclose(tok.wrap_task_loss(out["rec"]), out["rec"])
+
+
+@pytest.mark.parametrize("decay", ["frqud", "sdud"])
+def test_interrupted_joint_training_resumes_with_the_same_noise(tmp_path, monkeypatch, decay):
+    ds = load_dataset("recbole", write_recbole(tmp_path / "data", num_users=30, num_items=24))
+    split = leave_one_out(ds, max_history=4)
+    emb = torch.randn(ds.num_items, 6, generator=torch.Generator().manual_seed(0))
+    sched = ScheduleConfig(name="joint", soft_codes=True, finetune_epochs=1)
+    train = TrainConfig(epochs=3, batch_size=16, warmup_steps=1, eval_beam_size=10, device="cpu", bf16=False)
+
+    def fresh() -> tuple[Tiger, DIGER]:
+        cfg = DIGERConfig(num_levels=2, codebook_size=4, latent_dim=4, hidden_dims=[8], epochs=2, batch_size=16,
+                          decay=decay)
+        tok = DIGER(cfg, input_dim=6).fit(emb, seed=0, device="cpu", progress=False)
+        model = Tiger(TigerConfig(level_sizes=[4, 4, 24], max_history=4, d_model=16, num_heads=2, d_kv=8,
+                                  d_ff=32, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0,
+                                  user_buckets=0), torch.Generator().manual_seed(0))
+        return model, tok
+
+    model, tok = fresh()
+    train_joint(model, tok, emb, split, train, sched, tmp_path / "a", seed=0, progress=False)
+    clock = iter(range(10**6))
+
+    class FakeTime:  # the deadline check reads time.time() once per batch: stop in the middle of epoch 1
+        time = staticmethod(lambda: next(clock))
+        perf_counter = staticmethod(lambda: 0.0)
+
+    monkeypatch.setattr(schedules, "time", FakeTime)
+    steps_per_epoch = -(-len(split.train.target) // 16)
+    model2, tok2 = fresh()
+    res = train_joint(model2, tok2, emb, split, train, sched, tmp_path / "b", seed=0, progress=False,
+                      deadline=steps_per_epoch + 2)
+    assert not res.finished and res.epochs_run == 1
+    monkeypatch.undo()
+    torch.manual_seed(123)  # a fresh process: the noise must come from the checkpoint, not the global state
+    model3, tok3 = fresh()
+    assert train_joint(model3, tok3, emb, split, train, sched, tmp_path / "b", seed=0, progress=False).finished
+    noise_state = {"frqud": "usage_ema", "sdud": "sigma"}[decay]
+    assert not torch.equal(tok.state_dict()[noise_state], fresh()[1].state_dict()[noise_state])
+    for a, b in [(model, model3), (tok, tok3)]:
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(x, y, atol=1e-6), name

@@ -127,13 +127,13 @@ def _stage(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from sidrec.data.dataset import Dataset
     from sidrec.data.splits import leave_one_out
-    from sidrec.models.tiger import load_model
+    from sidrec.models.recommenders import load_recommender
     from sidrec.pipeline import Run, load_sids, results_table
 
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
     ds = Dataset.load(run.dir / "data")
     sids, sizes = load_sids(run.dir / "tokenizer")
-    model = load_model(run.dir / "model").to(run.device)
+    model = load_recommender(run.dir / "model", run.device)
     metrics = run.stage_evaluate(ds, leave_one_out(ds, run.cfg.data.max_history), model, sids, sizes)
     print(results_table(metrics, run.cfg.eval.ks))
     return 0

@@ -17,6 +17,7 @@ import yaml
 
 from sidrec.data.embeddings import EmbedConfig
 from sidrec.models.sasrec import SASRecConfig
+from sidrec.training.losses import LossesConfig
 from sidrec.training.sasrec import SASRecTrainConfig
 
 
@@ -45,8 +46,12 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """TIGER sizes (METHODS 1.3); the SID level sizes come from the tokenizer."""
+    """The recommender: ``name`` (``tiger`` or ``etegrec``) and its T5 sizes (TIGER's defaults, METHODS 1.3).
 
+    The SID level sizes come from the tokenizer; ETEGRec's head sizes from the tokenizer and the embeddings.
+    """
+
+    name: str = "tiger"
     d_model: int = 128
     num_heads: int = 6
     d_kv: int = 64
@@ -104,6 +109,81 @@ class EvalConfig:
     batch_size: int = 512
 
 
+SCHEDULES = ("two_stage", "alternating", "joint")
+
+
+@dataclass
+class ScheduleConfig:
+    """How tokenizer and recommender are trained together (``RunConfig.schedule``).
+
+    Args:
+        name: ``"two_stage"``, ``"alternating"`` or ``"joint"``.
+        cycle_epochs: C, epochs per alternation cycle (1 tokenizer epoch + C - 1 recommender epochs); C >= 2.
+        tokenizer_lr: AdamW learning rate of the tokenizer's parameters (ETEGRec: 5e-5 .. 5e-4).
+        warmup_epochs: first epochs without the alignment losses (ETEGRec: 10).
+        finetune_epochs: last epochs with the tokenizer frozen (recommender fine-tuning).
+        soft_codes: the recommender embeds SID tokens from the tokenizer's ``onehot`` so that L_REC reaches the
+            tokenizer (needs a straight-through tokenizer such as DIGER to have any effect).
+        dedup_capacity: size of the recommender's last (dedup) level when the tokenizer trains: the largest group
+            of items sharing one code tuple that later codes may form. 0 = max(2 x the pre-trained tokenizer's
+            largest group, K) (our choice).
+        losses: extra losses (``soda``, ``sia``, ``psa``), off when absent.
+
+    Example:
+        >>> ScheduleConfig(name="alternating", cycle_epochs=2, losses=LossesConfig(soda=SODAConfig()))
+    """
+
+    name: str = "two_stage"
+    cycle_epochs: int = 2
+    tokenizer_lr: float = 1e-4
+    warmup_epochs: int = 0
+    finetune_epochs: int = 0
+    soft_codes: bool = False
+    dedup_capacity: int = 0
+    losses: LossesConfig = field(default_factory=LossesConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("name", self.name in SCHEDULES, f"must be one of {SCHEDULES}, got {self.name!r}"),
+            ("cycle_epochs", self.cycle_epochs >= 2, f"must be >= 2, got {self.cycle_epochs}"),
+            ("tokenizer_lr", self.tokenizer_lr > 0, f"must be > 0, got {self.tokenizer_lr}"),
+            ("warmup_epochs", self.warmup_epochs >= 0, f"must be >= 0, got {self.warmup_epochs}"),
+            ("finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}"),
+            ("dedup_capacity", self.dedup_capacity >= 0, f"must be >= 0, got {self.dedup_capacity}"),
+            ("soft_codes", not (self.soft_codes and self.name == "two_stage"),
+             "needs a schedule that trains the tokenizer (alternating or joint)"),
+        ]
+        for key, ok, message in checks:
+            if not ok:
+                raise ValueError(f"schedule.{key}: {message}")
+
+    @property
+    def trains_tokenizer(self) -> bool:
+        return self.name != "two_stage"
+
+    @property
+    def plain(self) -> bool:
+        """Two-stage without extra losses: today's ``train_recommender`` path."""
+        return self.name == "two_stage" and not self.losses.active
+
+    def phase(self, epoch: int, total_epochs: int) -> str:
+        """``"tokenizer"``, ``"recommender"`` or ``"joint"``: which side trains in ``epoch`` (0-based).
+
+        Example:
+            >>> [ScheduleConfig(name="alternating", cycle_epochs=2, finetune_epochs=1).phase(e, 5) for e in range(5)]
+            ['tokenizer', 'recommender', 'tokenizer', 'recommender', 'recommender']
+        """
+        if self.name == "two_stage" or epoch >= total_epochs - self.finetune_epochs:
+            return "recommender"
+        if self.name == "joint":
+            return "joint"
+        return "tokenizer" if epoch % self.cycle_epochs == 0 else "recommender"
+
+    def tokenizer_frozen_from(self, epoch: int, total_epochs: int) -> bool:
+        """Whether the tokenizer stays frozen from ``epoch`` on (early stopping may only trigger then)."""
+        return self.name == "two_stage" or epoch >= total_epochs - self.finetune_epochs
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -113,6 +193,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sasrec: BaselineConfig = field(default_factory=BaselineConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 42
     run_dir: str = "runs/default"
     cache_dir: str = ".sidrec/cache"
@@ -130,6 +211,9 @@ class RunConfig:
             ("eval.beam_size", self.eval.beam_size >= 1, "must be >= 1"),
             ("eval.ks", bool(self.eval.ks) and all(k >= 1 for k in self.eval.ks), "must be positive integers"),
             ("eval.ks", max(self.eval.ks or [1]) <= self.eval.beam_size, "largest K must be <= eval.beam_size"),
+            ("model.name", self.model.name in ("tiger", "etegrec"), "must be tiger or etegrec"),
+            ("schedule.losses.psa", self.schedule.losses.psa is None or self.model.name == "etegrec",
+             "needs model.name etegrec (its preference head)"),
             ("model.d_model", self.model.d_model >= 1, "must be >= 1"),
             ("model.num_heads", self.model.num_heads >= 1, "must be >= 1"),
             ("model.dropout", 0.0 <= self.model.dropout < 1.0, "must be in [0, 1)"),
@@ -201,7 +285,12 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (valid: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # value checks of a section's own __post_init__ name their full key
+        raise ConfigError(str(e)) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

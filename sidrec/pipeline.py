@@ -9,6 +9,11 @@ A run directory holds::
     model/               model.safetensors + model.json (the selected recommender)
     metrics.json         valid.* / test.* / popularity.* metrics
     sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*)
+
+Schedules that train the tokenizer (``schedule.name`` alternating or joint, see ``sidrec.training.schedules``)
+start from the tokenize stage's tokenizer, kept in ``tokenizer/pretrained/`` while training, and rewrite
+``tokenizer/`` (weights, sids.npy, health.json) with the tokenizer of the selected epoch. ``tokenizer/`` thus always
+holds the SIDs the finished recommender was trained on.
 """
 
 from __future__ import annotations
@@ -33,12 +38,15 @@ from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
 from sidrec.eval.metrics import popularity_ranking, topk_metrics
-from sidrec.models.tiger import Tiger, TigerConfig, load_model, save_model
-from sidrec.tokenizers import build_tokenizer
-from sidrec.tokenizers.base import codebook_health
+from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
+from sidrec.models.recommenders import load_recommender
+from sidrec.models.tiger import Tiger, TigerConfig, save_model
+from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
 from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
 from sidrec.training.recommender import train_recommender
 from sidrec.training.sasrec import sasrec_baseline
+from sidrec.training.schedules import train_joint
 from sidrec.utils import (
     atomic_write,
     atomic_write_json,
@@ -51,6 +59,7 @@ from sidrec.utils import (
 from sidrec.utils import seed_everything as seed_all
 
 STAGES = ("prepare", "embed", "tokenize", "train", "evaluate")
+TOKENIZER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "sids.npy", "health.json")
 
 
 def _key(*parts: Any) -> str:
@@ -104,7 +113,9 @@ class Run:
         k = {"prepare": _key(asdict(c.data))}
         k["embed"] = _key(k["prepare"], asdict(c.embed))
         k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
-        k["train"] = _key(k["tokenize"], asdict(c.model), asdict(c.train), c.seed)
+        # a plain two-stage run does not depend on the other schedule fields (tokenizer_lr, ...)
+        schedule = [] if c.schedule.plain else [asdict(c.schedule)]
+        k["train"] = _key(k["tokenize"], asdict(c.model), asdict(c.train), c.seed, *schedule)
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k
 
@@ -151,18 +162,21 @@ class Run:
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
             x = torch.as_tensor(emb, dtype=torch.float32)
+            shutil.rmtree(tdir / "pretrained", ignore_errors=True)  # a joint run's copy of the old tokenizer
             tdir.mkdir(parents=True, exist_ok=True)
             with open(tdir / "fit_log.jsonl", "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
                 tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
                         log=lambda rec: f.write(json.dumps(rec) + "\n"))
-            tok.save(tdir)
-            sids = tok.semantic_ids(x.to(self.device)).cpu().numpy()
-            health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
-            atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, sids))
-            atomic_write_json(tdir / "health.json", health)
+            health = self._save_tokenizer(tok, x)
             self._mark("tokenize", key)
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "
                      f"{health['max_group']}, usage per level {[round(u, 3) for u in health['usage']]}")
+        elif (tdir / "pretrained").is_dir() and not self._done("train", self.keys()["train"]):
+            # tokenizer/ holds a joint run's updated tokenizer but training will re-run: start from the fit
+            for name in TOKENIZER_FILES:
+                src = tdir / "pretrained" / name
+                atomic_write(tdir / name, lambda p, src=src: shutil.copyfile(src, p))
+            shutil.rmtree(tdir / "pretrained")
         return load_sids(tdir)
 
     def _import_sids(self, tdir: Path, key: str) -> tuple[np.ndarray, list[int]]:
@@ -187,16 +201,45 @@ class Run:
                  f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
         return load_sids(tdir)
 
+    def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:
+        """Write tokenizer/ (weights, sids.npy of the items x, health.json); returns the codebook health."""
+        tdir = self.dir / "tokenizer"
+        tok.save(tdir)
+        sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
+        health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
+        atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, sids))
+        atomic_write_json(tdir / "health.json", health)
+        return health
+
+    def _new_model(self, level_sizes: list[int], max_history: int) -> Tiger:
+        """The recommender named by ``model.name``; its alignment heads are sized from the tokenizer and embeddings."""
+        sizes = asdict(self.cfg.model)
+        name = sizes.pop("name")
+        losses = self.cfg.schedule.losses
+        tok_meta = read_json(self.dir / "tokenizer" / CONFIG_FILE)
+        latent_dim = tok_meta["config"].get("latent_dim")
+        needs_latent = name == "etegrec" or losses.sia is not None or (
+            losses.soda is not None and losses.soda.user_source == "latent")
+        if needs_latent and latent_dim is None:
+            raise ValueError(f"tokenizer.name: {tok_meta['name']} has no latent space, which model.name {name} "
+                             "and the sia / soda latent losses need (use rqvae, letter or diger)")
+        if name == "etegrec":
+            return ETEGRec(ETEGRecConfig(level_sizes=level_sizes, max_history=max_history, latent_dim=latent_dim,
+                                         recon_dim=tok_meta["input_dim"], **sizes))
+        return Tiger(TigerConfig(level_sizes=level_sizes, max_history=max_history,
+                                 latent_dim=latent_dim if needs_latent else 0, **sizes))
+
     def stage_train(self, split: LeaveOneOut, sids: np.ndarray, level_sizes: list[int], resume: bool = True,
                     deadline: float | None = None):
         """Train (or resume) the recommender; returns the selected model, or None if ``deadline`` cut it short."""
         key = self.keys()["train"]
         if self._done("train", key):
-            return load_model(self.dir / "model").to(self.device)
+            return load_recommender(self.dir / "model", self.device)
         seed_all(self.cfg.seed)
-        mcfg = TigerConfig(level_sizes=level_sizes, max_history=split.max_history, **asdict(self.cfg.model))
-        model = Tiger(mcfg).to(self.device)
-        self.log(f"TIGER: {model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
+        if not self.cfg.schedule.plain:
+            return self._train_joint(split, level_sizes, key, resume, deadline)
+        model = self._new_model(level_sizes, split.max_history).to(self.device)
+        self.log(f"{self.cfg.model.name}: {model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
         item_sids = torch.as_tensor(sids, device=self.device)
         trie = SidTrie(item_sids, level_sizes).to(self.device)
         rdir = self.dir / "recommender"
@@ -215,8 +258,49 @@ class Run:
         self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}")
         return model
 
+    def _train_joint(self, split: LeaveOneOut, level_sizes: list[int], key: str, resume: bool,
+                     deadline: float | None):
+        """stage_train for schedules other than plain two-stage (``sidrec.training.schedules.train_joint``)."""
+        sched = self.cfg.schedule
+        tdir = self.dir / "tokenizer"
+        if not (tdir / "pretrained").is_dir():  # keep the tokenize stage's result; tokenizer/ is rewritten below
+            tmp = tdir / "pretrained.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(tdir / name, tmp / name)
+            tmp.rename(tdir / "pretrained")
+        tok = load_tokenizer(tdir / "pretrained")
+        if sched.trains_tokenizer:  # room for larger collision groups as the codes change (see dedup_capacity)
+            level_sizes = level_sizes[:-1] + [sched.dedup_capacity or max(2 * level_sizes[-1], tok.codebook_size)]
+        model = self._new_model(level_sizes, split.max_history).to(self.device)
+        self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
+                 f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
+        ds = Dataset.load(self.dir / "data")
+        emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
+                          progress=self.progress)  # cached by the embed stage
+        x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
+        rdir = self.dir / "recommender"
+        if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
+            shutil.rmtree(rdir)
+        atomic_write_text(rdir / "key", key)
+        res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
+                          progress=self.progress, log=self._epoch_line, deadline=deadline)
+        if not res.finished:
+            self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
+            return None
+        model.load_state_dict(load_file(str(rdir / "best" / "model.safetensors")))
+        save_model(model, self.dir / "model")
+        health = self._save_tokenizer(load_tokenizer(rdir / "best" / "tokenizer").to(self.device), x)
+        self._mark("train", key)
+        self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
+                 f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
+        return model
+
     def _epoch_line(self, rec: dict[str, Any]) -> None:
         parts = [f"epoch {rec['epoch']:3d}", f"loss {rec['loss']:.4f}", f"{rec['samples_per_second']:.0f} samples/s"]
+        if "phase" in rec:  # joint schedules
+            parts.insert(1, f"{rec['phase']:<11}")
         parts += [f"{k} {v:.4f}" for k, v in rec.items() if k.startswith("valid.")]
         self.log("  ".join(parts))
 
@@ -227,7 +311,7 @@ class Run:
             return read_json(mpath)
         e = self.cfg.eval
         item_sids = torch.as_tensor(sids, device=self.device)
-        trie = SidTrie(item_sids, level_sizes).to(self.device)
+        trie = SidTrie(item_sids, model.cfg.level_sizes).to(self.device)  # a joint run's dedup level is wider
         metrics: dict[str, Any] = {}
         for part, ex in (("valid", split.valid), ("test", split.test)):
             m = evaluate(model, ex, item_sids, trie, beam_size=e.beam_size, ks=e.ks, batch_size=e.batch_size,
@@ -273,6 +357,7 @@ class Run:
         model = self.stage_train(split, sids, level_sizes, resume=resume, deadline=deadline)
         if model is None:
             return None
+        sids, level_sizes = load_sids(self.dir / "tokenizer")  # a joint schedule rewrote them
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
 
 

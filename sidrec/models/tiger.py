@@ -66,6 +66,8 @@ class TigerConfig:
         max_history: most recent history items kept by ``encoder_inputs``.
         rel_buckets, rel_max_distance: T5 relative position buckets.
         logit_temperature: logits are divided by it (LETTER's ranking-guided generation uses 0.7..1.0).
+        latent_dim: size of the sequence latent ``sequence_latent`` (ETEGRec's z_E, SODA's latent user source);
+            0 = no latent head.
 
     Example:
         >>> cfg = TigerConfig(level_sizes=[256, 256, 256, 8])
@@ -84,6 +86,7 @@ class TigerConfig:
     rel_buckets: int = 32
     rel_max_distance: int = 128
     logit_temperature: float = 1.0
+    latent_dim: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.level_sizes, list | tuple) or len(self.level_sizes) == 0:
@@ -100,6 +103,8 @@ class TigerConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not _is_int(self.latent_dim) or self.latent_dim < 0:
+            raise ValueError(f"latent_dim: expected an int >= 0, got {self.latent_dim!r}")
         if not _is_int(self.user_buckets) or self.user_buckets < 0:
             raise ValueError(f"user_buckets: expected an int >= 0, got {self.user_buckets!r}")
         if self.rel_buckets < 4:
@@ -114,6 +119,11 @@ class TigerConfig:
     @property
     def vocab_size(self) -> int:
         return NUM_SPECIAL + sum(self.level_sizes) + self.user_buckets
+
+
+def mlp_head(d_model: int, out_dim: int) -> nn.Sequential:
+    """Linear(d_model, d_model) -> ReLU -> Linear(d_model, out_dim): the alignment heads (our choice of shape)."""
+    return nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, out_dim))
 
 
 def _is_int(x: object) -> bool:
@@ -158,7 +168,13 @@ class Tiger(nn.Module):
         self.register_buffer("level_offsets", starts, persistent=False)  # (Lc,) first token id of each level
         self.register_buffer("level_sizes", torch.tensor(cfg.level_sizes), persistent=False)  # (Lc,)
         self.user_offset = NUM_SPECIAL + sum(cfg.level_sizes)
+        self._add_heads(cfg)
         self._init_weights(generator)
+
+    def _add_heads(self, cfg: TigerConfig) -> None:
+        """Create the optional MLP heads (subclasses add theirs); ``_init_weights`` initialises them after."""
+        if cfg.latent_dim:
+            self.latent_head = mlp_head(cfg.d_model, cfg.latent_dim)
 
     @torch.no_grad()
     def _init_weights(self, generator: torch.Generator | None) -> None:
@@ -179,6 +195,10 @@ class Tiger(nn.Module):
                 module.embedding.weight.normal_(0.0, d**-0.5, generator=generator)
         for head in self.heads:
             head.weight.normal_(0.0, d**-0.5, generator=generator)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:  # the MLP heads (T5 has no biases)
+                module.weight.normal_(0.0, module.in_features**-0.5, generator=generator)
+                module.bias.zero_()
 
     @property
     def num_levels(self) -> int:
@@ -262,16 +282,78 @@ class Tiger(nn.Module):
         tokens = target[:, :-1] + self.level_offsets[:-1]  # (B, Lc - 1)
         return torch.cat([tokens.new_full((target.shape[0], 1), START), tokens], dim=1)
 
-    def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Encoder hidden states (B, T, d_model)."""
-        return self.encoder(self.embed(ids), mask)
+    def sid_embeddings(self, onehot: Tensor) -> Tensor:
+        """Embeddings of soft SID tokens: ``onehot (..., n, K) -> (..., n, d_model)``, level l = ``onehot[..., l, :]``.
 
-    def hidden_states(self, ids: Tensor, mask: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced (encoder states (B, T, d_model), decoder states (B, Lc, d_model))."""
+        Level l's embedding is ``onehot[..., l, :] @ (the K_l token rows of level l)``: for a hard one-hot this
+        equals the index lookup of ``embed``, and the gradient also flows into ``onehot`` (so a straight-through
+        tokenizer assignment receives the recommendation loss). Levels 0..n-1 must all have K codes.
+        """
+        n, k = onehot.shape[-2:]
+        if n > self.num_levels or any(self.cfg.level_sizes[level] != k for level in range(n)):
+            raise ValueError(
+                f"onehot: expected (..., n, K) with levels 0..n-1 of size K, got {tuple(onehot.shape)} for "
+                f"level sizes {self.cfg.level_sizes}"
+            )
+        offsets = self.level_offsets[:n, None] + torch.arange(k, device=onehot.device)  # (n, K) token ids
+        rows = self.embed.weight[offsets]  # (n, K, d)
+        return torch.einsum("...lk,lkd->...ld", onehot.to(rows.dtype), rows)
+
+    def embed_inputs(self, ids: Tensor, history_onehot: Tensor | None = None) -> Tensor:
+        """Encoder input embeddings (B, T, d_model) of ``encoder_inputs`` ids.
+
+        Args:
+            ids: (B, T) from ``encoder_inputs``; its last H' * Lc positions are the history's SID tokens.
+            history_onehot: optional (B, H, n, K) soft codes of the first n levels of the history rows given to
+                ``encoder_inputs`` (padding rows are ignored); those tokens are embedded by ``sid_embeddings``.
+        """
+        x = self.embed(ids)  # (B, T, d)
+        if history_onehot is None:
+            return x
+        onehot = history_onehot[:, -self.cfg.max_history :]  # the rows encoder_inputs kept
+        B, H, n, _ = onehot.shape
+        Lc, d = self.num_levels, x.shape[-1]
+        if H * Lc > ids.shape[1]:
+            raise ValueError(f"history_onehot: {H} history rows do not fit encoder inputs of length {ids.shape[1]}")
+        hist = x[:, ids.shape[1] - H * Lc :].view(B, H, Lc, d)
+        real = ids[:, ids.shape[1] - H * Lc :].view(B, H, Lc)[:, :, :1, None] != PAD  # (B, H, 1, 1)
+        soft = torch.where(real, self.sid_embeddings(onehot), hist[:, :, :n])  # (B, H, n, d)
+        hist = torch.cat([soft, hist[:, :, n:]], dim=2).flatten(1, 2)  # (B, H * Lc, d)
+        return torch.cat([x[:, : ids.shape[1] - H * Lc], hist], dim=1)
+
+    def encode(self, ids: Tensor, mask: Tensor, history_onehot: Tensor | None = None) -> Tensor:
+        """Encoder hidden states (B, T, d_model); ``history_onehot`` as in ``embed_inputs``."""
+        return self.encoder(self.embed_inputs(ids, history_onehot), mask)
+
+    def hidden_states(
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        target: Tensor,
+        history_onehot: Tensor | None = None,
+        target_onehot: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced (encoder states (B, T, d_model), decoder states (B, Lc, d_model)).
+
+        ``history_onehot`` (B, H, n, K) and ``target_onehot`` (B, n, K) optionally embed the SID tokens of the
+        first n levels softly (``sid_embeddings``): identical values for hard one-hots, with gradients into them.
+        """
         self._check_codes(target, "target")
-        enc = self.encode(ids, mask)
-        dec, _ = self.decoder(self.embed(self.decoder_inputs(target)), self.decoder.start(enc, mask))
+        enc = self.encode(ids, mask, history_onehot)
+        x = self.embed(self.decoder_inputs(target))  # (B, Lc, d): [start, c_0, .., c_{Lc-2}]
+        if target_onehot is not None:
+            n = min(target_onehot.shape[1], self.num_levels - 1)  # the last level is never a decoder input
+            x = torch.cat([x[:, :1], self.sid_embeddings(target_onehot[:, :n]), x[:, 1 + n :]], dim=1)
+        dec, _ = self.decoder(x, self.decoder.start(enc, mask))
         return enc, dec
+
+    def sequence_latent(self, enc: Tensor, mask: Tensor) -> Tensor:
+        """z_E = MLP(mean of the real encoder states): (B, T, d_model), (B, T) -> (B, latent_dim) (ETEGRec)."""
+        if not self.cfg.latent_dim:
+            raise ValueError("sequence_latent: the model has no latent head (latent_dim = 0)")
+        weights = mask.to(enc.dtype)[..., None]  # (B, T, 1)
+        pooled = (enc * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, d_model)
+        return self.latent_head(pooled)
 
     def level_logits(self, h: Tensor, level: int) -> Tensor:
         """Logits (..., K_level) of decoder states h (..., d_model) at SID ``level``, fp32, / temperature."""
@@ -280,12 +362,20 @@ class Tiger(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor, target: Tensor) -> list[Tensor]:
         """Teacher forcing: per-level logits [(B, K_0), (B, K_1), ..] for target SIDs (B, Lc)."""
         _, dec = self.hidden_states(ids, mask, target)
+        return self.all_level_logits(dec)
+
+    def all_level_logits(self, dec: Tensor) -> list[Tensor]:
+        """Per-level logits [(B, K_0), (B, K_1), ..] of teacher-forced decoder states (B, Lc, d_model)."""
         return [self.level_logits(dec[:, level], level) for level in range(self.num_levels)]
+
+    @staticmethod
+    def rec_loss(logits: list[Tensor], target: Tensor) -> Tensor:
+        """Cross-entropy of per-level logits against target SIDs (B, Lc), summed over levels / Lc, batch mean."""
+        return sum(F.cross_entropy(lg, target[:, level]) for level, lg in enumerate(logits)) / len(logits)
 
     def loss(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy summed over SID levels / Lc, averaged over the batch (scalar)."""
-        logits = self(ids, mask, target)
-        return sum(F.cross_entropy(lg, target[:, level]) for level, lg in enumerate(logits)) / self.num_levels
+        return self.rec_loss(self(ids, mask, target), target)
 
     @torch.no_grad()
     def score_sids(self, ids: Tensor, mask: Tensor, sids: Tensor, chunk_rows: int = 4096) -> Tensor:

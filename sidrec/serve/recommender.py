@@ -12,7 +12,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import model_inputs
-from sidrec.models.tiger import load_model
+from sidrec.models.recommenders import load_recommender
 from sidrec.pipeline import load_sids
 from sidrec.utils import resolve_device
 
@@ -48,8 +48,9 @@ class Recommender:
         for need in ("data/dataset.json", "tokenizer/sids.npy", "model/model.json"):
             if not (run / need).exists():
                 raise FileNotFoundError(f"{run / need}: missing; is {run} a finished run directory?")
-        sids, sizes = load_sids(run / "tokenizer")
-        return cls(Dataset.load(run / "data"), load_model(run / "model"), sids, sizes, str(resolve_device(device)))
+        sids, _ = load_sids(run / "tokenizer")
+        model = load_recommender(run / "model")  # its level sizes: a joint run widens the dedup level
+        return cls(Dataset.load(run / "data"), model, sids, model.cfg.level_sizes, str(resolve_device(device)))
 
     def unknown_items(self, keys: list[str]) -> list[str]:
         """The keys in ``keys`` that are not in the catalogue, in order, without duplicates."""

@@ -16,12 +16,14 @@ from safetensors.torch import load_file
 from sidrec.tokenizers.base import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    Assignment,
     QuantizerOutput,
     Tokenizer,
     assign_semantic_ids,
     codebook_health,
     config_from_params,
 )
+from sidrec.tokenizers.diger import DIGER, DIGERConfig
 from sidrec.tokenizers.residual import ResidualQuantizer
 from sidrec.tokenizers.rqkmeans import RQKMeans, RQKMeansConfig
 from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
@@ -30,6 +32,7 @@ from sidrec.utils import read_json
 TOKENIZERS: dict[str, tuple[type[Tokenizer], type]] = {
     "rqvae": (RQVAE, RQVAEConfig),
     "rqkmeans": (RQKMeans, RQKMeansConfig),
+    "diger": (DIGER, DIGERConfig),
 }
 
 
@@ -76,6 +79,9 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 __all__ = [
     "TOKENIZERS",
+    "Assignment",
+    "DIGER",
+    "DIGERConfig",
     "QuantizerOutput",
     "RQKMeans",
     "RQKMeansConfig",

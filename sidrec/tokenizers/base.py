@@ -41,6 +41,36 @@ class QuantizerOutput(NamedTuple):
     reconstruction: Tensor | None = None
 
 
+class Assignment(NamedTuple):
+    """What a trainable tokenizer's ``assign`` returns: everything joint schedules and alignment losses need.
+
+    Attributes:
+        codes: the chosen code per level ``(B, L)`` long.
+        onehot: ``(B, L, K)`` float, a hard one-hot of ``codes`` in the forward pass. Straight-through for
+            DIGER (the gradient flows to the soft assignment); a constant (no gradient) for RQ-VAE. A recommender
+            that embeds SID tokens as ``onehot @ token_rows`` lets the recommendation loss reach the tokenizer.
+        logits: ``(B, L, K)`` = minus the squared distance of each level's residual to every codeword of that
+            level (residuals follow the hard codes); the level's code distribution is ``softmax(logits / tau)``.
+        latent: the encoder output z ``(B, d)``.
+        quantized: the quantised latent ``(B, d)`` (straight-through where the tokenizer is trained by gradient).
+        reconstruction: the reconstruction ``(B, D)`` of the standardised input, where the model has a decoder.
+        loss: the tokenizer's own scalar training loss (e.g. L_SQ of RQ-VAE).
+
+    Example:
+        >>> out = tok.assign(item_emb[:8])  # doctest: +SKIP
+        >>> out.logits.softmax(-1).shape  # doctest: +SKIP
+        torch.Size([8, 3, 256])
+    """
+
+    codes: Tensor
+    onehot: Tensor
+    logits: Tensor
+    latent: Tensor
+    quantized: Tensor
+    reconstruction: Tensor | None
+    loss: Tensor
+
+
 def assign_semantic_ids(codes: Tensor) -> Tensor:
     """Append the dedup token: each item's index within its group of identical code tuples.
 
@@ -307,6 +337,30 @@ class Tokenizer(nn.Module, ABC):
     def semantic_ids(self, emb: Tensor, batch_size: int = 4096) -> Tensor:
         """Codes plus the dedup token: ``(N, L + 1)`` long, one unique row per item."""
         return assign_semantic_ids(self.encode(emb, batch_size))
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups for training this tokenizer with a recommender: all parameters at ``lr``.
+
+        Subclasses with parameters that need their own rate (DIGER's SDUD sigmas) override this.
+
+        Example:
+            >>> opt = torch.optim.AdamW(tok.param_groups(1e-4))
+        """
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
+        """The recommendation loss as the joint objective uses it while this tokenizer trains: unchanged here.
+
+        DIGER's SDUD overrides it to tie its noise scale to the task loss.
+        """
+        return task_loss
+
+    def joint_stats(self) -> dict[str, Any]:
+        """JSON-able training state to log after each epoch that trained the tokenizer (none here).
+
+        DIGER reports its noise (SDUD sigmas, FrqUD share of perturbed samples) so its decay can be followed.
+        """
+        return {}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.

@@ -90,6 +90,34 @@ class ResidualQuantizer(nn.Module):
             residual = residual - self.codebooks[level][codes[:, level]]
         return torch.stack(out, dim=1)
 
+    def logits(self, z: Tensor, codes: Tensor | None = None) -> Tensor:
+        """Minus the squared distance of each level's residual to every codeword: ``(B, d) -> (B, L, K)``.
+
+        ``softmax(logits[:, l] / tau)`` is the code distribution of level l (ETEGRec's P(k | v_l) at tau = 1).
+        Residuals follow ``codes`` (default: the greedy nearest codes of ``z``); gradients reach ``z`` and every
+        codeword.
+
+        Example:
+            >>> rq.logits(torch.randn(8, rq.dim)).shape  # doctest: +SKIP
+            torch.Size([8, 3, 256])
+        """
+        residuals = self.residuals(z, codes)  # (B, L, d)
+        return torch.stack([-self.distances(residuals[:, level], level) for level in range(self.num_levels)], 1)
+
+    def soft_logits(self, z: Tensor, tau: float = 1.0) -> Tensor:
+        """Like ``logits`` but each residual subtracts the expected codeword of the level before: ``(B, L, K)``.
+
+        r_{l+1} = r_l - sum_k softmax(-||r_l - e^l_k||^2 / tau)_k e^l_k, so every codeword of every level shapes the
+        later levels' distributions (SODA's soft-residual option, our formulation).
+        """
+        out = []
+        residual = z
+        for level in range(self.num_levels):
+            logits = -self.distances(residual, level)  # (B, K)
+            out.append(logits)
+            residual = residual - (logits / tau).softmax(-1) @ self.codebooks[level]
+        return torch.stack(out, 1)
+
     def lookup(self, codes: Tensor) -> Tensor:
         """z_hat = sum of the chosen codewords, ``(B, L) -> (B, d)``, with gradients to the codebooks."""
         levels = torch.arange(self.num_levels, device=codes.device)

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sidrec.tokenizers.base import QuantizerOutput, Tokenizer, codebook_health, require
+from sidrec.tokenizers.base import Assignment, QuantizerOutput, Tokenizer, codebook_health, require
 from sidrec.tokenizers.residual import ResidualQuantizer
 from sidrec.utils import resolve_device
 
@@ -141,6 +142,25 @@ class RQVAE(Tokenizer):
         x_hat = self.decoder(q.quantized)  # (B, D)
         recon = (xs - x_hat).pow(2).sum(-1).mean()
         return QuantizerOutput(q.quantized, q.codes, recon + q.loss, x_hat)
+
+    def assign(self, x: Tensor) -> Assignment:
+        """Differentiable view of the tokenization of a batch ``x (B, D)``, for joint schedules and alignment losses.
+
+        ``onehot`` is a constant hard one-hot (the argmin has no gradient); ``logits`` (minus squared distances,
+        residuals following the hard codes) carry gradients to the encoder and every codeword; ``loss`` is the
+        RQ-VAE loss L_SQ of ``forward``.
+
+        Example:
+            >>> out = tok.assign(item_emb[:8])  # out.codes (8, L), out.logits (8, L, K)
+        """
+        xs = self.standardize(x)
+        z = self.encoder(xs)  # (B, d)
+        q = self.quantizer(z)
+        x_hat = self.decoder(q.quantized)  # (B, D)
+        recon = (xs - x_hat).pow(2).sum(-1).mean()
+        onehot = F.one_hot(q.codes, self.codebook_size).to(z.dtype)  # (B, L, K)
+        logits = self.quantizer.logits(z, q.codes)  # (B, L, K)
+        return Assignment(q.codes, onehot, logits, z, q.quantized, x_hat, recon + q.loss)
 
     def _codes(self, x: Tensor) -> Tensor:
         return self.quantizer.encode(self.encoder(self.standardize(x)))

@@ -1,0 +1,319 @@
+"""Training schedules for a tokenizer and a generative recommender: two-stage, alternating and fully joint.
+
+- ``two_stage`` (default): the tokenizer is fitted first and frozen; the recommender trains on its fixed SIDs.
+  Without extra losses this is exactly ``sidrec.training.recommender.train_recommender``.
+- ``alternating`` (ETEGRec, SODA): cycles of ``cycle_epochs`` epochs. The first epoch of a cycle is a tokenizer
+  phase (recommender frozen), the others are recommender phases (tokenizer frozen); item codes are recomputed
+  after every tokenizer phase. The last ``finetune_epochs`` epochs train the recommender only.
+- ``joint``: tokenizer and recommender train together every epoch (the "no alternation" ablation, DIGER); codes
+  are recomputed after every epoch, then ``finetune_epochs`` recommender-only epochs.
+
+Every phase minimises the same objective, ``L_REC + L_SQ + mu L_SIA + lambda L_PSA + gamma L_SODA``; a phase only
+chooses which side is trainable (``requires_grad``, train/eval mode), so a term reaches a side exactly when it has
+a gradient path to it. While the tokenizer trains, L_REC goes through its ``wrap_task_loss`` (identity except for
+DIGER's SDUD, which ties its noise scale to the task loss). L_REC reaches the tokenizer only with ``soft_codes``:
+the recommender then embeds SID tokens as ``Assignment.onehot @ token rows`` (straight-through for DIGER). The
+alignment losses are off during the first ``warmup_epochs`` epochs. Early stopping (``train.patience``) applies
+only once the tokenizer is frozen for good (fine-tune epochs, or two-stage), because a tokenizer phase may lower
+validation before the recommender adapts.
+
+The best validation epoch's recommender and tokenizer are kept in ``best/`` (``model.safetensors``,
+``tokenizer/``); checkpoints hold both sides, the current SID table and the optimiser (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sidrec.config import ScheduleConfig, TrainConfig
+from sidrec.data.splits import LeaveOneOut
+from sidrec.decoding.trie import SidTrie
+from sidrec.eval.evaluate import evaluate, model_inputs
+from sidrec.models.tiger import Tiger
+from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
+from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
+from sidrec.training.recommender import TrainResult, _save_weights, epoch_order, lr_factor
+from sidrec.utils import atomic_write_json
+
+
+class JointState(nn.Module):
+    """Everything a joint checkpoint holds: the recommender, the tokenizer and the current SID table (N, Lc)."""
+
+    def __init__(self, recommender: nn.Module, tokenizer: Tokenizer, item_sids: Tensor):
+        super().__init__()
+        self.recommender = recommender
+        self.tokenizer = tokenizer
+        self.register_buffer("item_sids", item_sids.clone())
+
+
+def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Tensor:
+    """The tokenizer's SIDs (N, L + 1) of every item; RuntimeError if a collision group outgrows the model.
+
+    The recommender's last (dedup) level has a fixed size, so a tokenizer update that makes more items share one
+    code tuple than that size cannot be represented; this is reported instead of silently truncated.
+    """
+    sids = assign_semantic_ids(tokenizer.encode(item_emb))
+    capacity = model.cfg.level_sizes[-1]
+    if int(sids[:, -1].max()) >= capacity:
+        raise RuntimeError(
+            f"{int(sids[:, -1].max()) + 1} items share one code tuple, more than the recommender's dedup level "
+            f"holds ({capacity}): the codebook is collapsing; lower schedule.tokenizer_lr or raise "
+            "schedule.dedup_capacity"
+        )
+    return sids
+
+
+def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
+    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other."""
+    train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
+    model.train(train_rec).requires_grad_(train_rec)
+    tokenizer.train(train_tok).requires_grad_(train_tok)
+
+
+def joint_losses(
+    model: Tiger,
+    tokenizer: Tokenizer,
+    item_emb: Tensor,
+    item_sids: Tensor,
+    history: Tensor,
+    users: Tensor,
+    target: Tensor,
+    schedule: ScheduleConfig,
+    aligned: bool,
+) -> dict[str, Tensor]:
+    """The loss terms of one batch (unweighted) and ``"total"``, the weighted sum every phase minimises.
+
+    Args:
+        model: the recommender (``Tiger`` or ``ETEGRec``).
+        tokenizer: a tokenizer with ``assign`` (``sidrec.tokenizers.Assignment``).
+        item_emb: (N, D) item embeddings, the tokenizer's input.
+        item_sids: (N, Lc) the current SID table (L learned levels + dedup).
+        history: (B, H) item histories, -1 = padding; users: (B,); target: (B,) next items.
+        schedule: which losses, their weights, and ``soft_codes``.
+        aligned: include the alignment losses (False during warm-up).
+
+    Returns:
+        ``{"rec": L_REC, "sq": L_SQ (when the tokenizer ran), "sia"/"psa"/"soda" (when on), "total"}``.
+
+    Example:
+        >>> out = joint_losses(model, tok, emb, sids, hist, users, target, schedule, aligned=True)  # doctest: +SKIP
+        >>> out["total"].backward()  # doctest: +SKIP
+    """
+    losses = schedule.losses
+    soda = losses.soda if aligned else None
+    sia = losses.sia if aligned else None
+    psa = losses.psa if aligned else None
+    need_assign = tokenizer.training or schedule.soft_codes or any(x is not None for x in (soda, sia, psa))
+    a: Assignment | None = None
+    candidates = negative = None
+    if need_assign:
+        parts = [target]
+        if schedule.soft_codes:
+            parts.append(history.clamp(min=0).flatten())
+        if soda is not None:
+            candidates, negative = soda_candidates(target, item_emb.shape[0], soda)
+            parts.append(candidates)
+        uniq = torch.unique(torch.cat(parts))
+        with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
+            a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
+        row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
+        row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
+    history_onehot = target_onehot = None
+    if schedule.soft_codes:
+        # codes and one-hots of the current assignment (DIGER: noisy in training); dedup token from the table
+        item_sids = item_sids.clone()
+        item_sids[uniq, : a.codes.shape[1]] = a.codes
+        history_onehot = a.onehot[row[history.clamp(min=0)]]  # (B, H, L, K), padding rows ignored by the model
+        target_onehot = a.onehot[row[target]]  # (B, L, K)
+    ids, mask = model_inputs(model, item_sids, history, users)
+    target_sids = item_sids[target]  # (B, Lc)
+    enc, dec = model.hidden_states(ids, mask, target_sids, history_onehot, target_onehot)
+    logits = model.all_level_logits(dec)  # [(B, K_l)] per level
+    out = {"rec": model.rec_loss(logits, target_sids)}
+    # A training tokenizer may reshape the task loss (DIGER's SDUD ties its noise scale to it); logged raw.
+    total = tokenizer.wrap_task_loss(out["rec"]) if tokenizer.training else out["rec"]
+    if a is not None:
+        out["sq"] = a.loss
+        total = total + a.loss
+    if sia is not None or (soda is not None and soda.user_source == "latent"):
+        z_e = model.sequence_latent(enc, mask)  # (B, d)
+        with torch.autocast(z_e.device.type, enabled=False):
+            latent_logits = tokenizer.quantizer.logits(z_e.float())  # (B, L, K)
+    if sia is not None:
+        out["sia"] = sia_loss(latent_logits, a.logits[row[target]])
+        total = total + sia.weight * out["sia"]
+    if psa is not None:
+        out["psa"] = psa_loss(model.preference(dec), a.reconstruction[row[target]], target, psa.tau)
+        total = total + psa.weight * out["psa"]
+    if soda is not None:
+        if soda.user_source == "recommender":
+            user = torch.stack(logits[: a.logits.shape[1]], dim=1)  # (B, L, K) teacher-forced, learned levels
+        else:
+            user = latent_logits / soda.tau
+        if soda.soft_residuals:
+            with torch.autocast(a.latent.device.type, enabled=False):
+                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau) / soda.tau
+        else:
+            items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
+        out["soda"] = soda_loss(user, items, candidates, target, negative, soda.direction)
+        total = total + soda.weight * out["soda"]
+    out["total"] = total
+    return out
+
+
+def train_joint(
+    model: Tiger,
+    tokenizer: Tokenizer,
+    item_emb: Tensor,
+    split: LeaveOneOut,
+    cfg: TrainConfig,
+    schedule: ScheduleConfig,
+    out_dir: str | Path,
+    seed: int,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    deadline: float | None = None,
+) -> TrainResult:
+    """Train ``model`` and ``tokenizer`` with ``schedule``; keep the best validation epoch of both in ``best/``.
+
+    Args:
+        model: the recommender; its last level (dedup) must be large enough for every SID table the tokenizer
+            produces (see ``semantic_ids_for``).
+        tokenizer: a fitted tokenizer with ``assign`` (pre-trained by the tokenize stage).
+        item_emb: (N, D) item embeddings on the training device.
+        split, cfg, out_dir, seed, resume, progress, log, deadline: as in ``train_recommender``; ``log`` receives
+            one record per epoch with ``phase``, the mean of every loss term and, after a tokenizer update, the
+            codebook health of the new codes.
+
+    Returns:
+        ``TrainResult``; the best weights are ``out_dir/best/model.safetensors`` and ``out_dir/best/tokenizer/``.
+
+    Example:
+        >>> res = train_joint(model, tok, emb, split, TrainConfig(epochs=4), ScheduleConfig(name="alternating"),
+        ...                   "runs/x/recommender", seed=0)  # doctest: +SKIP
+    """
+    if not hasattr(tokenizer, "assign"):
+        raise ValueError(f"schedule: tokenizer {tokenizer.name!r} has no assign(); use rqvae, letter or diger")
+    out = Path(out_dir)
+    device = item_emb.device
+    model.to(device)
+    tokenizer.to(device)
+    hist = torch.as_tensor(split.train.history, device=device)  # (S, H)
+    target = torch.as_tensor(split.train.target, device=device)  # (S,)
+    users = torch.as_tensor(split.train.user, device=device)  # (S,)
+    valid = split.valid
+    if cfg.valid_users and cfg.valid_users < len(valid):
+        pick = np.random.default_rng(seed).choice(len(valid), cfg.valid_users, replace=False)
+        valid = valid.subset(np.sort(pick))
+
+    users_with_prefixes = int((np.bincount(split.train.user) > 0).sum())
+    epoch_size = cfg.prefixes_per_user * users_with_prefixes if cfg.prefixes_per_user else len(target)
+    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    joint = JointState(model, tokenizer, semantic_ids_for(tokenizer, item_emb, model))
+    opt = torch.optim.AdamW([
+        {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
+        *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
+    ])
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
+                             "bad_evals": 0, "history": []}
+    ckpt_dir = out / "checkpoints"
+    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        saved = load_checkpoint(ckpt, joint, opt)
+        state = {k: saved[k] for k in state}
+    else:
+        torch.manual_seed(seed)
+    trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
+
+    def emit(rec: dict[str, Any]) -> None:
+        with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if log is not None:
+            log(rec)
+
+    def finish(done: bool) -> TrainResult:
+        set_phase(model, tokenizer, "joint")  # hand both back trainable
+        return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], done)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
+    while not stopped and state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        phase = schedule.phase(epoch, cfg.epochs)
+        aligned = epoch >= schedule.warmup_epochs
+        set_phase(model, tokenizer, phase)
+        trainable = [p for p in joint.parameters() if p.requires_grad]
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)
+        t0, sums, n_batches = time.perf_counter(), {}, 0
+        bar = tqdm(range(state["batch"], steps_per_epoch), desc=f"epoch {epoch} ({phase})", disable=not progress,
+                   leave=False)
+        for b in bar:
+            if state["step"] >= total_steps:
+                break
+            if deadline is not None and time.time() > deadline:
+                state["batch"] = b
+                save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
+                return finish(False)
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            opt.param_groups[0]["lr"] = cfg.lr * lr_factor(state["step"], total_steps, cfg.warmup_steps,
+                                                           cfg.scheduler)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                losses = joint_losses(model, tokenizer, item_emb, joint.item_sids, hist[idx], users[idx],
+                                      target[idx], schedule, aligned)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            state["step"] += 1
+            for name, value in losses.items():  # summed on the device: no host sync per step
+                sums[name] = sums.get(name, 0.0) + value.detach()
+            n_batches += 1
+        train_time = time.perf_counter() - t0
+        state["epoch"], state["batch"] = epoch + 1, 0
+        samples = min(len(order), n_batches * cfg.batch_size)
+        rec: dict[str, Any] = {"epoch": epoch, "step": state["step"], "phase": phase, "aligned": aligned,
+                               "loss": float(sums["total"]) / max(n_batches, 1) if sums else 0.0,
+                               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
+                               "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
+        rec.update({f"loss.{k}": float(v) / max(n_batches, 1) for k, v in sums.items() if k != "total"})
+        if phase != "recommender":  # the tokenizer moved: recompute every item's codes (METHODS 3, 6)
+            joint.item_sids.copy_(semantic_ids_for(tokenizer, item_emb, model))
+            trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
+            health = codebook_health(joint.item_sids[:, :-1], tokenizer.codebook_size)
+            rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
+            rec.update(tokenizer.joint_stats())
+        if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
+            metrics = evaluate(model, valid, joint.item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
+                               batch_size=cfg.eval_batch_size, progress=progress, desc="validate")
+            rec.update({f"valid.{k}": v for k, v in metrics.items()})
+            if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
+                state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
+                _save_weights(model, out / "best" / "model.safetensors")
+                tokenizer.save(out / "best" / "tokenizer")
+                atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
+            elif schedule.tokenizer_frozen_from(epoch, cfg.epochs):
+                state["bad_evals"] += 1
+        state["history"].append(rec)
+        emit(rec)
+        save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
+        stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
+    return finish(True)

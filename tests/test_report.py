@@ -15,6 +15,7 @@ import pytest
 
 from sidrec.cli import main
 from sidrec.report import write_report
+from sidrec.training.metrics_log import read_jsonl
 
 HOSTILE = "<script>alert(1)</script>"
 SASREC_TEST_RECALL10 = 0.4321  # a value no other cell of the tiny run shows
@@ -105,6 +106,12 @@ def test_report_without_a_model_says_what_is_missing(tiny_run, tmp_path, capsys)
     html = write_report(run, tmp_path / "out.html", log=notes.append).read_text()
     assert len(notes) == 2 and any("model.json" in n for n in notes) and any("metrics.jsonl" in n for n in notes)
     assert html.count('class="missing"') == 2 and "SASRec baseline" in html  # the note on the missing baseline
+
+    # Runs from before metrics.jsonl logged epochs (without "kind") to recommender/train_log.jsonl.
+    epochs = [r for r in read_jsonl(tiny_run / "recommender" / "metrics.jsonl") if r.pop("kind") == "epoch"]
+    (run / "recommender" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    html = write_report(run, tmp_path / "out.html", log=notes.append).read_text()
+    assert html.count('class="missing"') == 1 and 'alt="training curves"' in html
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "config.yaml" in capsys.readouterr().err
 

@@ -53,7 +53,8 @@ def training_curves(records: list[dict[str, Any]]):
 
     Args:
         records: ``metrics.jsonl`` records; ``"kind": "step"`` ones give the per-step curves, ``"epoch"`` ones
-            the per-epoch loss and the ``valid.*`` metrics.
+            (and records without a kind, from the ``train_log.jsonl`` of older runs) the per-epoch loss and the
+            ``valid.*`` metrics.
     """
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]

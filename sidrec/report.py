@@ -66,9 +66,10 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, num_user
     return out
 
 
-def render_report(run: Path, num_users: int = 3, num_codes: int = 3, k: int = 10,
+def render_report(run_dir: str | Path, num_users: int = 3, num_codes: int = 3, k: int = 10,
                   log: Callable[[str], None] = print) -> str:
-    """The report page of run directory ``run`` as an HTML string (see ``write_report``)."""
+    """The report page of ``run_dir`` as an HTML string (see ``write_report``)."""
+    run = Path(run_dir)
     ds = Dataset.load(run / "data") if (run / "data" / "dataset.json").exists() else None
     sections = [
         ("Metrics", lambda: _metrics_section(run)),
@@ -234,7 +235,7 @@ def _recommendations_section(run: Path, ds: Dataset | None, num_users: int, k: i
     candidates = [u for u, seq in enumerate(ds.sequences) if len(seq) >= 2]
     users = np.sort(np.random.default_rng(0).choice(candidates, min(num_users, len(candidates)), replace=False))
     histories = [[ds.item_keys[i] for i in ds.sequences[u][:-1]] for u in users]
-    results = rec.recommend_batch(histories, k=min(k, ds.num_items - 1))
+    results = rec.recommend_batch(histories, k=max(1, min(k, ds.num_items - 1)))
     blocks = []
     for u, history, recs in zip(users, histories, results):
         target = ds.item_keys[int(ds.sequences[u][-1])]

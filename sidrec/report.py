@@ -58,6 +58,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, num_user
     Returns:
         The path written.
     """
+    if num_users < 0 or num_codes < 1 or k < 1:
+        raise ValueError(f"report: need num_users >= 0, num_codes >= 1, k >= 1 (got {num_users}, {num_codes}, {k})")
     run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(f"{run / 'config.yaml'}: missing; is {run} a run directory?")

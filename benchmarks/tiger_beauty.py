@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sidrec.config import load_config
 from sidrec.pipeline import Run, results_table
+from sidrec.training.metrics_log import read_jsonl
 from sidrec.utils import atomic_write_json
 
 
@@ -45,7 +46,7 @@ def main() -> int:
     table = results_table(metrics, cfg.eval.ks)
     print(table)
     best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
-    log = [json.loads(line) for line in (run.dir / "recommender" / "train_log.jsonl").read_text().splitlines()]
+    log = [r for r in read_jsonl(run.dir / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
     atomic_write_json(Path(args.out), {
         "config": args.config, "overrides": args.overrides, "metrics": metrics, "best_epoch": best["epoch"],
         "epochs_run": len(log), "train_seconds": sum(r["train_seconds"] for r in log),

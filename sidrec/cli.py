@@ -6,6 +6,9 @@
     sidrec serve runs/quick --port 8000
     sidrec inspect runs/quick
     sidrec export-sids runs/quick --format parquet -o sids.parquet
+    sidrec report runs/quick            # runs/quick/report.html
+
+Every subcommand takes ``--quiet``: no progress bars or per-epoch lines, only the final result.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rec.add_argument("--quiet", action="store_true", help="accepted for uniformity: recommend prints only its result")
     srv = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)",
                          description="Serve a trained run over HTTP: POST /recommend, POST /recommend/batch, "
                                      "GET /items/{key}, GET /health. A host other than loopback needs an API key.")
@@ -62,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key-env", metavar="NAME",
                      help="environment variable holding the key that clients must send as X-API-Key")
     _add_interop_parsers(sub)
+    srv.add_argument("--quiet", action="store_true", help="log only warnings and errors (no access log)")
+    rep = sub.add_parser("report", help="write a self-contained HTML report of a run (needs the 'report' extra)",
+                         description="Metrics beside the baselines, training curves, codebook health, a sample "
+                                     "of the SID tree and example recommendations, in one HTML file.")
+    rep.add_argument("run_dir")
+    rep.add_argument("-o", "--output", help="HTML file to write (default RUN_DIR/report.html)")
+    rep.add_argument("--users", type=int, default=3, help="example users with recommendations")
+    rep.add_argument("--quiet", action="store_true", help="no notes about sections that could not be drawn")
     return parser
 
 
@@ -121,7 +133,13 @@ def _stage(args: argparse.Namespace) -> int:
         print(f"semantic IDs: {sids.shape[0]} items x {sids.shape[1]} tokens, level sizes {sizes}")
         return 0
     model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume, deadline=deadline)
-    return 0 if model is not None else 3
+    if model is None:
+        print(f"time budget reached; run the same command again to resume from {run.dir}")
+        return 3
+    best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
+    valid = "  ".join(f"valid.{k} {v:.4f}" for k, v in best["valid"].items())
+    print(f"model: {run.dir / 'model'}  (best epoch {best['epoch']}: {valid})")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -157,7 +175,16 @@ def _serve(args: argparse.Namespace) -> int:
         from sidrec.serve.app import serve
     except ImportError as e:
         raise ValueError(f"{e}; install the server with: pip install 'sidrec[serve]'") from e
-    serve(args.run_dir, host=args.host, port=args.port, api_key_env=args.api_key_env)
+    serve(args.run_dir, host=args.host, port=args.port, api_key_env=args.api_key_env, quiet=args.quiet)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sidrec.report import write_report
+
+    out = write_report(args.run_dir, args.output, num_users=args.users,
+                       log=(lambda *_: None) if args.quiet else print)
+    print(f"report: {out}")
     return 0
 
 
@@ -222,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "export-sids":
             return _export_sids(args)
+        if args.command == "report":
+            return _report(args)
         return _stage(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, KeyError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sidrec {args.command}: error: {msg}", file=sys.stderr)
         return 2

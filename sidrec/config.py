@@ -83,6 +83,8 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     max_steps: int = 0  # 0 = no cap (a cap for quick smoke runs)
     prefixes_per_user: int = 0  # 0 = every training prefix each epoch (METHODS 1.3); k > 0 = k random per user
+    log_every: int = 50  # a "step" record in recommender/metrics.jsonl every this many steps (0 = epochs only)
+    tensorboard: bool = False  # also write TensorBoard event files to <run_dir>/tensorboard (needs tensorboard)
 
 
 @dataclass
@@ -206,6 +208,7 @@ class RunConfig:
             ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
             ("train.lr", self.train.lr > 0, "must be > 0"),
             ("train.prefixes_per_user", self.train.prefixes_per_user >= 0, "must be >= 0"),
+            ("train.log_every", self.train.log_every >= 0, "must be >= 0"),
             ("train.scheduler", self.train.scheduler in ("cosine", "constant", "inverse_sqrt"),
              "must be cosine, constant or inverse_sqrt"),
             ("eval.beam_size", self.eval.beam_size >= 1, "must be >= 1"),

@@ -5,10 +5,13 @@ A run directory holds::
     config.yaml          the resolved RunConfig          run.json       seed, versions, git commit
     stages.json          a content key per finished stage; a stage re-runs only when its key changes
     data/                the prepared Dataset            tokenizer/     weights, sids.npy, health.json, fit_log.jsonl
-    recommender/         checkpoints/, best/, train_log.jsonl
+    recommender/         checkpoints/, best/, metrics.jsonl (a "step" record every train.log_every steps and
+                         an "epoch" record with valid.* metrics per epoch; see sidrec.training.metrics_log)
+    tensorboard/         TensorBoard event files of the recommender training (only with train.tensorboard=true)
     model/               model.safetensors + model.json (the selected recommender)
     metrics.json         valid.* / test.* / popularity.* metrics
     sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*)
+    report.html          the self-contained HTML report (``sidrec report``)
 
 Schedules that train the tokenizer (``schedule.name`` alternating or joint, see ``sidrec.training.schedules``)
 start from the tokenize stage's tokenizer, kept in ``tokenizer/pretrained/`` while training, and rewrite
@@ -60,6 +63,8 @@ from sidrec.utils import seed_everything as seed_all
 
 STAGES = ("prepare", "embed", "tokenize", "train", "evaluate")
 TOKENIZER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "sids.npy", "health.json")
+# Train settings that only change what is logged, not the model: left out of the train stage's cache key.
+LOGGING_ONLY = ("log_every", "tensorboard")
 
 
 def _key(*parts: Any) -> str:
@@ -115,7 +120,8 @@ class Run:
         k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
         # a plain two-stage run does not depend on the other schedule fields (tokenizer_lr, ...)
         schedule = [] if c.schedule.plain else [asdict(c.schedule)]
-        k["train"] = _key(k["tokenize"], asdict(c.model), asdict(c.train), c.seed, *schedule)
+        train = {name: v for name, v in asdict(c.train).items() if name not in LOGGING_ONLY}
+        k["train"] = _key(k["tokenize"], asdict(c.model), train, c.seed, *schedule)
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k
 
@@ -246,9 +252,11 @@ class Run:
         # Checkpoints of a different training config (or an explicit fresh start) must not be resumed.
         if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
             shutil.rmtree(rdir)
+            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)  # its events belong to those checkpoints
         atomic_write_text(rdir / "key", key)
         res = train_recommender(model, split, item_sids, trie, self.cfg.train, rdir, self.cfg.seed, resume=resume,
-                                progress=self.progress, log=self._epoch_line, deadline=deadline)
+                                progress=self.progress, log=self._epoch_line, deadline=deadline,
+                                tensorboard_dir=self.dir / "tensorboard")
         if not res.finished:
             self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
             return None

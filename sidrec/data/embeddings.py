@@ -121,9 +121,18 @@ def encode_texts(texts: list[str], model_path: str, batch_size: int, device: str
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
-    model = SentenceTransformer(model_path, device=device)
-    out = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+    # transformers draws its own bars (e.g. "Loading weights"), which show_progress_bar does not reach.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model = SentenceTransformer(model_path, device=device)
+        out = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     return np.asarray(out, dtype=np.float32)
 
 

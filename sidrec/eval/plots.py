@@ -1,10 +1,15 @@
-"""PNG plots of a health report (``sidrec inspect``). Needs matplotlib (the ``report`` extra), imported lazily.
+"""Figures of a run: training curves and codebook health for the HTML report (``sidrec report``), and the PNG
+files of a health report (``sidrec inspect``).
 
-Figures are drawn with ``matplotlib.figure.Figure`` directly (no pyplot): no display, no global state.
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot): no global state, no display needed;
+``data_uri`` turns one into an inline ``data:image/png;base64,...`` string. matplotlib is the optional extra
+``report`` and is imported only when a figure is made.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +19,113 @@ from sidrec.utils import atomic_write
 
 
 def require_matplotlib():
+    """matplotlib's ``Figure`` class, or an ImportError naming the extra to install."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(f"plots need matplotlib ({e}); install: pip install 'sidrec[report]'") from e
     return Figure
+
+
+def new_figure(ncols: int, width: float = 4.2, height: float = 3.0):
+    """A ``Figure`` with ``ncols`` side-by-side axes; returns ``(figure, [axes...])``.
+
+    Example:
+        >>> fig, (ax,) = new_figure(1)  # doctest: +SKIP
+    """
+    fig = require_matplotlib()(figsize=(width * ncols, height), dpi=100, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _integer_ticks(ax) -> None:
+    """Whole numbers only on the x axis (epochs, levels)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def data_uri(fig) -> str:
+    """The figure as a PNG ``data:`` URI, to inline in HTML without any external file.
+
+    Example:
+        >>> data_uri(training_curves(records))[:22]  # doctest: +SKIP
+        'data:image/png;base64,'
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def training_curves(records: list[dict[str, Any]]):
+    """Loss and learning rate over optimiser steps, and validation metrics over epochs.
+
+    Args:
+        records: ``metrics.jsonl`` records; ``"kind": "step"`` ones give the per-step curves, ``"epoch"`` ones
+            (and records without a kind, from the ``train_log.jsonl`` of older runs) the per-epoch loss and the
+            ``valid.*`` metrics.
+    """
+    steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
+    fig, (loss_ax, lr_ax, valid_ax) = new_figure(3)
+    if steps:
+        loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train (per log step)")
+    loss_ax.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], "o-", label="train (epoch mean)")
+    loss_ax.set(title="training loss", xlabel="step", ylabel="cross-entropy")
+    loss_ax.legend(fontsize="small")
+    lr_source = steps or epochs
+    lr_ax.plot([r["step"] for r in lr_source], [r["lr"] for r in lr_source])
+    lr_ax.set(title="learning rate", xlabel="step")
+    names = sorted({k for r in epochs for k in r if k.startswith("valid.")})
+    for name in names:
+        points = [(r["epoch"], r[name]) for r in epochs if name in r]
+        valid_ax.plot(*zip(*points), "o-", label=name.removeprefix("valid."))
+    valid_ax.set(title="validation", xlabel="epoch")
+    _integer_ticks(valid_ax)
+    if names:
+        valid_ax.legend(fontsize="small")
+    return fig
+
+
+def codebook_curves(fit_log: list[dict[str, Any]]):
+    """Per-level code usage and perplexity along tokenizer training (``tokenizer/fit_log.jsonl``).
+
+    Records carry ``usage`` and ``perplexity`` lists (one value per level); the x axis is ``epoch`` for
+    gradient-trained tokenizers (RQ-VAE) and ``level`` for those fitted level by level (RQ-KMeans).
+    """
+    xkey = "epoch" if "epoch" in fit_log[0] else "level"
+    num_levels = max(len(r["usage"]) for r in fit_log)
+    fig, (usage_ax, ppl_ax) = new_figure(2)
+    for level in range(num_levels):
+        pts = [(r[xkey], r["usage"][level], r["perplexity"][level]) for r in fit_log if len(r["usage"]) > level]
+        x, usage, ppl = zip(*pts)
+        usage_ax.plot(x, usage, "o-" if len(x) < 30 else "-", label=f"level {level + 1}")
+        ppl_ax.plot(x, ppl, "o-" if len(x) < 30 else "-", label=f"level {level + 1}")
+    usage_ax.set(title="share of codes used", xlabel=f"tokenizer {xkey}", ylim=(0, 1.05))
+    ppl_ax.set(title="code perplexity", xlabel=f"tokenizer {xkey}")
+    usage_ax.legend(fontsize="small")
+    _integer_ticks(usage_ax)
+    _integer_ticks(ppl_ax)
+    return fig
+
+
+def code_usage_histogram(codes: np.ndarray, codebook_size: int):
+    """Items per code at each level, codes sorted from most to least used (a flat line is a uniform codebook).
+
+    Args:
+        codes: ``(N, L)`` the learned codes of every item (the SIDs without their dedup token).
+        codebook_size: K, codes per level.
+    """
+    n, num_levels = codes.shape
+    fig, axes = new_figure(num_levels, width=3.6)
+    for level, ax in enumerate(axes):
+        counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]  # (K,)
+        ax.bar(np.arange(codebook_size), counts, width=0.9)
+        ax.axhline(n / codebook_size, color="black", lw=0.8, ls="--", label="uniform")
+        ax.set(title=f"level {level + 1}: {int((counts > 0).sum())}/{codebook_size} codes used",
+               xlabel="codes, most used first", ylabel="items")
+        ax.legend(fontsize="small")
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

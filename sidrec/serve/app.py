@@ -185,7 +185,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
-          device: str = "auto") -> None:
+          device: str = "auto", quiet: bool = False) -> None:
     """Load a run and serve it with uvicorn until interrupted.
 
     Args:
@@ -195,6 +195,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
         api_key_env: name of the environment variable holding the API key (the key itself never goes on the
             command line, where other users could see it in the process list).
         device: "auto", "cpu", "cuda", ...
+        quiet: log only warnings and errors, without the startup banner or the access log.
 
     Example:
         >>> serve("runs/ml-100k", port=8000)  # doctest: +SKIP
@@ -214,4 +215,4 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
     if not 0 <= port <= 65535:
         raise ValueError(f"--port {port}: must be in 0..65535")
     app = create_app(Recommender.from_run(run_dir, device), api_key=api_key)
-    uvicorn.run(app, host=host, port=port)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)

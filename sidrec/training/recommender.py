@@ -3,12 +3,13 @@
 A plain loop in the nanoGPT spirit: the whole training set lives as tensors on the device (item histories and
 the item -> SID table), each step gathers a batch by index, so there is no per-sample Python collation. Validation
 NDCG@10 by constrained beam search selects the best epoch; training stops after ``patience`` evaluations without
-improvement. Checkpoints are written every evaluation and a run resumes from the last one.
+improvement. Checkpoints are written every evaluation and a run resumes from the last one. ``metrics.jsonl``
+records the loss, learning rate and throughput every ``log_every`` steps and each epoch's summary with its
+validation metrics (``sidrec.training.metrics_log``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sidrec.training.metrics_log import MetricsLog
 from sidrec.utils import atomic_write, atomic_write_json
 
 
@@ -62,6 +64,7 @@ def train_recommender(
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
+    tensorboard_dir: str | Path | None = None,
 ) -> TrainResult:
     """Fit ``model`` with per-token cross-entropy on the training prefixes; keep the best validation epoch.
 
@@ -71,11 +74,13 @@ def train_recommender(
         item_sids: (N, Lc) SID of every item, on the training device.
         trie: the SID trie used for constrained validation decoding (on the same device).
         cfg: training settings.
-        out_dir: where ``checkpoints/``, ``best/model.safetensors`` and ``train_log.jsonl`` go.
+        out_dir: where ``checkpoints/``, ``best/model.safetensors`` and ``metrics.jsonl`` go.
         seed: seeds the epoch shuffles (derived per epoch, so a resumed run sees the same order) and dropout.
         resume: continue from the last complete checkpoint in ``out_dir`` if there is one.
         deadline: a ``time.time()`` after which training checkpoints (mid-epoch if need be) and returns
             ``finished=False``; calling again with ``resume=True`` continues exactly where it stopped.
+        log: called with each epoch's record (the per-step records only go to ``metrics.jsonl``).
+        tensorboard_dir: where TensorBoard event files go when ``cfg.tensorboard`` (default ``out_dir/tensorboard``).
 
     Returns:
         The best epoch, its validation metrics, and the per-epoch history.
@@ -103,19 +108,22 @@ def train_recommender(
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": []}
     ckpt_dir = out / "checkpoints"
-    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+    resumed = resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None
+    if resumed:
         saved = load_checkpoint(ckpt, model, opt)
         state = {k: saved[k] for k in state}
     else:
         torch.manual_seed(seed)
 
+    out.mkdir(parents=True, exist_ok=True)
+    tb_dir = (tensorboard_dir or out / "tensorboard") if cfg.tensorboard else None
+    metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
+
     def emit(rec: dict[str, Any]) -> None:
-        with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        metrics_log.write(rec)
         if log is not None:
             log(rec)
 
-    out.mkdir(parents=True, exist_ok=True)
     stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     while not stopped and state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
@@ -123,6 +131,8 @@ def train_recommender(
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)
         t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
+        # The window of steps since the last "step" record (reset each epoch: validation time is not training).
+        win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
         bar = tqdm(range(state["batch"], steps_per_epoch), desc=f"epoch {epoch}", disable=not progress, leave=False)
         for b in bar:
             if state["step"] >= total_steps:
@@ -130,6 +140,7 @@ def train_recommender(
             if deadline is not None and time.time() > deadline:
                 state["batch"] = b
                 save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+                metrics_log.close()
                 return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], False)
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             ids, mask = model_inputs(model, item_sids, hist[idx], users[idx])
@@ -145,11 +156,20 @@ def train_recommender(
             state["step"] += 1
             loss_sum += loss.detach()  # summed on the device: no host sync per step
             n_batches += 1
+            win_loss += loss.detach()
+            win_steps, win_samples = win_steps + 1, win_samples + len(idx)
+            if cfg.log_every and state["step"] % cfg.log_every == 0:
+                now = time.perf_counter()
+                metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch,
+                                   "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
+                                   "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
+                win_t0, win_loss, win_steps, win_samples = now, torch.zeros((), device=device), 0, 0
         train_time = time.perf_counter() - t0
         state["epoch"], state["batch"] = epoch + 1, 0
         samples = min(len(order), n_batches * cfg.batch_size)
-        rec: dict[str, Any] = {"epoch": epoch, "step": state["step"], "loss": loss_sum.item() / max(n_batches, 1),
-                               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
+        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": state["step"],
+                               "loss": loss_sum.item() / max(n_batches, 1), "lr": opt.param_groups[0]["lr"],
+                               "train_seconds": round(train_time, 2),
                                "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
             metrics = evaluate(model, valid, item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
@@ -165,6 +185,7 @@ def train_recommender(
         emit(rec)
         save_checkpoint(ckpt_dir, state["step"], model, opt, state)
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
+    metrics_log.close()
     return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], True)
 
 

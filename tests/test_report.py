@@ -1,0 +1,142 @@
+"""sidrec report: one self-contained HTML page whose data-derived strings are escaped.
+
+The page is parsed with html.parser here; where Debian's ``chromium`` is installed it is also rendered headless.
+"""
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+
+from sidrec.cli import main
+from sidrec.report import write_report
+from sidrec.training.metrics_log import read_jsonl
+
+HOSTILE = "<script>alert(1)</script>"
+SASREC_TEST_RECALL10 = 0.4321  # a value no other cell of the tiny run shows
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "section", "h1", "h2", "h3", "p", "details",
+                "summary", "pre", "code", "table", "thead", "tbody", "tr", "th", "td", "b", "img", "ul", "ol", "li",
+                "span", "div"}
+
+
+class Page(HTMLParser):
+    """Start tags with their attributes, and the text (character references decoded)."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def hostile_copy(tiny_run, dest):
+    """A copy of the tiny run whose titles, user keys and dataset name are HTML, plus a SASRec result."""
+    run = dest / "run"
+    shutil.copytree(tiny_run, run)
+    items = json.loads((run / "data" / "items.json").read_text())
+    items["item_text"]["title"] = [f'{HOSTILE} "Movie" & {i}' for i in range(len(items["item_keys"]))]
+    (run / "data" / "items.json").write_text(json.dumps(items))
+    meta = json.loads((run / "data" / "dataset.json").read_text())
+    meta["name"] = HOSTILE
+    meta["user_keys"] = [f"<img src=https://example.com/{i}.png>" for i in range(len(meta["user_keys"]))]
+    (run / "data" / "dataset.json").write_text(json.dumps(meta))
+    metrics = json.loads((run / "metrics.json").read_text())
+    sasrec = {f"sasrec.{k}": 0.1 for k in metrics if k.startswith(("test.", "valid."))}
+    sasrec["sasrec.test.recall@10"] = SASREC_TEST_RECALL10
+    (run / "sasrec").mkdir()
+    (run / "sasrec" / "metrics.json").write_text(json.dumps(sasrec))
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tmp_path_factory):
+    run = hostile_copy(tiny_run, tmp_path_factory.mktemp("report"))
+    notes: list[str] = []
+    path = write_report(run, log=notes.append)
+    return run, path, notes
+
+
+def test_report_is_self_contained_and_escaped(report):
+    run, path, notes = report
+    assert path == run / "report.html" and notes == []
+    html = path.read_text(encoding="utf-8")
+    page = Page(html)
+    text = "".join(page.text)
+
+    assert {tag for tag, _ in page.tags} <= ALLOWED_TAGS  # no script, link, iframe, ... made it in
+    imgs = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert len(imgs) == 3  # training curves, codebook curves, code-usage histogram
+    for src in imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    for _, attrs in page.tags:
+        for value in attrs.values():
+            assert not re.match(r"\s*(https?:)?//", value or ""), value
+    assert "url(" not in html and "@import" not in html
+
+    # The hostile strings are shown as text, never parsed as markup.
+    assert HOSTILE in text and "<img src=https://example.com/" in text and '"Movie" & 3' in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test.recall@10", "test.ndcg@5", "valid.ndcg@10", "popularity.test.recall@10"):
+        assert f"{metrics[key]:.4f}" in text
+    assert f"{SASREC_TEST_RECALL10:.4f}" in text
+    assert text.count("Held-out next item") == 3
+
+
+def test_report_without_a_model_says_what_is_missing(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "model")
+    (run / "recommender" / "metrics.jsonl").unlink()
+    notes: list[str] = []
+    html = write_report(run, tmp_path / "out.html", log=notes.append).read_text()
+    assert len(notes) == 2 and any("model.json" in n for n in notes) and any("metrics.jsonl" in n for n in notes)
+    assert html.count('class="missing"') == 2 and "SASRec baseline" in html  # the note on the missing baseline
+
+    # Runs from before metrics.jsonl logged epochs (without "kind") to recommender/train_log.jsonl.
+    epochs = [r for r in read_jsonl(tiny_run / "recommender" / "metrics.jsonl") if r.pop("kind") == "epoch"]
+    (run / "recommender" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    html = write_report(run, tmp_path / "out.html", log=notes.append).read_text()
+    assert html.count('class="missing"') == 1 and 'alt="training curves"' in html
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+
+
+def test_report_without_matplotlib_names_the_extra(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    assert main(["report", str(tiny_run), "-o", str(tmp_path / "r.html")]) == 2
+    assert "sidrec[report]" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed")
+    run, path, _ = report
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                          "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    dom = res.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"{metrics['test.recall@10']:.4f}" in dom
+    assert dom.count("<img") == 3 and "<script" not in dom and "&lt;script&gt;alert(1)" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                    f"--screenshot={shot}", "--window-size=1280,2000", path.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes().startswith(b"\x89PNG")

@@ -89,6 +89,7 @@ def _add_interop_parsers(sub) -> None:
     ins.add_argument("--seed", type=int, default=0, help="seed of the item sample and the random pairs")
     ins.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     ins.add_argument("--no-plots", action="store_true", help="write no PNG plots (no matplotlib needed)")
+    ins.add_argument("--quiet", action="store_true", help="print the report only, not the files written")
     exp = sub.add_parser("export-sids", help="write a run's SIDs as JSON, parquet or an LC-Rec index file",
                          description="Export every item's SID with its key, title and token strings "
                                      "(<a_12><b_7>...): json, parquet (needs pyarrow) or index-json "
@@ -98,6 +99,7 @@ def _add_interop_parsers(sub) -> None:
     exp.add_argument("--keys", choices=["index", "item"], default="index",
                      help="index-json keys: 0-based item index (LC-Rec item ids) or the dataset's item keys")
     exp.add_argument("-o", "--output", required=True, help="file to write")
+    exp.add_argument("--quiet", action="store_true", help="accepted for uniformity: the one result line is printed")
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -215,7 +217,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(health_table(report))
-        print("\nwritten: " + ", ".join(str(p) for p in written))
+        if not args.quiet:
+            print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -291,9 +291,11 @@ class Run:
         rdir = self.dir / "recommender"
         if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
             shutil.rmtree(rdir)
+            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)  # its events belong to those checkpoints
         atomic_write_text(rdir / "key", key)
         res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
-                          progress=self.progress, log=self._epoch_line, deadline=deadline)
+                          progress=self.progress, log=self._epoch_line, deadline=deadline,
+                          tensorboard_dir=self.dir / "tensorboard")
         if not res.finished:
             self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
             return None

@@ -23,7 +23,6 @@ The best validation epoch's recommender and tokenizer are kept in ``best/`` (``m
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from sidrec.models.tiger import Tiger
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
 from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
+from sidrec.training.metrics_log import MetricsLog
 from sidrec.training.recommender import TrainResult, _save_weights, epoch_order, lr_factor
 from sidrec.utils import atomic_write_json
 
@@ -185,6 +185,7 @@ def train_joint(
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
+    tensorboard_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` and ``tokenizer`` with ``schedule``; keep the best validation epoch of both in ``best/``.
 
@@ -235,24 +236,28 @@ def train_joint(
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": []}
     ckpt_dir = out / "checkpoints"
-    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+    resumed = resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None
+    if resumed:
         saved = load_checkpoint(ckpt, joint, opt)
         state = {k: saved[k] for k in state}
     else:
         torch.manual_seed(seed)
     trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
 
+    out.mkdir(parents=True, exist_ok=True)
+    tb_dir = (tensorboard_dir or out / "tensorboard") if cfg.tensorboard else None
+    metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
+
     def emit(rec: dict[str, Any]) -> None:
-        with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        metrics_log.write(rec)
         if log is not None:
             log(rec)
 
     def finish(done: bool) -> TrainResult:
+        metrics_log.close()
         set_phase(model, tokenizer, "joint")  # hand both back trainable
         return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], done)
 
-    out.mkdir(parents=True, exist_ok=True)
     stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     while not stopped and state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
@@ -263,6 +268,8 @@ def train_joint(
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)
         t0, sums, n_batches = time.perf_counter(), {}, 0
+        # The window of steps since the last "step" record (reset each epoch: validation time is not training).
+        win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
         bar = tqdm(range(state["batch"], steps_per_epoch), desc=f"epoch {epoch} ({phase})", disable=not progress,
                    leave=False)
         for b in bar:
@@ -287,10 +294,18 @@ def train_joint(
             for name, value in losses.items():  # summed on the device: no host sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach()
             n_batches += 1
+            win_loss += losses["total"].detach()
+            win_steps, win_samples = win_steps + 1, win_samples + len(idx)
+            if cfg.log_every and state["step"] % cfg.log_every == 0:
+                now = time.perf_counter()
+                metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch, "phase": phase,
+                                   "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
+                                   "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
+                win_t0, win_loss, win_steps, win_samples = now, torch.zeros((), device=device), 0, 0
         train_time = time.perf_counter() - t0
         state["epoch"], state["batch"] = epoch + 1, 0
         samples = min(len(order), n_batches * cfg.batch_size)
-        rec: dict[str, Any] = {"epoch": epoch, "step": state["step"], "phase": phase, "aligned": aligned,
+        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": state["step"], "phase": phase, "aligned": aligned,
                                "loss": float(sums["total"]) / max(n_batches, 1) if sums else 0.0,
                                "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
                                "samples_per_second": round(samples / max(train_time, 1e-9), 1)}

@@ -11,6 +11,7 @@ from sidrec.cli import main
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
+from sidrec.training.metrics_log import read_jsonl
 
 SMALL = dict(d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0)
 
@@ -85,7 +86,7 @@ def test_cli_etegrec_alternating(tmp_path):
     assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test.recall@10"] <= 1.0
-    log = [json.loads(x) for x in (run / "recommender" / "train_log.jsonl").read_text().splitlines()]
+    log = [r for r in read_jsonl(run / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert "loss.sia" not in log[0] and "loss.sia" in log[1] and "loss.psa" in log[1]  # warm-up, then aligned
     assert json.loads((run / "model" / "model.json").read_text())["recon_dim"] == 8  # the embedding size
     assert main(["evaluate", str(run), "--quiet"]) == 0

@@ -12,6 +12,7 @@ from sidrec.data.splits import leave_one_out
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import DIGER, DIGERConfig, load_tokenizer
 from sidrec.training import schedules
+from sidrec.training.metrics_log import read_jsonl
 from sidrec.training.schedules import joint_losses, semantic_ids_for, train_joint
 
 K, N, D = 8, 24, 10
@@ -66,7 +67,7 @@ def test_joint_schedule_trains_diger_sdud_end_to_end(tiny_args):
         "schedule.name=joint", "schedule.soft_codes=true", "schedule.finetune_epochs=1", "train.epochs=2",
     ]
     assert main(["run", "configs/ml-100k-demo.yaml", *args, "--quiet"]) == 0
-    log = [json.loads(line) for line in (run / "recommender" / "train_log.jsonl").read_text().splitlines()]
+    log = [r for r in read_jsonl(run / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["phase"] for r in log] == ["joint", "recommender"]
     assert log[0]["usage"][0] > 0 and "valid.ndcg@10" in log[-1]
     assert len(log[0]["noise.sigma"]) == 2 and "noise.sigma" not in log[1]  # logged after tokenizer epochs

@@ -17,6 +17,7 @@ from sidrec.tokenizers import RQVAE, RQVAEConfig, assign_semantic_ids
 from sidrec.tokenizers.base import Assignment
 from sidrec.training import schedules
 from sidrec.training.losses import LossesConfig, SODAConfig
+from sidrec.training.metrics_log import read_jsonl
 from sidrec.training.schedules import joint_losses, semantic_ids_for, train_joint
 
 SMALL = dict(d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0,
@@ -189,7 +190,7 @@ def test_cli_alternating_soda_on_tiger(tmp_path):
     assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test.ndcg@10"] <= 1.0
-    log = [json.loads(x) for x in (run / "recommender" / "train_log.jsonl").read_text().splitlines()]
+    log = [r for r in read_jsonl(run / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["phase"] for r in log] == ["tokenizer", "recommender", "recommender"]
     # tokenizer/ holds the updated tokenizer and its SIDs; the tokenize stage's fit is kept beside it
     assert (run / "tokenizer" / "pretrained" / "sids.npy").exists()

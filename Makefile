@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch on these machines; on a CUDA machine set TORCH_SPEC to the build you want.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_CONFIG ?= configs/ml-100k-demo.yaml
+DEMO_RUN ?= runs/ml-100k-demo
 
 .PHONY: install demo test lint clean
 
@@ -16,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m sidrec run $(DEMO_CONFIG)
+	$(PY) -m sidrec run $(DEMO_CONFIG) run_dir=$(DEMO_RUN)
+	$(PY) -m sidrec report $(DEMO_RUN)
 
 lint: install
 	$(VENV)/bin/ruff check sidrec tests benchmarks

@@ -104,7 +104,7 @@ def _add_interop_parsers(sub) -> None:
 
 def _stage(args: argparse.Namespace) -> int:
     from sidrec.data.splits import leave_one_out
-    from sidrec.pipeline import Run, results_table
+    from sidrec.pipeline import Run, model_label, results_table
 
     cfg = load_config(args.config, args.overrides)
     run = Run(cfg, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
@@ -115,7 +115,7 @@ def _stage(args: argparse.Namespace) -> int:
         if metrics is None:
             print(f"time budget reached; run the same command again to resume from {run.dir}")
             return 3
-        print(results_table(metrics, cfg.eval.ks))
+        print(results_table(metrics, cfg.eval.ks, label=model_label(cfg)))
         print(f"\nrun directory: {run.dir}  (metrics.json, config.yaml, model/)")
         return 0
     ds = run.stage_prepare()
@@ -148,14 +148,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sidrec.data.dataset import Dataset
     from sidrec.data.splits import leave_one_out
     from sidrec.models.recommenders import load_recommender
-    from sidrec.pipeline import Run, load_sids, results_table
+    from sidrec.pipeline import Run, load_sids, model_label, results_table
 
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
     ds = Dataset.load(run.dir / "data")
     sids, sizes = load_sids(run.dir / "tokenizer")
     model = load_recommender(run.dir / "model", run.device)
     metrics = run.stage_evaluate(ds, leave_one_out(ds, run.cfg.data.max_history), model, sids, sizes)
-    print(results_table(metrics, run.cfg.eval.ks))
+    print(results_table(metrics, run.cfg.eval.ks, label=model_label(run.cfg)))
     return 0
 
 

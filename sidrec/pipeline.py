@@ -390,12 +390,24 @@ def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:
     return sids, [k] * (sids.shape[1] - 1) + [int(sids[:, -1].max()) + 1]
 
 
-def results_table(metrics: dict[str, Any], ks: list[int], part: str = "test") -> str:
-    """A plain-text table: the model beside the popularity baseline."""
+def model_label(cfg: RunConfig) -> str:
+    """The results-table name of a run's model, e.g. ``TIGER (rqvae)`` or ``ETEGRec (rqvae, alternating)``."""
+    name = {"tiger": "TIGER", "etegrec": "ETEGRec"}.get(cfg.model.name, cfg.model.name)
+    parts = [cfg.tokenizer.name] + ([] if cfg.schedule.plain else [cfg.schedule.name])
+    return f"{name} ({', '.join(parts)})"
+
+
+def results_table(metrics: dict[str, Any], ks: list[int], part: str = "test", label: str = "TIGER") -> str:
+    """A plain-text table: the model (named ``label``) beside the popularity baseline.
+
+    Example:
+        >>> print(results_table(read_json("runs/demo/metrics.json"), [5, 10], label="TIGER (rqvae)"))  # doctest: +SKIP
+    """
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    head = f"{'model':<12}" + "".join(f"{c:>11}" for c in cols)
+    width = max(12, len(label) + 2)
+    head = f"{'model':<{width}}" + "".join(f"{c:>11}" for c in cols)
     rows = [head, "-" * len(head)]
-    for name, prefix in (("TIGER", f"{part}."), ("popularity", f"popularity.{part}.")):
-        rows.append(f"{name:<12}" + "".join(f"{metrics[prefix + c]:>11.4f}" for c in cols))
+    for name, prefix in ((label, f"{part}."), ("popularity", f"popularity.{part}.")):
+        rows.append(f"{name:<{width}}" + "".join(f"{metrics[prefix + c]:>11.4f}" for c in cols))
     return "\n".join(rows)
 

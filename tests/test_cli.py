@@ -103,3 +103,12 @@ def test_sasrec_baseline_subcommand(tiny_args, capsys):
     metrics = json.loads(out[: out.index("\n}") + 2])
     assert 0.0 <= metrics["sasrec.test.recall@10"] <= 1.0
     assert (run / "sasrec" / "metrics.json").exists()
+
+
+def test_results_table_names_the_model_tokenizer_and_schedule():
+    from sidrec.config import load_config
+    from sidrec.pipeline import model_label
+
+    assert model_label(load_config(None)) == "TIGER (rqvae)"
+    joint = load_config(None, ["model.name=etegrec", "tokenizer.name=diger", "schedule.name=joint"])
+    assert model_label(joint) == "ETEGRec (diger, joint)"

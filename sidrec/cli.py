@@ -1,6 +1,7 @@
 """The ``sidrec`` command line: one subcommand per stage, plus ``run`` for all of them.
 
     sidrec run configs/movielens-100k.yaml train.epochs=5 run_dir=runs/quick
+    sidrec run configs/beauty.yaml --nproc 4          # data-parallel on 4 GPUs (torchrun + DDP)
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
@@ -38,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidrec", description="Generative recommendation with semantic IDs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in STAGE_HELP.items():
-        _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        _add_config_args(stage)
+        if name in ("train", "run"):
+            stage.add_argument("--nproc", type=int, default=1, metavar="N",
+                               help="train data-parallel in N processes on this machine (one per GPU) via "
+                                    "torchrun; same as: torchrun --standalone --nproc_per_node N -m sidrec ...")
     ev = sub.add_parser("evaluate", help="(re)compute test/validation metrics of a trained run",
                         description="Evaluate a trained run directory and print the results table.")
     ev.add_argument("run_dir")
@@ -61,22 +67,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stage(args: argparse.Namespace) -> int:
+def _stage(args: argparse.Namespace, argv: list[str]) -> int:
+    from sidrec.training import distributed as dist
+
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise ValueError(f"--nproc: expected a positive number of processes, got {nproc}")
+    if nproc > 1 and dist.world_size() == 1:  # not yet under torchrun: start it
+        return dist.launch(nproc, _drop_nproc(argv))
+    try:
+        return _run_stages(args)
+    finally:
+        dist.shutdown()
+
+
+def _run_stages(args: argparse.Namespace) -> int:
     from sidrec.data.splits import leave_one_out
     from sidrec.pipeline import Run, results_table
+    from sidrec.training import distributed as dist
 
     cfg = load_config(args.config, args.overrides)
-    run = Run(cfg, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
+    quiet = args.quiet or not dist.is_main()  # one process reports
+    run = Run(cfg, progress=not quiet, log=(lambda *_: None) if quiet else print)
     resume = not args.fresh
     deadline = time.time() + args.time_budget if args.time_budget else None
     if args.command == "run":
         metrics = run.run_all(resume=resume, deadline=deadline)
         if metrics is None:
-            print(f"time budget reached; run the same command again to resume from {run.dir}")
+            run.log(f"time budget reached; run the same command again to resume from {run.dir}")
             return 3
-        print(results_table(metrics, cfg.eval.ks))
-        print(f"\nrun directory: {run.dir}  (metrics.json, config.yaml, model/)")
+        if dist.is_main():
+            print(results_table(metrics, cfg.eval.ks))
+            print(f"\nrun directory: {run.dir}  (metrics.json, config.yaml, model/)")
         return 0
+    if args.command == "train":
+        ds, sids, sizes = run.stage_inputs()
+        model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume,
+                                deadline=deadline)
+        return 0 if model is not None else 3
     ds = run.stage_prepare()
     if args.command == "prepare":
         print(json.dumps(ds.stats()))
@@ -89,12 +117,22 @@ def _stage(args: argparse.Namespace) -> int:
     if args.command == "embed":
         print(f"embeddings: {emb.shape[0]} items x {emb.shape[1]} dims")
         return 0
-    sids, sizes = run.stage_tokenize(emb)
-    if args.command == "tokenize":
-        print(f"semantic IDs: {sids.shape[0]} items x {sids.shape[1]} tokens, level sizes {sizes}")
-        return 0
-    model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume, deadline=deadline)
-    return 0 if model is not None else 3
+    sids, sizes = run.stage_tokenize(emb)  # the "tokenize" command
+    print(f"semantic IDs: {sids.shape[0]} items x {sids.shape[1]} tokens, level sizes {sizes}")
+    return 0
+
+
+def _drop_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (the launched processes must not launch again)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -135,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         if args.command == "evaluate":
@@ -143,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             return _recommend(args)
         if args.command == "serve":
             return _serve(args)
-        return _stage(args)
+        return _stage(args, argv)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sidrec {args.command}: error: {msg}", file=sys.stderr)

@@ -78,6 +78,7 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     max_steps: int = 0  # 0 = no cap (a cap for quick smoke runs)
     prefixes_per_user: int = 0  # 0 = every training prefix each epoch (METHODS 1.3); k > 0 = k random per user
+    compile: bool = False  # torch.compile the training step's model (GPU speed lever; same results)
 
 
 @dataclass

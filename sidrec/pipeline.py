@@ -9,6 +9,9 @@ A run directory holds::
     model/               model.safetensors + model.json (the selected recommender)
     metrics.json         valid.* / test.* / popularity.* metrics
     sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*)
+
+Under torchrun (``sidrec run CONFIG --nproc N``) only rank 0 writes: it prepares, embeds and tokenizes while the
+other processes wait and then read its results; all processes train (DDP) and evaluate (users split).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from sidrec.eval.metrics import popularity_ranking, topk_metrics
 from sidrec.models.tiger import Tiger, TigerConfig, load_model, save_model
 from sidrec.tokenizers import build_tokenizer
 from sidrec.tokenizers.base import codebook_health
+from sidrec.training import distributed as dist
 from sidrec.training.recommender import train_recommender
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.utils import (
@@ -69,7 +73,9 @@ class Run:
         self.cache = Path(cfg.cache_dir)
         self.progress = progress
         self.log = log
-        self.device = resolve_device(cfg.train.device)
+        self.device = dist.init_from_env(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
+        if not dist.is_main():
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         existing = self.dir / "config.yaml"
         if existing.exists() and existing.read_text() != dump_config(cfg):
@@ -168,17 +174,20 @@ class Run:
         trie = SidTrie(item_sids, level_sizes).to(self.device)
         rdir = self.dir / "recommender"
         # Checkpoints of a different training config (or an explicit fresh start) must not be resumed.
-        if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
-            shutil.rmtree(rdir)
-        atomic_write_text(rdir / "key", key)
+        if dist.is_main():
+            if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
+                shutil.rmtree(rdir)
+            atomic_write_text(rdir / "key", key)
+        dist.barrier()
         res = train_recommender(model, split, item_sids, trie, self.cfg.train, rdir, self.cfg.seed, resume=resume,
                                 progress=self.progress, log=self._epoch_line, deadline=deadline)
         if not res.finished:
             self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
             return None
         model.load_state_dict(load_file(str(rdir / "best" / "model.safetensors")))
-        save_model(model, self.dir / "model")
-        self._mark("train", key)
+        if dist.is_main():
+            save_model(model, self.dir / "model")
+            self._mark("train", key)
         self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}")
         return model
 
@@ -208,8 +217,9 @@ class Run:
         metrics["tokenizer.health"] = read_json(self.dir / "tokenizer" / "health.json")
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}
-        atomic_write_json(mpath, metrics)
-        self._mark("evaluate", key)
+        if dist.is_main():
+            atomic_write_json(mpath, metrics)
+            self._mark("evaluate", key)
         return metrics
 
     def stage_sasrec(self, ds: Dataset, resume: bool = True) -> dict[str, float]:
@@ -231,11 +241,23 @@ class Run:
         self.log("SASRec: " + "  ".join(test))
         return metrics
 
+    def stage_inputs(self) -> tuple[Dataset, np.ndarray, list[int]]:
+        """prepare, embed and tokenize -> (dataset, item SIDs, level sizes).
+
+        Under torchrun rank 0 runs the stages and the other processes then read what it wrote.
+        """
+        if dist.is_main():
+            ds = self.stage_prepare()
+            sids, level_sizes = self.stage_tokenize(self.stage_embed(ds))
+        dist.barrier()
+        if not dist.is_main():
+            ds = Dataset.load(self.dir / "data")
+            sids, level_sizes = load_sids(self.dir / "tokenizer")
+        return ds, sids, level_sizes
+
     def run_all(self, resume: bool = True, deadline: float | None = None) -> dict[str, Any] | None:
         """Every stage in order; None when ``deadline`` interrupted training (resume by calling again)."""
-        ds = self.stage_prepare()
-        emb = self.stage_embed(ds)
-        sids, level_sizes = self.stage_tokenize(emb)
+        ds, sids, level_sizes = self.stage_inputs()
         split = leave_one_out(ds, self.cfg.data.max_history)
         model = self.stage_train(split, sids, level_sizes, resume=resume, deadline=deadline)
         if model is None:

@@ -75,6 +75,8 @@ def _stage(args: argparse.Namespace, argv: list[str]) -> int:
         raise ValueError(f"--nproc: expected a positive number of processes, got {nproc}")
     if nproc > 1 and dist.world_size() == 1:  # not yet under torchrun: start it
         return dist.launch(nproc, _drop_nproc(argv))
+    if dist.world_size() > 1 and args.command not in ("train", "run"):
+        raise ValueError(f"{args.command} runs in one process; only train and run are data-parallel")
     try:
         return _run_stages(args)
     finally:

@@ -78,7 +78,7 @@ def _stage(args: argparse.Namespace, argv: list[str]) -> int:
     if dist.world_size() > 1 and args.command not in ("train", "run"):
         raise ValueError(f"{args.command} runs in one process; only train and run are data-parallel")
     try:
-        return _run_stages(args)
+        return dist.worker_exit(_run_stages(args))
     finally:
         dist.shutdown()
 

@@ -23,10 +23,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+EXIT_CODE_ENV = "SIDREC_EXIT_CODE_FILE"  # set by ``launch``: where rank 0 leaves its exit code
 
 
 def world_size() -> int:
@@ -130,11 +134,31 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``python -m sidrec ARGV`` in ``nproc`` processes on this machine through torchrun; its exit code.
+    """Run ``python -m sidrec ARGV`` in ``nproc`` processes on this machine through torchrun.
+
+    Returns rank 0's exit code (e.g. 3: time budget reached), which the workers hand over through a file
+    (``worker_exit``) because torchrun reports any non-zero worker exit as a crash; torchrun's own code when it
+    fails.
 
     Example:
         >>> launch(2, ["run", "configs/ml-100k-demo.yaml", "--quiet"])  # doctest: +SKIP
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sidrec", *argv]
-    return subprocess.run(cmd, check=False).returncode
+    with tempfile.TemporaryDirectory() as tmp:
+        code_file = Path(tmp) / "exit_code"
+        rc = subprocess.run(cmd, check=False, env={**os.environ, EXIT_CODE_ENV: str(code_file)}).returncode
+        return int(code_file.read_text()) if rc == 0 and code_file.exists() else rc
+
+
+def worker_exit(code: int) -> int:
+    """The exit code this process should return: ``code``, except in workers started by ``launch``.
+
+    There rank 0 writes ``code`` for the launcher and every worker returns 0.
+    """
+    path = os.environ.get(EXIT_CODE_ENV)
+    if path is None or world_size() == 1:
+        return code
+    if is_main():
+        Path(path).write_text(str(code))
+    return 0

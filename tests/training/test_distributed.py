@@ -114,3 +114,19 @@ def test_cli_nproc_2_matches_one_process(tmp_path):
     tests = [k for k in one if k.startswith("test.")]
     assert tests and all(ddp[k] == pytest.approx(one[k], abs=1e-9) for k in tests)
     assert len((run / "recommender" / "train_log.jsonl").read_text().splitlines()) == 2  # written by rank 0 only
+
+
+@pytest.mark.slow
+def test_cli_nproc_passes_the_time_budget_exit_code(tmp_path):
+    """A budget stop under ``--nproc`` exits 3 like one process (torchrun alone would report a crash)."""
+    import subprocess
+    import sys
+
+    from conftest import tiny_overrides
+
+    run, args = tiny_overrides(tmp_path)
+    cmd = [sys.executable, "-m", "sidrec", "train", "configs/ml-100k-demo.yaml", *args, "--quiet", "--nproc", "2",
+           "--time-budget", "0.001"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert (run / "recommender" / "checkpoints").is_dir()

@@ -96,7 +96,8 @@ def _run_stages(args: argparse.Namespace) -> int:
     if args.command == "run":
         metrics = run.run_all(resume=resume, deadline=deadline)
         if metrics is None:
-            run.log(f"time budget reached; run the same command again to resume from {run.dir}")
+            if dist.is_main():
+                print(f"time budget reached; run the same command again to resume from {run.dir}")
             return 3
         if dist.is_main():
             print(results_table(metrics, cfg.eval.ks))
@@ -106,6 +107,8 @@ def _run_stages(args: argparse.Namespace) -> int:
         ds, sids, sizes = run.stage_inputs()
         model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume,
                                 deadline=deadline)
+        if model is None and dist.is_main():
+            print(f"time budget reached; run the same command again to resume from {run.dir}")
         return 0 if model is not None else 3
     ds = run.stage_prepare()
     if args.command == "prepare":

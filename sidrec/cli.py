@@ -1,6 +1,7 @@
 """The ``sidrec`` command line: one subcommand per stage, plus ``run`` for all of them.
 
     sidrec run configs/movielens-100k.yaml train.epochs=5 run_dir=runs/quick
+    sidrec run configs/beauty.yaml --nproc 4          # data-parallel on 4 GPUs (torchrun + DDP)
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
@@ -44,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidrec", description="Generative recommendation with semantic IDs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in STAGE_HELP.items():
-        _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        _add_config_args(stage)
+        if name in ("train", "run"):
+            stage.add_argument("--nproc", type=int, default=1, metavar="N",
+                               help="train data-parallel in N processes on this machine (one per GPU) via "
+                                    "torchrun; same as: torchrun --standalone --nproc_per_node N -m sidrec ...")
     ev = sub.add_parser("evaluate", help="(re)compute test/validation metrics of a trained run",
                         description="Evaluate a trained run directory and print the results table.")
     ev.add_argument("run_dir")
@@ -102,21 +108,54 @@ def _add_interop_parsers(sub) -> None:
     exp.add_argument("--quiet", action="store_true", help="accepted for uniformity: the one result line is printed")
 
 
-def _stage(args: argparse.Namespace) -> int:
+def _stage(args: argparse.Namespace, argv: list[str]) -> int:
+    from sidrec.training import distributed as dist
+
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise ValueError(f"--nproc: expected a positive number of processes, got {nproc}")
+    if nproc > 1 and dist.world_size() == 1:  # not yet under torchrun: start it
+        return dist.launch(nproc, _drop_nproc(argv))
+    if dist.world_size() > 1 and args.command not in ("train", "run"):
+        raise ValueError(f"{args.command} runs in one process; only train and run are data-parallel")
+    try:
+        return dist.worker_exit(_run_stages(args))
+    finally:
+        dist.shutdown()
+
+
+def _run_stages(args: argparse.Namespace) -> int:
     from sidrec.data.splits import leave_one_out
     from sidrec.pipeline import Run, model_label, results_table
+    from sidrec.training import distributed as dist
 
     cfg = load_config(args.config, args.overrides)
-    run = Run(cfg, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
+    quiet = args.quiet or not dist.is_main()  # one process reports
+    run = Run(cfg, progress=not quiet, log=(lambda *_: None) if quiet else print)
     resume = not args.fresh
     deadline = time.time() + args.time_budget if args.time_budget else None
     if args.command == "run":
         metrics = run.run_all(resume=resume, deadline=deadline)
         if metrics is None:
-            print(f"time budget reached; run the same command again to resume from {run.dir}")
+            if dist.is_main():
+                print(f"time budget reached; run the same command again to resume from {run.dir}")
             return 3
-        print(results_table(metrics, cfg.eval.ks, label=model_label(cfg)))
-        print(f"\nrun directory: {run.dir}  (metrics.json, config.yaml, model/)")
+        if dist.is_main():
+            print(results_table(metrics, cfg.eval.ks, label=model_label(cfg)))
+            print(f"\nrun directory: {run.dir}  (metrics.json, config.yaml, model/)")
+        return 0
+    if args.command == "train":
+        ds, sids, sizes = run.stage_inputs()
+        model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume,
+                                deadline=deadline)
+        if model is None:
+            if dist.is_main():
+                print(f"time budget reached; run the same command again to resume from {run.dir}")
+            return 3
+        if dist.is_main():
+            best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
+            valid = "  ".join(f"valid.{k} {v:.4f}" for k, v in best["valid"].items())
+            print(f"model: {run.dir / 'model'}  (best epoch {best['epoch']}: {valid})")
         return 0
     ds = run.stage_prepare()
     if args.command == "prepare":
@@ -130,18 +169,22 @@ def _stage(args: argparse.Namespace) -> int:
     if args.command == "embed":
         print(f"embeddings: {emb.shape[0]} items x {emb.shape[1]} dims")
         return 0
-    sids, sizes = run.stage_tokenize(emb)
-    if args.command == "tokenize":
-        print(f"semantic IDs: {sids.shape[0]} items x {sids.shape[1]} tokens, level sizes {sizes}")
-        return 0
-    model = run.stage_train(leave_one_out(ds, cfg.data.max_history), sids, sizes, resume=resume, deadline=deadline)
-    if model is None:
-        print(f"time budget reached; run the same command again to resume from {run.dir}")
-        return 3
-    best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
-    valid = "  ".join(f"valid.{k} {v:.4f}" for k, v in best["valid"].items())
-    print(f"model: {run.dir / 'model'}  (best epoch {best['epoch']}: {valid})")
+    sids, sizes = run.stage_tokenize(emb)  # the "tokenize" command
+    print(f"semantic IDs: {sids.shape[0]} items x {sids.shape[1]} tokens, level sizes {sizes}")
     return 0
+
+
+def _drop_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (the launched processes must not launch again)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -240,6 +283,7 @@ def _export_sids(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         if args.command == "evaluate":
@@ -254,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             return _export_sids(args)
         if args.command == "report":
             return _report(args)
-        return _stage(args)
+        return _stage(args, argv)
     except (ConfigError, ValueError, FileNotFoundError, KeyError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sidrec {args.command}: error: {msg}", file=sys.stderr)

@@ -85,6 +85,7 @@ class TrainConfig:
     prefixes_per_user: int = 0  # 0 = every training prefix each epoch (METHODS 1.3); k > 0 = k random per user
     log_every: int = 50  # a "step" record in recommender/metrics.jsonl every this many steps (0 = epochs only)
     tensorboard: bool = False  # also write TensorBoard event files to <run_dir>/tensorboard (needs tensorboard)
+    compile: bool = False  # torch.compile the training step's model (GPU speed lever; same results)
 
 
 @dataclass

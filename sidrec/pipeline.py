@@ -17,6 +17,9 @@ Schedules that train the tokenizer (``schedule.name`` alternating or joint, see 
 start from the tokenize stage's tokenizer, kept in ``tokenizer/pretrained/`` while training, and rewrite
 ``tokenizer/`` (weights, sids.npy, health.json) with the tokenizer of the selected epoch. ``tokenizer/`` thus always
 holds the SIDs the finished recommender was trained on.
+
+Under torchrun (``sidrec run CONFIG --nproc N``) only rank 0 writes: it prepares, embeds and tokenizes while the
+other processes wait and then read its results; all processes train (DDP) and evaluate (users split).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from sidrec.models.tiger import Tiger, TigerConfig, save_model
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
 from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
+from sidrec.training import distributed as dist
 from sidrec.training.recommender import train_recommender
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.training.schedules import train_joint
@@ -63,8 +67,9 @@ from sidrec.utils import seed_everything as seed_all
 
 STAGES = ("prepare", "embed", "tokenize", "train", "evaluate")
 TOKENIZER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "sids.npy", "health.json")
-# Train settings that only change what is logged, not the model: left out of the train stage's cache key.
-LOGGING_ONLY = ("log_every", "tensorboard")
+# Train settings that change what is logged or how fast, not the model (torch.compile is tested equal to eager):
+# left out of the train stage's cache key.
+NOT_IN_KEY = ("log_every", "tensorboard", "compile")
 
 
 def _key(*parts: Any) -> str:
@@ -85,7 +90,9 @@ class Run:
         self.cache = Path(cfg.cache_dir)
         self.progress = progress
         self.log = log
-        self.device = resolve_device(cfg.train.device)
+        self.device = dist.init_from_env(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
+        if not dist.is_main():
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         existing = self.dir / "config.yaml"
         if existing.exists() and existing.read_text() != dump_config(cfg):
@@ -120,7 +127,7 @@ class Run:
         k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
         # a plain two-stage run does not depend on the other schedule fields (tokenizer_lr, ...)
         schedule = [] if c.schedule.plain else [asdict(c.schedule)]
-        train = {name: v for name, v in asdict(c.train).items() if name not in LOGGING_ONLY}
+        train = {name: v for name, v in asdict(c.train).items() if name not in NOT_IN_KEY}
         k["train"] = _key(k["tokenize"], asdict(c.model), train, c.seed, *schedule)
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k
@@ -243,6 +250,9 @@ class Run:
             return load_recommender(self.dir / "model", self.device)
         seed_all(self.cfg.seed)
         if not self.cfg.schedule.plain:
+            if dist.world_size() > 1:
+                raise ValueError(f"schedule.name {self.cfg.schedule.name}: data-parallel training (--nproc, torchrun) "
+                                 "supports the plain two-stage schedule only")
             return self._train_joint(split, level_sizes, key, resume, deadline)
         model = self._new_model(level_sizes, split.max_history).to(self.device)
         self.log(f"{self.cfg.model.name}: {model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
@@ -250,10 +260,12 @@ class Run:
         trie = SidTrie(item_sids, level_sizes).to(self.device)
         rdir = self.dir / "recommender"
         # Checkpoints of a different training config (or an explicit fresh start) must not be resumed.
-        if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
-            shutil.rmtree(rdir)
-            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)  # its events belong to those checkpoints
-        atomic_write_text(rdir / "key", key)
+        if dist.is_main():
+            if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
+                shutil.rmtree(rdir)
+                shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)  # its events belong to those checkpoints
+            atomic_write_text(rdir / "key", key)
+        dist.barrier()
         res = train_recommender(model, split, item_sids, trie, self.cfg.train, rdir, self.cfg.seed, resume=resume,
                                 progress=self.progress, log=self._epoch_line, deadline=deadline,
                                 tensorboard_dir=self.dir / "tensorboard")
@@ -261,8 +273,9 @@ class Run:
             self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
             return None
         model.load_state_dict(load_file(str(rdir / "best" / "model.safetensors")))
-        save_model(model, self.dir / "model")
-        self._mark("train", key)
+        if dist.is_main():
+            save_model(model, self.dir / "model")
+            self._mark("train", key)
         self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}")
         return model
 
@@ -335,8 +348,9 @@ class Run:
         metrics["tokenizer.health"] = read_json(self.dir / "tokenizer" / "health.json")
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}
-        atomic_write_json(mpath, metrics)
-        self._mark("evaluate", key)
+        if dist.is_main():
+            atomic_write_json(mpath, metrics)
+            self._mark("evaluate", key)
         return metrics
 
     def stage_sasrec(self, ds: Dataset, resume: bool = True) -> dict[str, float]:
@@ -358,11 +372,23 @@ class Run:
         self.log("SASRec: " + "  ".join(test))
         return metrics
 
+    def stage_inputs(self) -> tuple[Dataset, np.ndarray, list[int]]:
+        """prepare, embed and tokenize -> (dataset, item SIDs, level sizes).
+
+        Under torchrun rank 0 runs the stages and the other processes then read what it wrote.
+        """
+        if dist.is_main():
+            ds = self.stage_prepare()
+            sids, level_sizes = self.stage_tokenize(self.stage_embed(ds))
+        dist.barrier()
+        if not dist.is_main():
+            ds = Dataset.load(self.dir / "data")
+            sids, level_sizes = load_sids(self.dir / "tokenizer")
+        return ds, sids, level_sizes
+
     def run_all(self, resume: bool = True, deadline: float | None = None) -> dict[str, Any] | None:
         """Every stage in order; None when ``deadline`` interrupted training (resume by calling again)."""
-        ds = self.stage_prepare()
-        emb = self.stage_embed(ds)
-        sids, level_sizes = self.stage_tokenize(emb)
+        ds, sids, level_sizes = self.stage_inputs()
         split = leave_one_out(ds, self.cfg.data.max_history)
         model = self.stage_train(split, sids, level_sizes, resume=resume, deadline=deadline)
         if model is None:

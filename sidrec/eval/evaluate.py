@@ -10,6 +10,7 @@ from sidrec.data.splits import Examples
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.metrics import topk_metrics
+from sidrec.training import distributed as dist
 
 
 def history_sids(item_sids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -36,21 +37,25 @@ def generate_rankings(
     progress: bool = True,
     desc: str = "decode",
 ) -> np.ndarray:
-    """Top-``topk`` items (U, topk) for every example via constrained beam search (-1 = empty slot)."""
+    """Top-``topk`` items (U, topk) for every example via constrained beam search (-1 = empty slot).
+
+    Under torchrun each process decodes a contiguous share of the examples and all of them get every row back.
+    """
     device = item_sids.device
     was_training = model.training
     model.eval()
     out = []
-    n = len(examples)
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        hist = torch.as_tensor(examples.history[start : start + batch_size], device=device)
-        users = torch.as_tensor(examples.user[start : start + batch_size], device=device)
+    part = dist.shard(len(examples))  # all examples for one process
+    for start in tqdm(range(part.start, part.stop, batch_size), desc=desc, disable=not progress, leave=False):
+        stop = min(start + batch_size, part.stop)
+        hist = torch.as_tensor(examples.history[start:stop], device=device)
+        users = torch.as_tensor(examples.user[start:stop], device=device)
         ids, mask = model_inputs(model, item_sids, hist, users)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             res = constrained_beam_search(model, ids, mask, trie, beam_size=beam_size, topk=topk)
         out.append(res.items.cpu().numpy())
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, topk), np.int64)
+    return dist.gather_rows(np.concatenate(out) if out else np.zeros((0, topk), np.int64))
 
 
 def evaluate(

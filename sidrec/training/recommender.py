@@ -6,6 +6,9 @@ NDCG@10 by constrained beam search selects the best epoch; training stops after 
 improvement. Checkpoints are written every evaluation and a run resumes from the last one. ``metrics.jsonl``
 records the loss, learning rate and throughput every ``log_every`` steps and each epoch's summary with its
 validation metrics (``sidrec.training.metrics_log``).
+
+Under torchrun (see ``sidrec.training.distributed``) the same loop runs data-parallel: every process draws the
+same seeded epoch order, takes its slice of each global batch and DDP averages the gradients; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sidrec.config import TrainConfig
 from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
+from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.utils import atomic_write, atomic_write_json
@@ -38,6 +42,17 @@ class TrainResult:
     epochs_run: int
     history: list[dict[str, Any]]
     finished: bool  # False when the deadline stopped training early; call again to resume
+
+
+class LossModule(torch.nn.Module):
+    """``model.loss`` as a module's forward: DDP syncs gradients through hooks that its forward sets up."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(ids, mask, target)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
@@ -73,7 +88,7 @@ def train_recommender(
         split: leave-one-out examples (item indices).
         item_sids: (N, Lc) SID of every item, on the training device.
         trie: the SID trie used for constrained validation decoding (on the same device).
-        cfg: training settings.
+        cfg: training settings (``batch_size`` is the global batch, split across torchrun's processes).
         out_dir: where ``checkpoints/``, ``best/model.safetensors`` and ``metrics.jsonl`` go.
         seed: seeds the epoch shuffles (derived per epoch, so a resumed run sees the same order) and dropout.
         resume: continue from the last complete checkpoint in ``out_dir`` if there is one.
@@ -104,6 +119,10 @@ def train_recommender(
         total_steps = min(total_steps, cfg.max_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_bf16 = cfg.bf16 and device.type == "cuda"
+    world = dist.world_size()
+    net = dist.wrap_ddp(LossModule(model), device)  # the module itself for one process
+    if cfg.compile:  # same results, faster steps on GPU after a one-off compilation
+        net = torch.compile(net)
 
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": []}
@@ -117,9 +136,13 @@ def train_recommender(
 
     out.mkdir(parents=True, exist_ok=True)
     tb_dir = (tensorboard_dir or out / "tensorboard") if cfg.tensorboard else None
-    metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
+    metrics_log = None  # rank 0 alone logs
+    if dist.is_main():
+        metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
 
     def emit(rec: dict[str, Any]) -> None:
+        if metrics_log is None:
+            return
         metrics_log.write(rec)
         if log is not None:
             log(rec)
@@ -137,17 +160,25 @@ def train_recommender(
         for b in bar:
             if state["step"] >= total_steps:
                 break
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and dist.any_process(time.time() > deadline):
                 state["batch"] = b
-                save_checkpoint(ckpt_dir, state["step"], model, opt, state)
-                metrics_log.close()
+                if dist.is_main():
+                    save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+                    metrics_log.close()
+                dist.barrier()
                 return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], False)
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            part = dist.shard(len(batch))  # this process's slice of the global batch (all of it for one)
+            # DDP averages gradients over processes; weighting each mean loss by its share of the global batch
+            # makes that average the global batch mean, also when the last batch splits unevenly. A process with
+            # no example (a batch smaller than the world) still joins the all-reduce, with weight 0.
+            idx = batch[part.start : part.stop] if len(part) else batch[:1]
+            weight = len(part) * world / len(batch)
             ids, mask = model_inputs(model, item_sids, hist[idx], users[idx])
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(state["step"], total_steps, cfg.warmup_steps, cfg.scheduler)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model.loss(ids, mask, item_sids[target[idx]])
+                loss = net(ids, mask, item_sids[target[idx]]) * weight
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -157,16 +188,19 @@ def train_recommender(
             loss_sum += loss.detach()  # summed on the device: no host sync per step
             n_batches += 1
             win_loss += loss.detach()
-            win_steps, win_samples = win_steps + 1, win_samples + len(idx)
+            win_steps, win_samples = win_steps + 1, win_samples + len(batch)
             if cfg.log_every and state["step"] % cfg.log_every == 0:
                 now = time.perf_counter()
-                metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch,
-                                   "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
-                                   "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
+                win_loss = dist.mean_over_processes(win_loss)  # the global batch's loss, as for one process
+                if metrics_log is not None:
+                    metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch,
+                                       "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
+                                       "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
                 win_t0, win_loss, win_steps, win_samples = now, torch.zeros((), device=device), 0, 0
         train_time = time.perf_counter() - t0
         state["epoch"], state["batch"] = epoch + 1, 0
         samples = min(len(order), n_batches * cfg.batch_size)
+        loss_sum = dist.mean_over_processes(loss_sum)
         rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": state["step"],
                                "loss": loss_sum.item() / max(n_batches, 1), "lr": opt.param_groups[0]["lr"],
                                "train_seconds": round(train_time, 2),
@@ -177,15 +211,19 @@ def train_recommender(
             rec.update({f"valid.{k}": v for k, v in metrics.items()})
             if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
-                _save_weights(model, out / "best" / "model.safetensors")
-                atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
+                if dist.is_main():
+                    _save_weights(model, out / "best" / "model.safetensors")
+                    atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
             else:
                 state["bad_evals"] += 1
         state["history"].append(rec)
         emit(rec)
-        save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+        if dist.is_main():
+            save_checkpoint(ckpt_dir, state["step"], model, opt, state)
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
-    metrics_log.close()
+    if metrics_log is not None:
+        metrics_log.close()
+    dist.barrier()  # the other processes may read what rank 0 wrote (best/) once this returns
     return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], True)
 
 

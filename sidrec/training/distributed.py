@@ -1,0 +1,164 @@
+"""Data-parallel training over several processes: torchrun starts them, torch's DistributedDataParallel syncs them.
+
+One process per GPU (or per CPU worker, gloo backend). Every process holds the whole model and the whole training
+set; each step, the seeded global batch is split across the processes and DDP averages the gradients, so a run
+on N processes follows the single-process run step for step (up to float summation order). Only the main
+process (rank 0) writes files; evaluation splits the users across processes and gathers every ranking.
+
+Launch on one machine (the two lines are equivalent)::
+
+    sidrec run configs/beauty.yaml --nproc 4
+    torchrun --standalone --nproc_per_node 4 -m sidrec run configs/beauty.yaml
+
+Across machines, run on every node (R = 0 .. nodes - 1, HOST = the address of node 0)::
+
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
+        -m sidrec run configs/beauty.yaml
+
+Without torchrun's environment (``WORLD_SIZE`` unset or 1) every helper here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+EXIT_CODE_ENV = "SIDREC_EXIT_CODE_FILE"  # set by ``launch``: where rank 0 leaves its exit code
+
+
+def world_size() -> int:
+    """Number of training processes (1 without torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's index in 0 .. world_size() - 1 (torchrun's RANK; 0 without torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """True in the process that writes files and logs (rank 0)."""
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) when started with WORLD_SIZE > 1.
+
+    Args:
+        device: the configured training device; on CUDA each process takes the GPU ``LOCAL_RANK``.
+
+    Returns:
+        The device this process trains on (``cuda:LOCAL_RANK`` under torchrun with CUDA, else ``device``).
+
+    Example:
+        >>> device = init_from_env(torch.device("cpu"))  # a no-op outside torchrun
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (if one was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op for one process)."""
+    if world_size() > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def shard(n: int) -> range:
+    """This process's contiguous share of ``n`` items: sizes differ by at most one, lower ranks larger first.
+
+    Example:
+        >>> shard(10)  # on rank 1 of 3: range(4, 7); on one process: range(0, 10)
+    """
+    world, r = world_size(), rank()
+    size, extra = divmod(n, world)
+    start = r * size + min(r, extra)
+    return range(start, start + size + (r < extra))
+
+
+def gather_rows(rows: np.ndarray) -> np.ndarray:
+    """Concatenate every process's ``rows`` (n_r, ...) in rank order, on every process (exact, no averaging)."""
+    if world_size() == 1:
+        return rows
+    parts: list[np.ndarray | None] = [None] * world_size()
+    dist.all_gather_object(parts, rows)
+    return np.concatenate(parts)
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """Average of a tensor over the processes (the tensor itself for one process)."""
+    if world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / world_size()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (so that all take the same branch)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel when several processes train, else ``module`` itself."""
+    if world_size() == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``python -m sidrec ARGV`` in ``nproc`` processes on this machine through torchrun.
+
+    Returns rank 0's exit code (e.g. 3: time budget reached), which the workers hand over through a file
+    (``worker_exit``) because torchrun reports any non-zero worker exit as a crash; torchrun's own code when it
+    fails.
+
+    Example:
+        >>> launch(2, ["run", "configs/ml-100k-demo.yaml", "--quiet"])  # doctest: +SKIP
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sidrec", *argv]
+    with tempfile.TemporaryDirectory() as tmp:
+        code_file = Path(tmp) / "exit_code"
+        rc = subprocess.run(cmd, check=False, env={**os.environ, EXIT_CODE_ENV: str(code_file)}).returncode
+        return int(code_file.read_text()) if rc == 0 and code_file.exists() else rc
+
+
+def worker_exit(code: int) -> int:
+    """The exit code this process should return: ``code``, except in workers started by ``launch``.
+
+    There rank 0 writes ``code`` for the launcher and every worker returns 0.
+    """
+    path = os.environ.get(EXIT_CODE_ENV)
+    if path is None or world_size() == 1:
+        return code
+    if is_main():
+        Path(path).write_text(str(code))
+    return 0

@@ -25,8 +25,8 @@ from sidrec.config import TrainConfig
 from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
-from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from sidrec.utils import atomic_write, atomic_write_json
+from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
+from sidrec.utils import atomic_write, atomic_write_json, atomic_write_text, crash_point
 
 
 @dataclass
@@ -103,11 +103,13 @@ def train_recommender(
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": []}
     ckpt_dir = out / "checkpoints"
-    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        saved = load_checkpoint(ckpt, model, opt)
+    if resume and (saved := resume_checkpoint(ckpt_dir, model, opt)) is not None:
         state = {k: saved[k] for k in state}
+        # Epochs logged after that checkpoint (a crash before the next one) will run again: drop their lines.
+        atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     else:
         torch.manual_seed(seed)
+        (out / "train_log.jsonl").unlink(missing_ok=True)  # lines of an attempt that died before checkpointing
 
     def emit(rec: dict[str, Any]) -> None:
         with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
@@ -143,6 +145,7 @@ def train_recommender(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             state["step"] += 1
+            crash_point("train.step")
             loss_sum += loss.detach()  # summed on the device: no host sync per step
             n_batches += 1
         train_time = time.perf_counter() - t0

@@ -202,6 +202,17 @@ def load_npy_embeddings(path: str | Path, num_items: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
+        with open(path, "rb") as f:
+            # Check the header against the file size first: a forged shape must not trigger a huge allocation.
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} is not supported")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            expected = math.prod(shape) * dtype.itemsize
+            if dtype.hasobject or expected != path.stat().st_size - f.tell():
+                raise ValueError(f"header says {shape} {dtype}, which does not match the file's size")
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"{path}: not a readable .npy array ({e})") from None

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 _CRASH_COUNTS: dict[str, int] = {}
 
 

@@ -116,3 +116,24 @@ def test_sigkill_at_every_point_then_resume(tmp_path, point, reference):
 @pytest.mark.parametrize("trial", range(10))
 def test_sigkill_at_random_moments_then_resume(tmp_path, trial, reference):
     _kill_at_random_moment(tmp_path, random.Random(trial).uniform(0.0, 0.4), reference)
+
+
+def test_resume_and_fresh_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", CONFIG, "--resume", "--fresh"])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_damaged_only_checkpoint(tiny_args, capsys):
+    run, args = tiny_args
+    assert main(["run", CONFIG, *args, "--quiet", "--time-budget", "1e-9"]) == 3
+    ckpt = latest_checkpoint(run / "recommender" / "checkpoints")
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-5] ^= 0x10
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["run", CONFIG, *args, "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "skipping damaged checkpoint" in err and "checksum mismatch" in err and "--fresh" in err
+    assert not (run / "metrics.json").exists()
+    assert main(["run", CONFIG, *args, "--quiet", "--fresh"]) == 0

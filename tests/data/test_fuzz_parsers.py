@@ -3,12 +3,13 @@
 
 Inputs are valid files of the hostile-input corpus mutated byte by byte (flips, insertions, deletions, cuts,
 splices of tricky tokens), plus raw random bytes. CI runs ``FUZZ_EXAMPLES`` (200) examples per parser; the
-``slow`` variant runs 5,000. ``pytest --hypothesis-show-statistics`` prints how many inputs were tried.
+``slow`` variant runs 5,000. Each test checks and prints (``pytest -s``) how many inputs it tried.
 """
 
 import gzip
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,15 @@ def mutated(draw, base: bytes) -> bytes:
     return bytes(data)
 
 
+TRIED: Counter = Counter()  # inputs tried per parser
+
+
+def _report(parser: str, examples: int) -> None:
+    # Hypothesis may stop early only if it runs out of distinct inputs, which these strategies do not.
+    assert TRIED[parser] >= examples, TRIED[parser]
+    print(f"\nFUZZ {parser}: {TRIED[parser]} inputs, only the documented error type raised")
+
+
 # (format, file name) of every file a loader reads; gzip files are fuzzed both before and after compression.
 TARGETS = [(fmt, name) for fmt, files in BASE.items() for name in files]
 
@@ -76,9 +86,12 @@ def _fuzz_loader(fmt: str, name: str, examples: int) -> None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(inputs)
     def check(data: bytes) -> None:
+        TRIED[f"{fmt}:{name}"] += 1
         _check_loader(fmt, name, data)
 
+    TRIED[f"{fmt}:{name}"] = 0
     check()
+    _report(f"{fmt}:{name}", examples)
 
 
 @pytest.mark.parametrize("fmt, name", TARGETS, ids=[f"{f}:{n}" for f, n in TARGETS])
@@ -93,6 +106,7 @@ def _fuzz_npy(examples: int) -> None:
               suppress_health_check=[HealthCheck.too_slow])
     @given(mutated(base))
     def check(data: bytes) -> None:
+        TRIED["npy"] += 1
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "emb.npy"
             path.write_bytes(data)
@@ -103,7 +117,9 @@ def _fuzz_npy(examples: int) -> None:
             else:
                 assert out.shape[0] == 3 and np.isfinite(out).all()
 
+    TRIED["npy"] = 0
     check()
+    _report("npy", examples)
 
 
 def test_fuzz_npy():
@@ -129,6 +145,7 @@ def _fuzz_yaml(examples: int) -> None:
               suppress_health_check=[HealthCheck.too_slow])
     @given(mutated(YAML_BASE))
     def check(data: bytes) -> None:
+        TRIED["config-yaml"] += 1
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "c.yaml"
             path.write_bytes(data)
@@ -137,7 +154,9 @@ def _fuzz_yaml(examples: int) -> None:
             except ConfigError:
                 pass
 
+    TRIED["config-yaml"] = 0
     check()
+    _report("config-yaml", examples)
 
 
 def test_fuzz_config_yaml():
@@ -153,9 +172,12 @@ def test_fuzz_json_values_in_lcrec_inter():
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None)
     @given(st.dictionaries(st.text(max_size=4), values, max_size=4) | values)
     def check(obj) -> None:
+        TRIED["lcrec:json-values"] += 1
         _check_loader("lcrec", "Toy.inter.json", json.dumps(obj).encode())
 
+    TRIED["lcrec:json-values"] = 0
     check()
+    _report("lcrec:json-values", FUZZ_EXAMPLES)
 
 
 @pytest.mark.slow

@@ -364,3 +364,17 @@ def test_hostile_config_yaml(tmp_path, case, data, words):
 def hostile_case_count() -> int:
     """Total hostile cases in this corpus (reported in docs/reliability.md)."""
     return len(CASES) + len(NPY_CASES) + len(YAML_CASES)
+
+
+def test_cli_prepare_reports_bad_line_and_writes_no_data(tmp_path, capsys):
+    from sidrec.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data, {**RECBOLE, "toy.inter": lines("user_id:token\titem_id:token", "u1\ti1", "u2\ti1\textra")})
+    run = tmp_path / "run"
+    args = ["prepare", "configs/ml-100k-demo.yaml", f"data.path={data}", "data.format=recbole",
+            f"run_dir={run}", f"cache_dir={tmp_path / 'cache'}", "--quiet"]
+    assert main(args) == 2
+    assert f"{data / 'toy.inter'}:3: 3 columns, header has 2" in capsys.readouterr().err
+    assert not (run / "data").exists() and not (run / "stages.json").exists()

@@ -36,9 +36,17 @@ def build_run(run_dir: Path) -> None:
     from sidrec.cli import main as cli
     from sidrec.data.loaders import data_root
 
-    overrides = [f"data.path={data_root() / 'movielens-100k'}", "data.format=recbole", "embed.sources=[cooccurrence]",
-                 "train.epochs=1", "train.max_steps=60", "train.valid_users=200", "train.device=cpu",
-                 f"run_dir={run_dir}", f"cache_dir={run_dir.parent / 'cache'}"]
+    overrides = [
+        f"data.path={data_root() / 'movielens-100k'}",
+        "data.format=recbole",
+        "embed.sources=[cooccurrence]",
+        "train.epochs=1",
+        "train.max_steps=60",
+        "train.valid_users=200",
+        "train.device=cpu",
+        f"run_dir={run_dir}",
+        f"cache_dir={run_dir.parent / 'cache'}",
+    ]
     if cli(["run", "configs/ml-100k-demo.yaml", *overrides, "--quiet"]) != 0:
         raise SystemExit("building the run failed")
 
@@ -53,8 +61,9 @@ def rss_kb(pid: int) -> dict[str, int]:
     return fields
 
 
-def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
-            headers: dict[str, str]) -> int:
+def request(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, headers: dict[str, str]
+) -> int:
     conn.request(method, path, body, headers)
     resp = conn.getresponse()
     resp.read()
@@ -104,14 +113,17 @@ def hostile(port: int, key: str, stop: threading.Event, counts: dict[str, dict[i
     stalled = []
     for i in range(16):  # sockets that never finish their request, held for the whole run
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n" if i % 2 else
-                  b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{\"hist")
+        s.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: x\r\n"
+            if i % 2
+            else b'POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{"hist'
+        )
         stalled.append(s)
     trickle = socket.create_connection(("127.0.0.1", port), timeout=30)
     slow_bytes = iter(b"POST /recommend HTTP/1.1\r\nHost: x\r\n" * 1000)
     cases = {
-        "malformed_json": (b"{\"history\": [\"1\"", {"X-API-Key": key}),
-        "oversized_body": (b"{\"history\": [" + b"\"1\"," * 400_000 + b"\"1\"]}", {"X-API-Key": key}),
+        "malformed_json": (b'{"history": ["1"', {"X-API-Key": key}),
+        "oversized_body": (b'{"history": [' + b'"1",' * 400_000 + b'"1"]}', {"X-API-Key": key}),
         "no_api_key": (json.dumps({"history": ["1"]}).encode(), {}),
         "wrong_api_key": (json.dumps({"history": ["1"]}).encode(), {"X-API-Key": key + "x"}),
     }
@@ -120,7 +132,9 @@ def hostile(port: int, key: str, stop: threading.Event, counts: dict[str, dict[i
             for name, (body, headers) in cases.items():
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 try:
-                    status = request(conn, "POST", "/recommend", body, {"Content-Type": "application/json", **headers})
+                    status = request(
+                        conn, "POST", "/recommend", body, {"Content-Type": "application/json", **headers}
+                    )
                 except (OSError, http.client.HTTPException):
                     status = -1  # the server closed the connection on us (e.g. mid-way through a huge body)
                 finally:
@@ -157,11 +171,30 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     key = "load-test-" + os.urandom(8).hex()
-    env = {**os.environ, KEY_ENV: key, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        KEY_ENV: key,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     (REPO / "runs" / "load-test").mkdir(parents=True, exist_ok=True)
     log = open(REPO / "runs" / "load-test" / "server.log", "w")  # uvicorn's access log: a line per request
-    server = subprocess.Popen([sys.executable, "-m", "sidrec", "serve", str(run_dir), "--port", str(port),
-                               "--api-key-env", KEY_ENV], env=env, cwd=REPO, stdout=log, stderr=log)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidrec",
+            "serve",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--api-key-env",
+            KEY_ENV,
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -176,8 +209,9 @@ def main() -> int:
         clients(port, 1, 20, keys, key)  # warm-up
         rss_before = rss_kb(server.pid)
 
-        counts: dict[str, dict[int, int]] = {n: {} for n in ("malformed_json", "oversized_body", "no_api_key",
-                                                              "wrong_api_key")}
+        counts: dict[str, dict[int, int]] = {
+            n: {} for n in ("malformed_json", "oversized_body", "no_api_key", "wrong_api_key")
+        }
         stop = threading.Event()
         side = threading.Thread(target=hostile, args=(port, key, stop, counts))
         side.start()
@@ -188,8 +222,13 @@ def main() -> int:
         side.join()
         alive = server.poll() is None
         rss_after = rss_kb(server.pid)
-        health = request(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "GET", "/health", None,
-                         {"X-API-Key": key})
+        health = request(
+            http.client.HTTPConnection("127.0.0.1", port, timeout=10),
+            "GET",
+            "/health",
+            None,
+            {"X-API-Key": key},
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -200,15 +239,25 @@ def main() -> int:
         "command": "PYTHONPATH=. python benchmarks/load_test.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} (server on CPU)",
-        "run_dir": str(run_dir), "items": len(keys), "clients": args.clients, "requests": args.requests,
-        "ok": len(latencies) - sum(isinstance(f, int) for f in failures), "errors": len(failures),
+        "run_dir": str(run_dir),
+        "items": len(keys),
+        "clients": args.clients,
+        "requests": args.requests,
+        "ok": len(latencies) - sum(isinstance(f, int) for f in failures),
+        "errors": len(failures),
         "error_examples": [str(f) for f in failures[:5]],
-        "wall_seconds": round(wall, 2), "throughput_rps": round(len(latencies) / wall, 1),
-        "latency_ms": {f"p{q}": round(1000 * percentile(lat, q), 2) for q in (50, 90, 99)} | {
-            "max": round(1000 * lat[-1], 2)},
-        "server_rss_kb": {"before": rss_before["VmRSS"], "after": rss_after["VmRSS"], "peak": rss_after["VmHWM"]},
+        "wall_seconds": round(wall, 2),
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "latency_ms": {f"p{q}": round(1000 * percentile(lat, q), 2) for q in (50, 90, 99)}
+        | {"max": round(1000 * lat[-1], 2)},
+        "server_rss_kb": {
+            "before": rss_before["VmRSS"],
+            "after": rss_after["VmRSS"],
+            "peak": rss_after["VmHWM"],
+        },
         "hostile_side_traffic_status_counts": counts,
-        "server_alive_after": alive, "health_after": health,
+        "server_alive_after": alive,
+        "health_after": health,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

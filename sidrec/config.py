@@ -163,7 +163,8 @@ class RunConfig:
 
         t, m = self.train, self.model
         positive = {"data.max_history": self.data.max_history, "train.epochs": t.epochs,
-                    "train.batch_size": t.batch_size, "train.patience": t.patience, "train.eval_every": t.eval_every,
+                    "train.batch_size": t.batch_size, "train.patience": t.patience,
+                    "train.eval_every": t.eval_every,
                     "train.eval_batch_size": t.eval_batch_size, "train.eval_beam_size": t.eval_beam_size,
                     "eval.beam_size": self.eval.beam_size, "eval.batch_size": self.eval.batch_size,
                     "model.d_model": m.d_model, "model.num_heads": m.num_heads, "model.d_kv": m.d_kv,
@@ -211,8 +212,9 @@ class RunConfig:
             >>> RunConfig().check_dataset(num_items=12, name="toy")  # doctest: +SKIP
             ConfigError: eval.beam_size: 20 is larger than the catalogue (12 items of dataset 'toy')
         """
-        for key, value in (("eval.beam_size", self.eval.beam_size), ("train.eval_beam_size", self.train.eval_beam_size),
-                           ("eval.ks", max(self.eval.ks))):
+        sizes = (("eval.beam_size", self.eval.beam_size), ("train.eval_beam_size", self.train.eval_beam_size),
+                 ("eval.ks", max(self.eval.ks)))
+        for key, value in sizes:
             if value > num_items:
                 raise ConfigError(f"{key}: {value} is larger than the catalogue ({num_items} items of dataset "
                                   f"{name!r})")

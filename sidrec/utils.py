@@ -23,10 +23,14 @@ _CRASH_COUNTS: dict[str, int] = {}
 def crash_point(name: str) -> None:
     """Test hook for crash-safety tests: SIGKILL this process at a named point when asked to.
 
-    ``SIDREC_TEST_KILL_AT=<name>@<n>`` kills the process the n-th time (1-based) it reaches ``crash_point(name)``;
-    unset (always, outside those tests) this does nothing. Points: ``atomic_write`` (data written and synced,
-    not yet renamed), ``checkpoint.files`` / ``checkpoint.rename`` / ``checkpoint.latest`` /
-    ``checkpoint.prune`` (the stages of ``save_checkpoint``) and ``train.step`` (after an optimiser step).
+    ``SIDREC_TEST_KILL_AT=<name>@<n>`` kills the process the n-th time (1-based) it reaches
+    ``crash_point(name)``; unset (always, outside those tests) this does nothing. Points: ``atomic_write``
+    (data written and synced, not yet renamed), ``checkpoint.files`` / ``checkpoint.rename`` /
+    ``checkpoint.latest`` / ``checkpoint.prune`` (the stages of ``save_checkpoint``) and ``train.step``
+    (after an optimiser step).
+
+    Example:
+        >>> crash_point("train.step")  # a no-op unless SIDREC_TEST_KILL_AT=train.step@<n> is set
     """
     spec = os.environ.get("SIDREC_TEST_KILL_AT")
     if not spec:

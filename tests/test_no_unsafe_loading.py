@@ -34,7 +34,9 @@ def unsafe_uses(source: str, filename: str) -> list[str]:
     for node in ast.walk(ast.parse(source, filename)):
         where = f"{filename}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, ast.Import):
-            problems += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in BANNED_MODULES]
+            problems += [
+                f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in BANNED_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in BANNED_MODULES:
             problems.append(f"{where}: from {node.module} import")
         elif isinstance(node, ast.Call):
@@ -63,24 +65,44 @@ def unsafe_uses(source: str, filename: str) -> list[str]:
 def test_package_has_no_unsafe_loading():
     files = sorted(PACKAGE.rglob("*.py"))
     assert len(files) > 20
-    problems = [p for f in files for p in unsafe_uses(f.read_text(encoding="utf-8"), str(f.relative_to(PACKAGE)))]
+    problems = [
+        p for f in files for p in unsafe_uses(f.read_text(encoding="utf-8"), str(f.relative_to(PACKAGE)))
+    ]
     assert problems == []
 
 
-@pytest.mark.parametrize("snippet", [
-    "import pickle", "from marshal import loads", "import shelve", "eval('1')", "exec('x = 1')",
-    "import torch\ntorch.load('m.pt')", "import torch\ntorch.load('m.pt', weights_only=False)",
-    "import numpy as np\nnp.load('x.npy')", "import numpy as np\nnp.load('x.npy', allow_pickle=True)",
-    "import yaml\nyaml.load(s)", "import yaml\nyaml.load(s, Loader=yaml.Loader)", "import yaml\nyaml.unsafe_load(s)",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import pickle",
+        "from marshal import loads",
+        "import shelve",
+        "eval('1')",
+        "exec('x = 1')",
+        "import torch\ntorch.load('m.pt')",
+        "import torch\ntorch.load('m.pt', weights_only=False)",
+        "import numpy as np\nnp.load('x.npy')",
+        "import numpy as np\nnp.load('x.npy', allow_pickle=True)",
+        "import yaml\nyaml.load(s)",
+        "import yaml\nyaml.load(s, Loader=yaml.Loader)",
+        "import yaml\nyaml.unsafe_load(s)",
+    ],
+)
 def test_scanner_catches_each_pattern(snippet):
     assert unsafe_uses(snippet, "x.py")
 
 
-@pytest.mark.parametrize("snippet", [
-    "import torch\ntorch.load('m.pt', weights_only=True)", "import numpy as np\nnp.load('x.npy', allow_pickle=False)",
-    "import yaml\nyaml.safe_load(s)", "import yaml\nyaml.load(s, Loader=_StrictSafeLoader)", "import ast\nast.literal_eval(s)",
-    "model.eval()", "model.to(device).eval()",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import torch\ntorch.load('m.pt', weights_only=True)",
+        "import numpy as np\nnp.load('x.npy', allow_pickle=False)",
+        "import yaml\nyaml.safe_load(s)",
+        "import yaml\nyaml.load(s, Loader=_StrictSafeLoader)",
+        "import ast\nast.literal_eval(s)",
+        "model.eval()",
+        "model.to(device).eval()",
+    ],
+)
 def test_scanner_allows_safe_forms(snippet):
     assert unsafe_uses(snippet, "x.py") == []

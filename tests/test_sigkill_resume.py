@@ -25,21 +25,37 @@ from sidrec.utils import read_json
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/ml-100k-demo.yaml"
 ATOMIC_WRITES = 26  # atomic writes in one tiny run, in order (see the module docstring)
-QUICK_POINTS = ["train.step@60", "checkpoint.rename@2", "checkpoint.latest@1", "atomic_write@7", "atomic_write@22"]
-ALL_POINTS = ([f"atomic_write@{n}" for n in range(1, ATOMIC_WRITES + 1)]
-              + [f"checkpoint.{p}@{n}" for p in ("files", "rename", "latest", "prune") for n in (1, 2)]
-              + [f"train.step@{n}" for n in (1, 15, 30, 45, 60, 89)])
+QUICK_POINTS = [
+    "train.step@60",
+    "checkpoint.rename@2",
+    "checkpoint.latest@1",
+    "atomic_write@7",
+    "atomic_write@22",
+]
+ALL_POINTS = (
+    [f"atomic_write@{n}" for n in range(1, ATOMIC_WRITES + 1)]
+    + [f"checkpoint.{p}@{n}" for p in ("files", "rename", "latest", "prune") for n in (1, 2)]
+    + [f"train.step@{n}" for n in (1, 15, 30, 45, 60, 89)]
+)
 
 
 def _start(root: Path, kill_at: str | None = None) -> tuple[Path, list[str], subprocess.Popen]:
     run, args = tiny_overrides(root)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("SIDREC_TEST_KILL_AT", None)
     if kill_at:
         env["SIDREC_TEST_KILL_AT"] = kill_at
-    proc = subprocess.Popen([sys.executable, "-m", "sidrec", "run", CONFIG, *args, "--quiet"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidrec", "run", CONFIG, *args, "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return run, args, proc
 
 
@@ -50,8 +66,12 @@ def _assert_consistent(run: Path) -> None:
         if not path.name.startswith("."):  # hidden .tmp files are unfinished atomic writes, never read
             read_json(path)
     stages = read_json(run / "stages.json") if (run / "stages.json").exists() else {}
-    outputs = {"prepare": "data/sequences.npz", "tokenize": "tokenizer/sids.npy", "train": "model/model.safetensors",
-               "evaluate": "metrics.json"}
+    outputs = {
+        "prepare": "data/sequences.npz",
+        "tokenize": "tokenizer/sids.npy",
+        "train": "model/model.safetensors",
+        "evaluate": "metrics.json",
+    }
     for stage in stages:
         if stage in outputs:
             assert (run / outputs[stage]).exists(), f"{stage} marked done without {outputs[stage]}"

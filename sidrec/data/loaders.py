@@ -287,7 +287,8 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
             if item < 1 or item in text:
                 raise ValueError(f"{where}: item_id {item} is 0 or repeated")
             if id2item is not None and "asin" in record and id2item.get(item) != record["asin"]:
-                raise ValueError(f"{where}: asin {_show(record['asin'])} disagrees with {maps_path.name} for item {item}")
+                raise ValueError(f"{where}: asin {_show(record['asin'])} disagrees with {maps_path.name} "
+                                 f"for item {item}")
             text[item] = {f: _text(record.get(f), f"{where}: {f}") for f in ("brand", "categories")}
         _check_dense(text_path, max(text, default=0), distinct + len(text))
         max_id = max([max_id, *text])
@@ -427,7 +428,8 @@ def _recbole_header(path: Path, line: str) -> list[str]:
     for column in line.rstrip("\r\n").split("\t"):
         col_name, _, col_type = column.rpartition(":")
         if not col_name or col_type not in _RECBOLE_TYPES:
-            raise ValueError(f"{path}:1: header column {_show(column)} is not 'name:type' with type in {_RECBOLE_TYPES}")
+            raise ValueError(f"{path}:1: header column {_show(column)} is not 'name:type' with type in "
+                             f"{_RECBOLE_TYPES}")
         names.append(col_name)
     return names
 

@@ -95,7 +95,8 @@ class _BodyLimit:
             elif length is not None and (not length.isdigit() or int(length) > self.limit):
                 problem = 413, f"request body over {self.limit} bytes"
             if problem is not None:
-                return await JSONResponse(status_code=problem[0], content={"detail": problem[1]})(scope, receive, send)
+                response = JSONResponse(status_code=problem[0], content={"detail": problem[1]})
+                return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
 

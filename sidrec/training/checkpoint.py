@@ -162,7 +162,8 @@ def verify_checkpoint(ckpt: str | Path) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as e:
         raise CheckpointError(f"{ckpt}: unreadable state.json ({e})") from None
     if not isinstance(state, dict) or state.get("checksum") != _state_checksum(state):
-        raise CheckpointError(f"{ckpt / 'state.json'}: checksum mismatch (altered or corrupted); refusing to load")
+        raise CheckpointError(f"{ckpt / 'state.json'}: checksum mismatch (altered or corrupted); "
+                              "refusing to load")
     for name, digest in state["files"].items():
         path = ckpt / name
         if not path.exists():
@@ -197,7 +198,8 @@ def resume_checkpoint(
     """Load the newest intact checkpoint under ``directory``; None when there is none at all.
 
     ``LATEST`` is tried first, then the other checkpoints newest first: a damaged one is reported through
-    ``log`` (default: stderr) and skipped, never loaded. Resuming from an older checkpoint only repeats the training since then.
+    ``log`` (default: stderr) and skipped, never loaded. Resuming from an older checkpoint only repeats the
+    training since then.
 
     Raises:
         CheckpointError: checkpoints exist but none is intact (start over with ``--fresh``).

@@ -24,9 +24,38 @@ from sidrec.data.loaders import load_dataset
 
 FUZZ_EXAMPLES = 200
 SLOW_EXAMPLES = 5000
-TOKENS = [b"\n", b"\t", b" ", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\x00", b"{", b"}", b"[", b"]", b'"', b"'", b":",
-          b",", b"-1", b"0", b"99999999999999999999", b"NaN", b"Infinity", b"null", b"true", b"1e999", b"\\u0000",
-          b"__import__('os')", b"*a", b"&a", b"!!python/object", b"[" * 50, b"\xc3\x28"]
+TOKENS = [
+    b"\n",
+    b"\t",
+    b" ",
+    b"\r\n",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\x00",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"',
+    b"'",
+    b":",
+    b",",
+    b"-1",
+    b"0",
+    b"99999999999999999999",
+    b"NaN",
+    b"Infinity",
+    b"null",
+    b"true",
+    b"1e999",
+    b"\\u0000",
+    b"__import__('os')",
+    b"*a",
+    b"&a",
+    b"!!python/object",
+    b"[" * 50,
+    b"\xc3\x28",
+]
 
 
 @st.composite
@@ -43,7 +72,7 @@ def mutated(draw, base: bytes) -> bytes:
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 8))]
+            del data[pos : pos + draw(st.integers(1, 8))]
         elif op == "cut":
             del data[pos:]
         else:
@@ -82,8 +111,13 @@ def _fuzz_loader(fmt: str, name: str, examples: int) -> None:
     plain = gzip.decompress(base) if name.endswith(".gz") else base
     inputs = st.one_of(mutated(plain).map(gz), mutated(base)) if name.endswith(".gz") else mutated(base)
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(inputs)
     def check(data: bytes) -> None:
         TRIED[f"{fmt}:{name}"] += 1
@@ -102,8 +136,13 @@ def test_fuzz_loader(fmt, name):
 def _fuzz_npy(examples: int) -> None:
     base = _npy(np.ones((3, 4), dtype=np.float32))
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(mutated(base))
     def check(data: bytes) -> None:
         TRIED["npy"] += 1
@@ -141,8 +180,13 @@ eval:
 
 
 def _fuzz_yaml(examples: int) -> None:
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(mutated(YAML_BASE))
     def check(data: bytes) -> None:
         TRIED["config-yaml"] += 1
@@ -165,9 +209,11 @@ def test_fuzz_config_yaml():
 
 def test_fuzz_json_values_in_lcrec_inter():
     """Structured fuzzing: any JSON value where the LC-Rec interactions belong."""
-    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-                          lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=4),
-                          max_leaves=20)
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=4),
+        max_leaves=20,
+    )
 
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None)
     @given(st.dictionaries(st.text(max_size=4), values, max_size=4) | values)

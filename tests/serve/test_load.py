@@ -34,7 +34,9 @@ def hammer(base: str, clients: int, per_client: int, keys: list[str], headers: d
         for _ in range(per_client):
             body = json.dumps({"history": rng.sample(keys, rng.randint(1, 5)), "k": 5})
             try:
-                conn.request("POST", "/recommend", body, {"Content-Type": "application/json", **(headers or {})})
+                conn.request(
+                    "POST", "/recommend", body, {"Content-Type": "application/json", **(headers or {})}
+                )
                 resp = conn.getresponse()
                 out.append((resp.status, json.loads(resp.read())))
             except (OSError, http.client.HTTPException, ValueError) as e:
@@ -91,7 +93,7 @@ def test_oversized_chunked_and_garbage_requests_are_refused(url):
     big = json.dumps({"history": ["i1"] * 20_000}).encode()  # ~120 kB, really sent
     assert _status(_raw(url, head + f"Content-Length: {len(big)}\r\n\r\n".encode() + big)) == 413
     assert _status(_raw(url, head + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")) == 411
-    assert _status(_raw(url, head + b"Content-Length: 12\r\n\r\n{\"history\": ")) == 400
+    assert _status(_raw(url, head + b'Content-Length: 12\r\n\r\n{"history": ')) == 400
     assert _status(_raw(url, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)))) == 400
     assert _status(_raw(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
 
@@ -101,8 +103,11 @@ def test_slow_and_stalled_clients_do_not_block_others(url, rec):
     stalled = []
     for i in range(20):  # half-sent headers, or headers with a body that never arrives
         s = socket.create_connection((parsed.hostname, parsed.port), timeout=10)
-        s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n" if i % 2 else
-                  b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"hist")
+        s.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: x\r\n"
+            if i % 2
+            else b'POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{"hist'
+        )
         stalled.append(s)
     trickle = socket.create_connection((parsed.hostname, parsed.port), timeout=10)
     try:

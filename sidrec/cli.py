@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from sidrec.config import ConfigError, load_config
+from sidrec.training.checkpoint import CheckpointError
 
 STAGE_HELP = {
     "prepare": "load and validate the dataset into the run directory",
@@ -35,7 +36,10 @@ STAGE_HELP = {
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML preset, e.g. configs/movielens-100k.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 seed=1")
-    p.add_argument("--fresh", action="store_true", help="ignore existing recommender checkpoints")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the newest intact checkpoint (the default; a damaged one is skipped)")
+    start.add_argument("--fresh", action="store_true", help="ignore existing recommender checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop training after this long (checkpointed); run the same command again to resume")
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         return _stage(args, argv)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError, ImportError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, KeyError, ImportError, CheckpointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sidrec {args.command}: error: {msg}", file=sys.stderr)
         return 2

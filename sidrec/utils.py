@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -15,6 +16,31 @@ from typing import Any
 
 import numpy as np
 import torch
+
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Test hook for crash-safety tests: SIGKILL this process at a named point when asked to.
+
+    ``SIDREC_TEST_KILL_AT=<name>@<n>`` kills the process the n-th time (1-based) it reaches
+    ``crash_point(name)``; unset (always, outside those tests) this does nothing. Points: ``atomic_write``
+    (data written and synced, not yet renamed), ``checkpoint.files`` / ``checkpoint.rename`` /
+    ``checkpoint.latest`` / ``checkpoint.prune`` (the stages of ``save_checkpoint``) and ``train.step``
+    (after an optimiser step).
+
+    Example:
+        >>> crash_point("train.step")  # a no-op unless SIDREC_TEST_KILL_AT=train.step@<n> is set
+    """
+    spec = os.environ.get("SIDREC_TEST_KILL_AT")
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if _CRASH_COUNTS[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -32,6 +58,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point("atomic_write")
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -64,3 +64,42 @@ def test_sasrec_section():
         load_config(None, ["sasrec.loss=bpr"])
     with pytest.raises(ConfigError, match="sasrec.train.epoch"):
         load_config(None, ["sasrec.train.epoch=5"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("tokenizer.params={codebook_size: 0}", "tokenizer.params.codebook_size"),
+        ("tokenizer.params={num_levels: 0}", "tokenizer.params.num_levels"),
+        ("tokenizer.name=vqvae", "tokenizer.name"),
+        ("data.max_history=0", "data.max_history"),
+        ("data.format=csv", "data.format"),
+        ("train.patience=0", "train.patience"),
+        ("train.eval_beam_size=0", "train.eval_beam_size"),
+        ("train.weight_decay=-1", "train.weight_decay"),
+        ("train.lr=.inf", "train.lr"),
+        ("model.dropout=.nan", "model.dropout"),
+        ("model.num_encoder_layers=0", "model.num_encoder_layers"),
+        ("model.logit_temperature=0", "model.logit_temperature"),
+        ("eval.batch_size=0", "eval.batch_size"),
+        ("embed.sources=[words]", "embed"),
+        ("embed.batch_size=0", "embed"),
+        ("sasrec.num_heads=3", "sasrec"),
+        ("seed={a: &x 1, b: *x}", "aliases"),
+    ],
+)
+def test_impossible_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_beam_larger_than_catalogue_fails_before_any_work(tiny_args, capsys):
+    from sidrec.cli import main
+
+    run, args = tiny_args
+    assert main(["run", "configs/ml-100k-demo.yaml", *args, "eval.beam_size=50", "eval.ks=[5, 50]"]) == 2
+    assert "eval.beam_size: 50 is larger than the catalogue (40 items of dataset 'toy')" in capsys.readouterr().err
+    assert not (run / "data").exists() and not (run / "stages.json").exists()
+    assert not (run.parent / "cache" / "embeddings").exists()
+    assert main(["train", "configs/ml-100k-demo.yaml", *args, "train.eval_beam_size=41"]) == 2
+    assert "train.eval_beam_size: 41 is larger than the catalogue" in capsys.readouterr().err

@@ -211,9 +211,20 @@ def load_npy_embeddings(path: str | Path, num_items: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
+        with open(path, "rb") as f:
+            # Check the header against the file size first: a forged shape must not trigger a huge allocation.
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} is not supported")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            expected = math.prod(shape) * dtype.itemsize
+            if dtype.hasobject or expected != path.stat().st_size - f.tell():
+                raise ValueError(f"header says {shape} {dtype}, which does not match the file's size")
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+    except Exception as e:  # numpy's header parser raises many types on hostile bytes (TokenError, SyntaxError...)
+        raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
     if arr.ndim != 2 or arr.shape[0] != num_items or arr.shape[1] < 1:
         raise ValueError(f"{path}: shape {arr.shape}, expected ({num_items}, D) for {num_items} items")
     if not np.issubdtype(arr.dtype, np.floating):

@@ -91,20 +91,33 @@ def _track(path: Path, files: dict[str, str]) -> Path:
     return path
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut short: a hostile multi-megabyte token must not be echoed whole into an error."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` for each non-blank line of a text file (gzip if the name ends in ``.gz``).
 
-    Decompression and decoding failures (corrupt or truncated gzip, invalid UTF-8) become ``ValueError`` naming
-    the file and the line being read.
+    A UTF-8 byte order mark is skipped. Decompression and decoding failures (corrupt or truncated gzip, invalid
+    UTF-8) become ``ValueError`` naming the file and the line being read; lines are decoded one by one so that
+    the line number is exact.
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")
                 if line.strip():
                     yield lineno, line
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # the next line could not be decompressed
         raise ValueError(f"{path}:{lineno + 1}: cannot read the file ({type(e).__name__}: {e})") from None
 
 
@@ -113,7 +126,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_show(key)}")
         obj[key] = value
     return obj
 
@@ -121,8 +134,10 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _load_json(path: Path) -> Any:
     """Parse a JSON file; errors name the file (and line:column for syntax errors); duplicate keys are errors."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be data") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
@@ -136,25 +151,38 @@ def _json_line(line: str, where: str) -> dict[str, Any]:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to be data") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
+_MAX_ID = 2**62  # ids are stored as int64
+
+
 def _int_id(token: Any, where: str) -> int:
     """A non-negative integer id from a text token or a JSON value (bools and floats are refused)."""
-    if isinstance(token, str) and token.isascii() and token.isdigit():
-        return int(token)
-    if type(token) is int and token >= 0:
+    if isinstance(token, str) and token.isascii() and token.isdigit() and len(token) < 20:
+        token = int(token)
+    if type(token) is int and 0 <= token < _MAX_ID:
         return token
-    raise ValueError(f"{where}: id {token!r} is not a non-negative integer")
+    raise ValueError(f"{where}: id {_show(token)} is not a non-negative integer")
+
+
+def _check_dense(path: Path, largest: int, distinct: int, where: str = "") -> None:
+    """Refuse an id far beyond the ids actually used: items are every id up to the largest one, so a single
+    absurd id (say 10**12) would otherwise build a trillion-item table."""
+    if largest > 10 * distinct + 1000:
+        raise ValueError(f"{path}{where}: item id {largest} is far beyond the {distinct} distinct item ids read "
+                         "(ids must be dense indices into the item table)")
 
 
 def _field(record: dict[str, Any], key: str, kinds: tuple[type, ...], where: str) -> Any:
     value = record.get(key)
     if not isinstance(value, kinds) or isinstance(value, bool) or value == "":
         names = " or ".join(k.__name__ for k in kinds)
-        raise ValueError(f"{where}: field {key!r} missing or not a non-empty {names} (got {value!r})")
+        raise ValueError(f"{where}: field {_show(key)} missing or not a non-empty {names} (got {_show(value)})")
     return value
 
 
@@ -217,7 +245,11 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
         sequences.append(np.array(ids[1:], dtype=np.int64) - 1)
     if not sequences:
         raise ValueError(f"{txt}: empty file (no users)")
-    max_id = max(int(s.max()) for s in sequences) + 1
+    distinct = len(np.unique(np.concatenate(sequences)))
+    largest = [int(s.max()) + 1 for s in sequences]
+    u = int(np.argmax(largest))
+    _check_dense(txt, largest[u], distinct, f":{first_line[user_ids[u]]}")
+    max_id = largest[u]
 
     id2item: dict[int, str] | None = None
     id2user: dict[int, str] | None = None
@@ -226,6 +258,7 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
         maps = _load_json(_track(maps_path, files))
         id2item = _id_map(maps, "id2item", maps_path)
         id2user = _id_map(maps, "id2user", maps_path)
+        _check_dense(maps_path, max(id2item, default=0), distinct + len(id2item))
         max_id = max([max_id, *id2item])
 
     attributes: dict[int, list[int]] | None = None
@@ -236,11 +269,12 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
             raise ValueError(f"{attr_path}: expected a JSON object {{item_id: [attribute_id, ...]}}")
         attributes = {}
         for key, values in raw.items():
-            where = f"{attr_path}: item {key!r}"
+            where = f"{attr_path}: item {_show(key)}"
             item = _int_id(key, where)
             if item < 1 or not isinstance(values, list):
                 raise ValueError(f"{where}: expected a 1-based item id mapping to a list of attribute ids")
             attributes[item] = [_int_id(v, where) for v in values]
+        _check_dense(attr_path, max(attributes, default=0), distinct + len(attributes))
         max_id = max([max_id, *attributes])
 
     text: dict[int, dict[str, str | None]] = {}
@@ -253,8 +287,10 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
             if item < 1 or item in text:
                 raise ValueError(f"{where}: item_id {item} is 0 or repeated")
             if id2item is not None and "asin" in record and id2item.get(item) != record["asin"]:
-                raise ValueError(f"{where}: asin {record['asin']!r} disagrees with {maps_path.name} for item {item}")
+                raise ValueError(f"{where}: asin {_show(record['asin'])} disagrees with {maps_path.name} "
+                                 f"for item {item}")
             text[item] = {f: _text(record.get(f), f"{where}: {f}") for f in ("brand", "categories")}
+        _check_dense(text_path, max(text, default=0), distinct + len(text))
         max_id = max([max_id, *text])
 
     items = range(1, max_id + 1)
@@ -286,7 +322,7 @@ def _id_map(maps: Any, key: str, path: Path) -> dict[int, str]:
         raise ValueError(f"{path}: missing object {key!r}")
     out = {}
     for k, v in maps[key].items():
-        where = f"{path}: {key}[{k!r}]"
+        where = f"{path}: {key}[{_show(k)}]"
         i = _int_id(k, where)
         if i < 1 or not isinstance(v, str) or not v:
             raise ValueError(f"{where}: expected a 1-based id mapping to a non-empty string")
@@ -323,12 +359,14 @@ def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
         raise ValueError(f"{inter_path}: expected a non-empty JSON object {{user: [item, ...]}}")
     user_keys, sequences = [], []
     for user, history in inter.items():
-        where = f"{inter_path}: user {user!r}"
+        where = f"{inter_path}: user {_show(user)}"
         if not isinstance(history, list) or not history:
             raise ValueError(f"{where}: expected a non-empty list of item ids (empty history)")
         user_keys.append(user)
         sequences.append(np.array([_int_id(item, where) for item in history], dtype=np.int64))
     max_id = max(int(s.max()) for s in sequences)
+    distinct = len(np.unique(np.concatenate(sequences)))
+    _check_dense(inter_path, max_id, distinct)
 
     text: dict[int, dict[str, str | None]] = {}
     fields: dict[str, None] = {}  # insertion-ordered set of field names, in order of first appearance
@@ -338,11 +376,12 @@ def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
         if not isinstance(raw, dict):
             raise ValueError(f"{item_path}: expected a JSON object {{item_idx: {{field: text}}}}")
         for key, record in raw.items():
-            where = f"{item_path}: item {key!r}"
+            where = f"{item_path}: item {_show(key)}"
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected an object of text fields")
             text[_int_id(key, where)] = {f: _text(v, f"{where}: {f}") for f, v in record.items()}
             fields.update(dict.fromkeys(record))
+        _check_dense(item_path, max(text, default=0), distinct + len(text))
         max_id = max([max_id, *text])
 
     asins: dict[int, str] = {}
@@ -356,11 +395,12 @@ def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
                 raise ValueError(f"{where}: expected 'ASIN<TAB>item_idx', got {len(parts)} column(s)")
             asin, idx = parts[0], _int_id(parts[1], where)
             if idx in asins or asin in first_line:
-                raise ValueError(f"{where}: item {idx} / ASIN {asin!r} already mapped")
+                raise ValueError(f"{where}: item {idx} / ASIN {_show(asin)} already mapped")
             asins[idx] = asin
             first_line[asin] = lineno
         if not asins:
             raise ValueError(f"{map_path}: empty file")
+        _check_dense(map_path, max(asins), distinct + len(asins))
         max_id = max([max_id, *asins])
 
     items = range(max_id + 1)
@@ -388,7 +428,8 @@ def _recbole_header(path: Path, line: str) -> list[str]:
     for column in line.rstrip("\r\n").split("\t"):
         col_name, _, col_type = column.rpartition(":")
         if not col_name or col_type not in _RECBOLE_TYPES:
-            raise ValueError(f"{path}:1: header column {column!r} is not 'name:type' with type in {_RECBOLE_TYPES}")
+            raise ValueError(f"{path}:1: header column {_show(column)} is not 'name:type' with type in "
+                             f"{_RECBOLE_TYPES}")
         names.append(col_name)
     return names
 
@@ -440,7 +481,7 @@ def load_recbole(path: str | Path, name: str | None = None) -> Dataset:
         for lineno, row in _recbole_rows(item_path, files, ["item_id"]):
             item = row.pop("item_id")
             if not item or item in item_index:
-                raise ValueError(f"{item_path}:{lineno}: item_id {item!r} is empty or repeated")
+                raise ValueError(f"{item_path}:{lineno}: item_id {_show(item)} is empty or repeated")
             item_index[item] = len(item_index)
             for fld, value in row.items():
                 item_text.setdefault(fld, []).append(value if value.strip() else None)
@@ -459,7 +500,7 @@ def load_recbole(path: str | Path, name: str | None = None) -> Dataset:
             raise ValueError(f"{where}: empty user_id or item_id")
         if item not in item_index:
             if has_items:
-                raise ValueError(f"{where}: item {item!r} is not in {item_path.name}")
+                raise ValueError(f"{where}: item {_show(item)} is not in {item_path.name}")
             item_index[item] = len(item_index)
         if user not in user_index:
             user_index[user] = len(user_index)
@@ -473,7 +514,7 @@ def load_recbole(path: str | Path, name: str | None = None) -> Dataset:
             except ValueError:
                 t = math.nan
             if not math.isfinite(t):
-                raise ValueError(f"{where}: timestamp {row['timestamp']!r} is not a finite number")
+                raise ValueError(f"{where}: timestamp {_show(row['timestamp'])} is not a finite number")
             times[u].append(t)
     if not histories:
         raise ValueError(f"{inter_path}: no interactions")
@@ -583,7 +624,7 @@ def _meta_text(records: Iterator[tuple[str, dict[str, Any]]], key_field: str, it
     for where, record in records:
         key = _field(record, key_field, (str,), where)
         if key in seen:
-            raise ValueError(f"{where}: item {key!r} already described at {seen[key]}")
+            raise ValueError(f"{where}: item {_show(key)} already described at {seen[key]}")
         seen[key] = where
         if key in index:
             for fld, extract in fields.items():

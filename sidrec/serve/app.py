@@ -6,7 +6,8 @@
     GET  /health           status, catalogue size, model info
 
 Every error is a 4xx with ``{"detail": "<message>"}``: unknown item keys 404 (naming them), a bad API key 401,
-malformed JSON 400, out-of-bounds fields 422. Needs the ``serve`` extra (fastapi, uvicorn).
+malformed JSON 400, out-of-bounds fields 422, a body over ``max_body_bytes`` 413 (refused before it is read), a
+chunked body without ``Content-Length`` 411. Needs the ``serve`` extra (fastapi, uvicorn).
 """
 
 import ipaddress
@@ -75,8 +76,33 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content={"detail": "; ".join(lines)})
 
 
+class _BodyLimit:
+    """ASGI middleware: a request body must declare its size (``Content-Length``) and stay within ``limit`` bytes.
+
+    Checked from the headers alone, so an oversized body is refused before any of it is read into memory.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
+            problem = None
+            if b"transfer-encoding" in headers:
+                problem = 411, "send the body with a Content-Length header (chunked bodies are not accepted)"
+            elif length is not None and (not length.isdigit() or int(length) > self.limit):
+                problem = 413, f"request body over {self.limit} bytes"
+            if problem is not None:
+                response = JSONResponse(status_code=problem[0], content={"detail": problem[1]})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(recommender: Recommender, api_key: str | None = None, max_history: int = 200,
-               max_k: int = 100, max_batch: int = 256, max_wait_ms: float = 5.0) -> FastAPI:
+               max_k: int = 100, max_batch: int = 256, max_wait_ms: float = 5.0,
+               max_body_bytes: int = 1 << 20) -> FastAPI:
     """A FastAPI app serving ``recommender``; concurrent requests share batched decodes.
 
     Args:
@@ -86,6 +112,7 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
         max_k: largest ``k`` accepted (also capped at the catalogue size).
         max_batch: most requests in one ``/recommend/batch`` call and in one decode.
         max_wait_ms: how long a request waits for others to share its decode.
+        max_body_bytes: largest request body accepted (413 above it).
 
     Returns:
         The app; run it with uvicorn (``serve`` does) or any ASGI server.
@@ -94,7 +121,8 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
         >>> app = create_app(Recommender.from_run("runs/ml-100k"), api_key="secret")  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
-    for name, value in (("max_history", max_history), ("max_k", max_k), ("max_batch", max_batch)):
+    for name, value in (("max_history", max_history), ("max_k", max_k), ("max_batch", max_batch),
+                        ("max_body_bytes", max_body_bytes)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if api_key is not None and not api_key:
@@ -124,6 +152,7 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
     app = FastAPI(title="sidrec", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.batcher = batcher
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)  # added first: the API-key check below runs before it
 
     if api_key is not None:
         expected = api_key.encode("utf-8")

@@ -30,9 +30,9 @@ from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.training import distributed as dist
-from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
 from sidrec.training.metrics_log import MetricsLog
-from sidrec.utils import atomic_write, atomic_write_json
+from sidrec.utils import atomic_write, atomic_write_json, crash_point
 
 
 @dataclass
@@ -127,9 +127,9 @@ def train_recommender(
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": []}
     ckpt_dir = out / "checkpoints"
-    resumed = resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None
+    saved = resume_checkpoint(ckpt_dir, model, opt) if resume else None
+    resumed = saved is not None
     if resumed:
-        saved = load_checkpoint(ckpt, model, opt)
         state = {k: saved[k] for k in state}
     else:
         torch.manual_seed(seed)
@@ -185,6 +185,7 @@ def train_recommender(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             state["step"] += 1
+            crash_point("train.step")
             loss_sum += loss.detach()  # summed on the device: no host sync per step
             n_batches += 1
             win_loss += loss.detach()

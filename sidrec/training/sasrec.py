@@ -31,8 +31,8 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, LeaveOneOut, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
-from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from sidrec.utils import atomic_write_json
+from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
+from sidrec.utils import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -152,9 +152,10 @@ def train_sasrec(
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_epoch": -1, "best_valid": {}, "bad_evals": 0,
                              "history": []}
     ckpt_dir = out / "checkpoints"
-    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        saved = load_checkpoint(ckpt, model, opt)
+    if resume and (saved := resume_checkpoint(ckpt_dir, model, opt)) is not None:
         state = {k: saved[k] for k in state}
+        # Epochs logged after that checkpoint (a crash before the next one) will run again: drop their lines.
+        atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     else:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         (out / "train_log.jsonl").unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.models.tiger import Tiger
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
-from sidrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.training.recommender import TrainResult, _save_weights, epoch_order, lr_factor
@@ -236,9 +236,9 @@ def train_joint(
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": []}
     ckpt_dir = out / "checkpoints"
-    resumed = resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None
+    saved = resume_checkpoint(ckpt_dir, joint, opt) if resume else None  # the newest intact checkpoint
+    resumed = saved is not None
     if resumed:
-        saved = load_checkpoint(ckpt, joint, opt)
         state = {k: saved[k] for k in state}
     else:
         torch.manual_seed(seed)

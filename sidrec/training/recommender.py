@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from sidrec.config import TrainConfig
-from sidrec.data.splits import LeaveOneOut
+from sidrec.data.splits import Examples, LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.training import distributed as dist
@@ -67,6 +67,34 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class TrainingPlan(NamedTuple):
+    """The training set as tensors on the device, the validation users and the step budget."""
+
+    history: torch.Tensor  # (S, H) item indices, -1 = padding
+    target: torch.Tensor  # (S,)
+    user: torch.Tensor  # (S,)
+    valid: Examples  # all validation users, or the seeded ``cfg.valid_users`` subset
+    steps_per_epoch: int
+    total_steps: int
+
+
+def training_plan(split: LeaveOneOut, cfg: TrainConfig, seed: int, device: torch.device) -> TrainingPlan:
+    """Tensorise the training prefixes on ``device`` and count the steps (shared by every schedule)."""
+    valid = split.valid
+    if cfg.valid_users and cfg.valid_users < len(valid):
+        pick = np.random.default_rng(seed).choice(len(valid), cfg.valid_users, replace=False)
+        valid = valid.subset(np.sort(pick))
+    users_with_prefixes = int((np.bincount(split.train.user) > 0).sum())
+    epoch_size = cfg.prefixes_per_user * users_with_prefixes if cfg.prefixes_per_user else len(split.train.target)
+    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    return TrainingPlan(torch.as_tensor(split.train.history, device=device),
+                        torch.as_tensor(split.train.target, device=device),
+                        torch.as_tensor(split.train.user, device=device), valid, steps_per_epoch, total_steps)
+
+
 def train_recommender(
     model: torch.nn.Module,
     split: LeaveOneOut,
@@ -103,20 +131,7 @@ def train_recommender(
     out = Path(out_dir)
     device = item_sids.device
     model.to(device)
-    hist = torch.as_tensor(split.train.history, device=device)  # (S, H)
-    target = torch.as_tensor(split.train.target, device=device)  # (S,)
-    users = torch.as_tensor(split.train.user, device=device)  # (S,)
-    valid = split.valid
-    if cfg.valid_users and cfg.valid_users < len(valid):
-        pick = np.random.default_rng(seed).choice(len(valid), cfg.valid_users, replace=False)
-        valid = valid.subset(np.sort(pick))
-
-    users_with_prefixes = int((np.bincount(split.train.user) > 0).sum())
-    epoch_size = cfg.prefixes_per_user * users_with_prefixes if cfg.prefixes_per_user else len(target)
-    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    hist, target, users, valid, steps_per_epoch, total_steps = training_plan(split, cfg, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     world = dist.world_size()

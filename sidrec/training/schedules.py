@@ -23,13 +23,11 @@ The best validation epoch's recommender and tokenizer are kept in ``best/`` (``m
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -43,7 +41,7 @@ from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, c
 from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
-from sidrec.training.recommender import TrainResult, _save_weights, epoch_order, lr_factor
+from sidrec.training.recommender import TrainResult, _save_weights, epoch_order, lr_factor, training_plan
 from sidrec.utils import atomic_write_json
 
 
@@ -211,20 +209,7 @@ def train_joint(
     device = item_emb.device
     model.to(device)
     tokenizer.to(device)
-    hist = torch.as_tensor(split.train.history, device=device)  # (S, H)
-    target = torch.as_tensor(split.train.target, device=device)  # (S,)
-    users = torch.as_tensor(split.train.user, device=device)  # (S,)
-    valid = split.valid
-    if cfg.valid_users and cfg.valid_users < len(valid):
-        pick = np.random.default_rng(seed).choice(len(valid), cfg.valid_users, replace=False)
-        valid = valid.subset(np.sort(pick))
-
-    users_with_prefixes = int((np.bincount(split.train.user) > 0).sum())
-    epoch_size = cfg.prefixes_per_user * users_with_prefixes if cfg.prefixes_per_user else len(target)
-    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    hist, target, users, valid, steps_per_epoch, total_steps = training_plan(split, cfg, seed, device)
     joint = JointState(model, tokenizer, semantic_ids_for(tokenizer, item_emb, model))
     opt = torch.optim.AdamW([
         {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},

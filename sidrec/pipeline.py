@@ -140,10 +140,20 @@ class Run:
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
             x = torch.as_tensor(emb, dtype=torch.float32)
+            extra = {}
+            if self.cfg.tokenizer.collab is not None:  # collaborative embeddings for fit(collab=...), cached
+                if not tok.uses_collab:
+                    self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
+                try:
+                    collab = embed_items(Dataset.load(self.dir / "data"), self.cfg.tokenizer.collab,
+                                         self.cache / "embeddings", device=str(self.device), progress=self.progress)
+                except ValueError as e:
+                    raise ValueError(f"tokenizer.collab: {e}") from None
+                extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
             tdir.mkdir(parents=True, exist_ok=True)
             with open(tdir / "fit_log.jsonl", "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
                 tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
-                        log=lambda rec: f.write(json.dumps(rec) + "\n"))
+                        log=lambda rec: f.write(json.dumps(rec) + "\n"), **extra)
             tok.save(tdir)
             sids = tok.semantic_ids(x.to(self.device)).cpu().numpy()
             health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)

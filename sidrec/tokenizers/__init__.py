@@ -22,6 +22,8 @@ from sidrec.tokenizers.base import (
     codebook_health,
     config_from_params,
 )
+from sidrec.tokenizers.cost import CoST, CoSTConfig
+from sidrec.tokenizers.letter import Letter, LetterConfig
 from sidrec.tokenizers.residual import ResidualQuantizer
 from sidrec.tokenizers.rqkmeans import RQKMeans, RQKMeansConfig
 from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
@@ -30,6 +32,8 @@ from sidrec.utils import read_json
 TOKENIZERS: dict[str, tuple[type[Tokenizer], type]] = {
     "rqvae": (RQVAE, RQVAEConfig),
     "rqkmeans": (RQKMeans, RQKMeansConfig),
+    "letter": (Letter, LetterConfig),
+    "cost": (CoST, CoSTConfig),
 }
 
 
@@ -76,6 +80,10 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 __all__ = [
     "TOKENIZERS",
+    "CoST",
+    "CoSTConfig",
+    "Letter",
+    "LetterConfig",
     "QuantizerOutput",
     "RQKMeans",
     "RQKMeansConfig",

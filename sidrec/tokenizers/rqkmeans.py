@@ -93,11 +93,13 @@ class RQKMeans(Tokenizer):
         device: str | torch.device = "auto",
         progress: bool = True,
         log: Callable[[dict[str, Any]], None] | None = None,
+        collab: Tensor | None = None,
     ) -> RQKMeans:
         """Fit the L codebooks on item embeddings ``emb (N, D)``.
 
         Args:
             emb: item embeddings, one row per item.
+            collab: collaborative item embeddings; RQ-KMeans does not use them (accepted for the common contract).
             seed: seeds the k-means initialisation.
             device: where to compute (``"auto"``: GPU if available); the model stays there.
             progress: show a progress bar over levels.

@@ -169,11 +169,13 @@ class RQVAE(Tokenizer):
         device: str | torch.device = "auto",
         progress: bool = True,
         log: Callable[[dict[str, Any]], None] | None = None,
+        collab: Tensor | None = None,
     ) -> RQVAE:
         """Train from scratch on item embeddings ``emb (N, D)``.
 
         Args:
             emb: item embeddings, one row per item.
+            collab: collaborative item embeddings; RQ-VAE does not use them (accepted for the common contract).
             seed: seeds weight init, the k-means init and the shuffling (fit is deterministic on CPU).
             device: where to train (``"auto"``: GPU if available); the model stays there.
             progress: show a progress bar.
@@ -207,6 +209,16 @@ class RQVAE(Tokenizer):
             return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    def _begin_epoch(self, generator: torch.Generator) -> None:
+        """Hook run before every training epoch, for per-epoch state of subclasses (LETTER's code clusters)."""
+
+    def _batch_output(self, xb: Tensor, index: Tensor, generator: torch.Generator) -> QuantizerOutput:
+        """The training output of one batch ``xb (B, D)`` = rows ``index (B,)`` of the fit data.
+
+        Subclasses add loss terms that need the rows' identity (LETTER's collaborative targets) or randomness.
+        """
+        return self(xb)
+
     def _train(
         self,
         x: Tensor,
@@ -230,9 +242,11 @@ class RQVAE(Tokenizer):
             perm = torch.randperm(n, generator=generator).to(x.device)
             loss_sum = x.new_zeros(())  # kept on device: no host sync per step
             recon_sum = x.new_zeros(())
+            self._begin_epoch(generator)
             for start in range(0, n, cfg.batch_size):
-                xb = x[perm[start : start + cfg.batch_size]]
-                out = self(xb)
+                index = perm[start : start + cfg.batch_size]
+                xb = x[index]
+                out = self._batch_output(xb, index, generator)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()

@@ -201,15 +201,16 @@ def repair_collisions(codes: Tensor, movers: Tensor, cost: Tensor, epsilon: floa
     if m == 0:
         return out
     device = codes.device
-    # Prefix groups of the movers, and the last-level codes that non-movers already hold under each prefix.
+    # Prefix groups of the movers, and the last-level codes that non-movers already hold under those prefixes.
     prefixes, inverse = torch.unique(codes[:, :-1], dim=0, return_inverse=True)  # inverse (N,)
-    is_mover = torch.zeros(codes.shape[0], dtype=torch.bool, device=device)
-    is_mover[movers] = True
-    taken = torch.zeros(len(prefixes), k, dtype=torch.bool, device=device)  # (P, K)
-    taken[inverse[~is_mover], codes[~is_mover, -1]] = True
-    mover_prefix = inverse[movers]  # (M,)
-    groups, group = torch.unique(mover_prefix, return_inverse=True)  # the prefixes that have movers
-    free = ~taken[groups]  # (G, K)
+    groups, group = torch.unique(inverse[movers], return_inverse=True)  # G prefixes with movers; group (M,)
+    group_of = torch.full((len(prefixes),), -1, dtype=torch.long, device=device)  # prefix -> group or -1
+    group_of[groups] = torch.arange(len(groups), device=device)
+    stay = torch.ones(codes.shape[0], dtype=torch.bool, device=device)
+    stay[movers] = False
+    stay &= group_of[inverse] >= 0  # non-movers sharing a prefix with a mover
+    free = torch.ones(len(groups), k, dtype=torch.bool, device=device)  # (G, K)
+    free[group_of[inverse[stay]], codes[stay, -1]] = False
     n_movers = torch.bincount(group, minlength=len(groups)).to(cost.dtype)  # (G,)
     n_free = free.sum(1).to(cost.dtype)  # (G,)
     mass = torch.minimum(n_movers, n_free)  # (G,) what can be placed

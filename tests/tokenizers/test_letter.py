@@ -177,6 +177,18 @@ def test_bad_inputs_name_the_field():
     assert build_tokenizer("letter", {}, input_dim=12).num_levels == 4  # LETTER's 4 learned levels
 
 
+def test_other_tokenizers_accept_and_ignore_collab():
+    x, h = data(n=64)
+    for name, params in (("rqvae", {"epochs": 1, "codebook_size": 4, "hidden_dims": [8]}),
+                         ("rqkmeans", {"codebook_size": 4, "iters": 3})):
+        a, b = build_tokenizer(name, params, 12), build_tokenizer(name, params, 12)
+        assert not a.uses_collab
+        a.fit(x, seed=0, device="cpu", progress=False)
+        b.fit(x, seed=0, device="cpu", progress=False, collab=h)
+        assert torch.equal(a.encode(x), b.encode(x)), name
+    assert Letter.uses_collab
+
+
 def test_tiger_logit_temperature_scales_the_training_loss_and_decoding():
     """LETTER's recommender: TIGER whose logits are divided by model.logit_temperature, in training and decoding."""
     from sidrec.models.tiger import Tiger, TigerConfig

@@ -101,7 +101,10 @@ class Run:
         c = self.cfg
         k = {"prepare": _key(asdict(c.data))}
         k["embed"] = _key(k["prepare"], asdict(c.embed))
-        k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
+        tok = asdict(c.tokenizer)
+        if tok["collab"] is None:  # keys of runs made before tokenizer.collab existed stay valid
+            del tok["collab"]
+        k["tokenize"] = _key(k["embed"], tok, c.seed)
         k["train"] = _key(k["tokenize"], asdict(c.model), asdict(c.train), c.seed)
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k

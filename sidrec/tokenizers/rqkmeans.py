@@ -99,12 +99,12 @@ class RQKMeans(Tokenizer):
 
         Args:
             emb: item embeddings, one row per item.
-            collab: collaborative item embeddings; RQ-KMeans does not use them (accepted for the common contract).
             seed: seeds the k-means initialisation.
             device: where to compute (``"auto"``: GPU if available); the model stays there.
             progress: show a progress bar over levels.
             log: called after every level with ``{"level", "loss", **codebook_health}`` on the codes so far
                 (``loss``: mean squared norm of the residual left after that level).
+            collab: collaborative item embeddings; RQ-KMeans does not use them (accepted for the common contract).
 
         Returns:
             ``self``, in eval mode.

@@ -175,12 +175,12 @@ class RQVAE(Tokenizer):
 
         Args:
             emb: item embeddings, one row per item.
-            collab: collaborative item embeddings; RQ-VAE does not use them (accepted for the common contract).
             seed: seeds weight init, the k-means init and the shuffling (fit is deterministic on CPU).
             device: where to train (``"auto"``: GPU if available); the model stays there.
             progress: show a progress bar.
             log: called after every epoch with ``{"epoch", "loss", "recon", **codebook_health}`` (health on
                 all N items), so collapse is visible while it happens.
+            collab: collaborative item embeddings; RQ-VAE does not use them (accepted for the common contract).
 
         Returns:
             ``self``, in eval mode.

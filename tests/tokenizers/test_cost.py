@@ -29,9 +29,10 @@ def test_contrastive_loss_ranks_the_matching_reconstruction_first():
     assert contrastive_reconstruction_loss(x, noisy, 0.05) < matched
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("recon", ["contrastive", "mse", "mse+contrastive"])
-def test_recon_modes_combine_the_terms(recon):
-    cfg = CoSTConfig(**{**SMALL.__dict__, "recon": recon})
+def test_recon_modes_combine_the_terms(recon, reduction):
+    cfg = CoSTConfig(**{**SMALL.__dict__, "recon": recon, "rq_reduction": reduction})
     model = CoST(cfg, input_dim=10)
     x = torch.randn(16, 10, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -39,9 +40,10 @@ def test_recon_modes_combine_the_terms(recon):
         q = model.quantizer(model.encoder(model.standardize(x)))
     mse = (model.standardize(x) - out.reconstruction).pow(2).sum(-1).mean()
     cl = contrastive_reconstruction_loss(model.standardize(x), out.reconstruction, cfg.tau)
-    expected = {"contrastive": q.loss + 0.1 * cl, "mse": q.loss + mse, "mse+contrastive": q.loss + mse + 0.1 * cl}
+    rq = q.loss / 6 if reduction == "mean" else q.loss  # mean over the 6 latent dimensions
+    expected = {"contrastive": rq + 0.1 * cl, "mse": rq + mse, "mse+contrastive": rq + mse + 0.1 * cl}
     assert float(out.loss) == pytest.approx(float(expected[recon]), rel=1e-5)
-    if recon == "mse":  # exactly the RQ-VAE loss of the same weights
+    if (recon, reduction) == ("mse", "sum"):  # exactly the RQ-VAE loss of the same weights
         rq = RQVAE(RQVAEConfig(**{k: v for k, v in cfg.__dict__.items() if k in RQVAEConfig.__dataclass_fields__}),
                    input_dim=10)
         rq.load_state_dict(model.state_dict())
@@ -85,6 +87,9 @@ def test_config_defaults_and_errors():
     cfg = tok.config
     assert (cfg.latent_dim, cfg.num_levels, cfg.codebook_size, cfg.hidden_dims) == (96, 3, 64, [512, 256, 128])
     assert (cfg.alpha, cfg.tau, cfg.beta, cfg.epochs, cfg.recon) == (0.1, 0.1, 0.25, 100, "contrastive")
+    assert cfg.rq_reduction == "mean"
+    with pytest.raises(ValueError, match=r"tokenizer\.params\.rq_reduction: expected one of"):
+        build_tokenizer("cost", {"rq_reduction": "max"}, input_dim=32)
     with pytest.raises(ValueError, match=r"tokenizer\.params\.recon: expected one of"):
         build_tokenizer("cost", {"recon": "l1"}, input_dim=32)
     for key in ("alpha", "tau"):

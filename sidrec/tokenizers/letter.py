@@ -202,9 +202,12 @@ def repair_collisions(codes: Tensor, movers: Tensor, cost: Tensor, epsilon: floa
         return out
     device = codes.device
     # Prefix groups of the movers, and the last-level codes that non-movers already hold under those prefixes.
-    prefixes, inverse = torch.unique(codes[:, :-1], dim=0, return_inverse=True)  # inverse (N,)
+    if codes.shape[1] > 1:
+        _, inverse = torch.unique(codes[:, :-1], dim=0, return_inverse=True)  # (N,) prefix id of each item
+    else:  # one level: every item shares the empty prefix
+        inverse = torch.zeros(codes.shape[0], dtype=torch.long, device=device)
     groups, group = torch.unique(inverse[movers], return_inverse=True)  # G prefixes with movers; group (M,)
-    group_of = torch.full((len(prefixes),), -1, dtype=torch.long, device=device)  # prefix -> group or -1
+    group_of = torch.full((int(inverse.max()) + 1,), -1, dtype=torch.long, device=device)  # prefix -> group
     group_of[groups] = torch.arange(len(groups), device=device)
     stay = torch.ones(codes.shape[0], dtype=torch.bool, device=device)
     stay[movers] = False

@@ -111,6 +111,10 @@ def test_collision_repair_follows_the_distances():
     repaired = repair_collisions(codes, torch.arange(3), cost, epsilon=0.01, iters=50)
     assert repaired[:, 1].tolist() == [0, 1, 2]
     assert torch.equal(repair_collisions(codes, torch.arange(0), cost[:0], 0.01, 50), codes)
+    # One level: the prefix is empty and shared by every item.
+    single = torch.tensor([[0], [0], [1], [1], [2]])
+    fixed = repair_collisions(single, colliding_items(single), torch.rand(4, 4), 0.01, 50)
+    assert fixed[4, 0] == 2 and set(fixed.flatten().tolist()) == {0, 1, 2, 3}  # 4 movers, 3 free codes
 
 
 def test_semantic_ids_repairs_collisions_of_a_fitted_model():

@@ -51,11 +51,13 @@ def test_recon_modes_combine_the_terms(recon, reduction):
             assert float(rq(x).loss) == pytest.approx(float(out.loss), rel=1e-5)
 
 
-def test_fresh_decoder_gives_finite_contrastive_gradients():
+def test_decoder_start_depends_on_the_loss():
     model = CoST(SMALL, input_dim=10)
     assert model.decoder[-1].weight.abs().sum() > 0  # not the RQ-VAE's zero start: cos(x, 0) has no direction
     model(torch.randn(16, 10)).loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for recon in ("mse", "mse+contrastive"):  # with MSE in the loss: the RQ-VAE's zero start
+        assert CoST(CoSTConfig(**{**SMALL.__dict__, "recon": recon}), 10).decoder[-1].weight.abs().sum() == 0
 
 
 def test_fit_is_deterministic_learns_and_round_trips(tmp_path):

@@ -105,8 +105,8 @@ class CoST(RQVAE):
         # throw the latents away from the fresh codebooks; where MSE is part of the loss we keep that (recon
         # "mse" with rq_reduction "sum" is then exactly the RQ-VAE). With L_cl alone a zero reconstruction has no
         # direction and the cosine's gradient there is unbounded, so that layer starts like the encoder's output
-        # layer. Measured on Instruments (30 epochs): He init with "mse" collapsed level 1 to 5% of its codes,
-        # the zero start kept 80%.
+        # layer. Measured on Instruments (100 epochs, recon "mse", rq_reduction "sum"): from a He start 5% of the
+        # level-1 codes stayed in use (91% collisions), from the zero start 80% (11.5%).
         if self.config.recon == "contrastive":
             nn.init.kaiming_normal_(self.decoder[-1].weight, nonlinearity="linear")
 

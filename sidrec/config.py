@@ -75,10 +75,15 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Which tokenizer (a key of ``sidrec.tokenizers.TOKENIZERS``) and its own parameters."""
+    """Which tokenizer (a key of ``sidrec.tokenizers.TOKENIZERS``) and its own parameters.
+
+    ``collab`` optionally builds collaborative item embeddings (same options as ``embed``) passed to the
+    tokenizer's ``fit`` as ``collab``, e.g. ``{sources: [sasrec], sasrec_dim: 32}`` for LETTER's L_CF.
+    """
 
     name: str = "rqvae"
     params: dict[str, Any] = field(default_factory=dict)
+    collab: EmbedConfig | None = None
 
 
 @dataclass

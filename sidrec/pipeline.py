@@ -124,7 +124,10 @@ class Run:
         c = self.cfg
         k = {"prepare": _key(asdict(c.data))}
         k["embed"] = _key(k["prepare"], asdict(c.embed))
-        k["tokenize"] = _key(k["embed"], asdict(c.tokenizer), c.seed)
+        tok = asdict(c.tokenizer)
+        if tok["collab"] is None:  # keys of runs made before tokenizer.collab existed stay valid
+            del tok["collab"]
+        k["tokenize"] = _key(k["embed"], tok, c.seed)
         # a plain two-stage run does not depend on the other schedule fields (tokenizer_lr, ...)
         schedule = [] if c.schedule.plain else [asdict(c.schedule)]
         train = {name: v for name, v in asdict(c.train).items() if name not in NOT_IN_KEY}
@@ -179,10 +182,20 @@ class Run:
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
             x = torch.as_tensor(emb, dtype=torch.float32)
             shutil.rmtree(tdir / "pretrained", ignore_errors=True)  # a joint run's copy of the old tokenizer
+            extra = {}
+            if self.cfg.tokenizer.collab is not None:  # collaborative embeddings for fit(collab=...), cached
+                if not tok.uses_collab:
+                    self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
+                try:
+                    collab = embed_items(Dataset.load(self.dir / "data"), self.cfg.tokenizer.collab,
+                                         self.cache / "embeddings", device=str(self.device), progress=self.progress)
+                except ValueError as e:
+                    raise ValueError(f"tokenizer.collab: {e}") from None
+                extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
             tdir.mkdir(parents=True, exist_ok=True)
             with open(tdir / "fit_log.jsonl", "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
                 tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
-                        log=lambda rec: f.write(json.dumps(rec) + "\n"))
+                        log=lambda rec: f.write(json.dumps(rec) + "\n"), **extra)
             health = self._save_tokenizer(tok, x)
             self._mark("tokenize", key)
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "

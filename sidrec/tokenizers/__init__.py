@@ -23,7 +23,9 @@ from sidrec.tokenizers.base import (
     codebook_health,
     config_from_params,
 )
+from sidrec.tokenizers.cost import CoST, CoSTConfig
 from sidrec.tokenizers.diger import DIGER, DIGERConfig
+from sidrec.tokenizers.letter import Letter, LetterConfig
 from sidrec.tokenizers.residual import ResidualQuantizer
 from sidrec.tokenizers.rqkmeans import RQKMeans, RQKMeansConfig
 from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
@@ -32,6 +34,8 @@ from sidrec.utils import read_json
 TOKENIZERS: dict[str, tuple[type[Tokenizer], type]] = {
     "rqvae": (RQVAE, RQVAEConfig),
     "rqkmeans": (RQKMeans, RQKMeansConfig),
+    "letter": (Letter, LetterConfig),
+    "cost": (CoST, CoSTConfig),
     "diger": (DIGER, DIGERConfig),
 }
 
@@ -80,8 +84,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 __all__ = [
     "TOKENIZERS",
     "Assignment",
+    "CoST",
+    "CoSTConfig",
     "DIGER",
     "DIGERConfig",
+    "Letter",
+    "LetterConfig",
     "QuantizerOutput",
     "RQKMeans",
     "RQKMeansConfig",

@@ -244,6 +244,7 @@ class Tokenizer(nn.Module, ABC):
     """
 
     name: ClassVar[str]
+    uses_collab: ClassVar[bool] = False  # whether fit() uses its ``collab`` embeddings
 
     def __init__(self, config: Any, input_dim: int) -> None:
         super().__init__()
@@ -302,8 +303,13 @@ class Tokenizer(nn.Module, ABC):
         device: str | torch.device = "auto",
         progress: bool = True,
         log: Callable[[dict[str, Any]], None] | None = None,
+        collab: Tensor | None = None,
     ) -> Tokenizer:
-        """Train from scratch on ``emb (N, D)``; ``log`` receives progress dicts with loss and codebook health."""
+        """Train from scratch on ``emb (N, D)``; ``log`` receives progress dicts with loss and codebook health.
+
+        ``collab (N, Dc)``, aligned with the rows of ``emb``, holds collaborative item embeddings for tokenizers
+        whose ``uses_collab`` is true (LETTER); the others accept and ignore it.
+        """
 
     @abstractmethod
     def forward(self, x: Tensor) -> QuantizerOutput:

@@ -12,7 +12,6 @@ expects to collapse. At inference (eval mode, ``encode``) codes are the determin
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,18 +145,10 @@ class DIGER(RQVAE):
             if self.config.decay == "sdud":
                 self.sigma.fill_(self.config.noise_scale)
 
-    def fit(
-        self,
-        emb: Tensor,
-        *,
-        seed: int,
-        device: str | torch.device = "auto",
-        progress: bool = True,
-        log: Callable[[dict[str, Any]], None] | None = None,
-    ) -> DIGER:
+    def fit(self, emb: Tensor, **kwargs: Any) -> DIGER:
         """Pre-train as an RQ-VAE (``RQVAE.fit``, same arguments), with fresh noise state."""
         self.reset_noise_state()
-        super().fit(emb, seed=seed, device=device, progress=progress, log=log)
+        super().fit(emb, **kwargs)
         return self
 
     @torch.no_grad()

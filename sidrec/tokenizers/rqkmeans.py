@@ -93,6 +93,7 @@ class RQKMeans(Tokenizer):
         device: str | torch.device = "auto",
         progress: bool = True,
         log: Callable[[dict[str, Any]], None] | None = None,
+        collab: Tensor | None = None,
     ) -> RQKMeans:
         """Fit the L codebooks on item embeddings ``emb (N, D)``.
 
@@ -103,6 +104,7 @@ class RQKMeans(Tokenizer):
             progress: show a progress bar over levels.
             log: called after every level with ``{"level", "loss", **codebook_health}`` on the codes so far
                 (``loss``: mean squared norm of the residual left after that level).
+            collab: collaborative item embeddings; RQ-KMeans does not use them (accepted for the common contract).
 
         Returns:
             ``self``, in eval mode.

@@ -189,6 +189,7 @@ class RQVAE(Tokenizer):
         device: str | torch.device = "auto",
         progress: bool = True,
         log: Callable[[dict[str, Any]], None] | None = None,
+        collab: Tensor | None = None,
     ) -> RQVAE:
         """Train from scratch on item embeddings ``emb (N, D)``.
 
@@ -199,6 +200,7 @@ class RQVAE(Tokenizer):
             progress: show a progress bar.
             log: called after every epoch with ``{"epoch", "loss", "recon", **codebook_health}`` (health on
                 all N items), so collapse is visible while it happens.
+            collab: collaborative item embeddings; RQ-VAE does not use them (accepted for the common contract).
 
         Returns:
             ``self``, in eval mode.
@@ -227,6 +229,16 @@ class RQVAE(Tokenizer):
             return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    def _begin_epoch(self, generator: torch.Generator) -> None:
+        """Hook run before every training epoch, for per-epoch state of subclasses (LETTER's code clusters)."""
+
+    def _batch_output(self, xb: Tensor, index: Tensor, generator: torch.Generator) -> QuantizerOutput:
+        """The training output of one batch ``xb (B, D)`` = rows ``index (B,)`` of the fit data.
+
+        Subclasses add loss terms that need the rows' identity (LETTER's collaborative targets) or randomness.
+        """
+        return self(xb)
+
     def _train(
         self,
         x: Tensor,
@@ -250,9 +262,11 @@ class RQVAE(Tokenizer):
             perm = torch.randperm(n, generator=generator).to(x.device)
             loss_sum = x.new_zeros(())  # kept on device: no host sync per step
             recon_sum = x.new_zeros(())
+            self._begin_epoch(generator)
             for start in range(0, n, cfg.batch_size):
-                xb = x[perm[start : start + cfg.batch_size]]
-                out = self(xb)
+                index = perm[start : start + cfg.batch_size]
+                xb = x[index]
+                out = self._batch_output(xb, index, generator)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()

@@ -184,7 +184,9 @@ def test_bad_inputs_name_the_field():
 def test_other_tokenizers_accept_and_ignore_collab():
     x, h = data(n=64)
     for name, params in (("rqvae", {"epochs": 1, "codebook_size": 4, "hidden_dims": [8]}),
-                         ("rqkmeans", {"codebook_size": 4, "iters": 3})):
+                         ("rqkmeans", {"codebook_size": 4, "iters": 3}),
+                         ("cost", {"epochs": 1, "codebook_size": 4, "hidden_dims": [8]}),
+                         ("diger", {"epochs": 1, "codebook_size": 4, "hidden_dims": [8]})):
         a, b = build_tokenizer(name, params, 12), build_tokenizer(name, params, 12)
         assert not a.uses_collab
         a.fit(x, seed=0, device="cpu", progress=False)

@@ -288,7 +288,14 @@ def _export_sids(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling the ``overrides`` positional at the first flag: ``run CONFIG --quiet a=1`` leaves
+    # ``a=1`` over. Overrides may stand anywhere after the config; anything else left over is an error.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "evaluate":
             return _evaluate(args)

@@ -112,3 +112,12 @@ def test_results_table_names_the_model_tokenizer_and_schedule():
     assert model_label(load_config(None)) == "TIGER (rqvae)"
     joint = load_config(None, ["model.name=etegrec", "tokenizer.name=diger", "schedule.name=joint"])
     assert model_label(joint) == "ETEGRec (diger, joint)"
+
+
+def test_overrides_may_follow_flags(tiny_args, capsys):
+    run, args = tiny_args
+    assert main(["prepare", "configs/ml-100k-demo.yaml", "--quiet", *args]) == 0
+    assert (run / "data").is_dir()
+    with pytest.raises(SystemExit):
+        main(["prepare", "configs/ml-100k-demo.yaml", "--quiet", "--no-such-flag", *args])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sidrec.tokenizers.base import QuantizerOutput, Tokenizer, codebook_health, require
-from sidrec.tokenizers.kmeans import balanced_kmeans, kmeans, nearest
+from sidrec.tokenizers.kmeans import INIT_SAMPLE, balanced_kmeans, kmeans, nearest
 from sidrec.utils import resolve_device
 
 
@@ -25,6 +25,9 @@ class RQKMeansConfig:
         iters: Lloyd iterations per level.
         balanced: use size-balanced k-means (clusters of N // K or N // K + 1 items) at every level.
         standardize: standardise each input dimension with the fit data's mean and std.
+        init_sample: k-means++ seeds each level on a seeded random subset of at most this many items (the
+            Lloyd iterations use all of them); catalogues up to this size seed on every item. ``None``: always
+            all items (k sequential passes over N items per level, slow at 1M items).
 
     Example:
         >>> RQKMeansConfig(codebook_size=128, balanced=True)
@@ -35,11 +38,17 @@ class RQKMeansConfig:
     iters: int = 50
     balanced: bool = False
     standardize: bool = False
+    init_sample: int | None = INIT_SAMPLE
 
     def __post_init__(self) -> None:
         for name in ("num_levels", "codebook_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.iters >= 0, "iters", f"must be >= 0, got {self.iters}")
+        require(
+            self.init_sample is None or self.init_sample >= self.codebook_size,
+            "init_sample",
+            f"must be >= codebook_size ({self.codebook_size}) or null, got {self.init_sample}",
+        )
 
 
 class RQKMeans(Tokenizer):
@@ -119,7 +128,7 @@ class RQKMeans(Tokenizer):
         codes = []
         bar = tqdm(range(cfg.num_levels), desc=self.name, disable=not progress)
         for level in bar:
-            centroids, _ = cluster(residual, cfg.codebook_size, cfg.iters, generator)
+            centroids, _ = cluster(residual, cfg.codebook_size, cfg.iters, generator, init_sample=cfg.init_sample)
             self.centroids[level].copy_(centroids)
             # Residuals follow the nearest centroid, as encode() does, so later levels fit what encode() sees.
             code, _ = nearest(residual, centroids)

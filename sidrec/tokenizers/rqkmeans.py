@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,14 @@ from tqdm.auto import tqdm
 from sidrec.tokenizers.base import QuantizerOutput, Tokenizer, codebook_health, require
 from sidrec.tokenizers.kmeans import INIT_SAMPLE, balanced_kmeans, kmeans, nearest
 from sidrec.utils import resolve_device
+
+# Rows per in-place update of the fit residual.
+_BLOCK = 65536
+
+
+def _blocks(n: int) -> Iterator[slice]:
+    """Consecutive row slices of at most ``_BLOCK`` rows covering ``range(n)``."""
+    return (slice(start, start + _BLOCK) for start in range(0, n, _BLOCK))
 
 
 @dataclass
@@ -123,7 +131,11 @@ class RQKMeans(Tokenizer):
         self.to(device)
         x = emb.to(device, torch.float32)
         self._set_standardization(x, cfg.standardize)
-        residual = self.standardize(x)
+        # One (N, D) residual, updated in place in row blocks: at 1M x 384 items every extra full-size
+        # temporary (standardising, gathering centroids[code], squaring for the loss) costs 1.5 GB.
+        residual = torch.empty_like(x)  # (N, D)
+        for rows in _blocks(len(x)):
+            residual[rows] = self.standardize(x[rows])
         cluster = balanced_kmeans if cfg.balanced else kmeans
         codes = []
         bar = tqdm(range(cfg.num_levels), desc=self.name, disable=not progress)
@@ -133,8 +145,11 @@ class RQKMeans(Tokenizer):
             # Residuals follow the nearest centroid, as encode() does, so later levels fit what encode() sees.
             code, _ = nearest(residual, centroids)
             codes.append(code)
-            residual = residual - centroids[code]
-            stats = {"level": level + 1, "loss": float(residual.pow(2).sum(-1).mean())}
+            sq_norm = residual.new_empty(len(residual))  # (N,) squared norm of each new residual
+            for rows in _blocks(len(residual)):
+                residual[rows] -= centroids[code[rows]]
+                sq_norm[rows] = residual[rows].pow(2).sum(-1)
+            stats = {"level": level + 1, "loss": float(sq_norm.mean())}
             stats.update(codebook_health(torch.stack(codes, dim=1), cfg.codebook_size))
             bar.set_postfix(loss=f"{stats['loss']:.4f}", usage=f"{stats['usage'][-1]:.2f}")
             if log is not None:

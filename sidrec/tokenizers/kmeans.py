@@ -76,9 +76,10 @@ def _init_centroids(
 ) -> Tensor:
     """k-means++ (D^2 sampling) or k distinct random points as the starting centroids: ``(k, d)``.
 
-    With more than ``init_sample`` points, k-means++ seeds on a seeded random subset of ``init_sample`` of them
-    (the k sequential passes over all N points dominate the cost at 1M items; the Lloyd iterations that follow
-    still use every point). ``None`` seeds on all points.
+    With more than ``init_sample`` points, k-means++ seeds on a seeded random subset of ``init_sample`` of them,
+    so its k sequential passes cost the same for any N (the Lloyd iterations that follow still use every
+    point). ``None`` seeds on all points. Inputs of at most ``init_sample`` points draw nothing extra from the
+    generator, so their seeding is unchanged by the cap.
     """
     n = x.shape[0]
     if init == "random":

@@ -12,6 +12,9 @@ import numpy as np
 
 from sidrec.data.dataset import Dataset
 
+# Rows of history built per step of _windows.
+_BLOCK = 1 << 16
+
 
 @dataclass
 class Examples:
@@ -36,12 +39,18 @@ class LeaveOneOut:
     max_history: int
 
 
-def _window(seq: np.ndarray, end: int, h: int) -> np.ndarray:
-    """The last ``h`` items before position ``end``, left-padded with -1. (h,)"""
-    out = np.full(h, -1, dtype=np.int64)
-    part = seq[max(0, end - h) : end]
-    if len(part):
-        out[h - len(part) :] = part
+def _windows(items: np.ndarray, first: np.ndarray, end: np.ndarray, h: int) -> np.ndarray:
+    """Row i: the last ``h`` items of a sequence before its position ``end[i]``, left-padded with -1. (S, h)
+
+    ``items`` is every sequence concatenated and ``first[i]`` the offset of row i's sequence in it. Built with
+    index arithmetic in row blocks, so the (block, h) position temporaries stay small at millions of rows.
+    """
+    out = np.empty((len(end), h), dtype=np.int64)
+    back = np.arange(-h, 0)  # (h,) positions relative to end: -h .. -1
+    for lo in range(0, len(end), _BLOCK):
+        rel = end[lo : lo + _BLOCK, None] + back  # (B, h) position within the sequence
+        pos = first[lo : lo + _BLOCK, None] + np.maximum(rel, 0)  # (B, h) clamped, masked below
+        out[lo : lo + _BLOCK] = np.where(rel >= 0, items[pos], -1)
     return out
 
 
@@ -64,29 +73,24 @@ def leave_one_out(ds: Dataset, max_history: int = 20, min_length: int = 3) -> Le
     """
     if max_history < 1:
         raise ValueError("max_history must be >= 1")
-    tr_h, tr_t, tr_u, va_h, va_t, te_h, te_t = [], [], [], [], [], [], []
-    for u, seq in enumerate(ds.sequences):
-        n = len(seq)
-        if n < min_length:
-            raise ValueError(
-                f"{ds.name}: user {ds.user_keys[u]!r} has {n} interactions; leave-one-out needs >= {min_length}"
-            )
-        for end in range(1, n - 2):
-            tr_h.append(_window(seq, end, max_history))
-            tr_t.append(seq[end])
-            tr_u.append(u)
-        va_h.append(_window(seq, n - 2, max_history))
-        va_t.append(seq[n - 2])
-        te_h.append(_window(seq, n - 1, max_history))
-        te_t.append(seq[n - 1])
+    lengths = np.fromiter((len(seq) for seq in ds.sequences), np.int64, ds.num_users)  # (U,)
+    short = np.flatnonzero(lengths < max(min_length, 1))
+    if len(short):
+        u = int(short[0])
+        raise ValueError(
+            f"{ds.name}: user {ds.user_keys[u]!r} has {lengths[u]} interactions; leave-one-out needs >= {min_length}"
+        )
+    items = np.concatenate([np.asarray(seq, np.int64) for seq in ds.sequences]) if len(lengths) else lengths
+    first = np.cumsum(lengths) - lengths  # (U,) offset of each user's sequence in items
     users = np.arange(ds.num_users, dtype=np.int64)
-
-    def stack(rows: list[np.ndarray]) -> np.ndarray:
-        return np.stack(rows).astype(np.int64) if rows else np.zeros((0, max_history), np.int64)
-
-    return LeaveOneOut(
-        train=Examples(stack(tr_h), np.asarray(tr_t, np.int64), np.asarray(tr_u, np.int64)),
-        valid=Examples(stack(va_h), np.asarray(va_t, np.int64), users.copy()),
-        test=Examples(stack(te_h), np.asarray(te_t, np.int64), users.copy()),
-        max_history=max_history,
-    )
+    # Train rows: user u contributes ends 1 .. n_u - 3, in user order then end order.
+    per_user = np.maximum(lengths - 3, 0)  # (U,)
+    tr_u = np.repeat(users, per_user)  # (S,)
+    tr_end = np.arange(len(tr_u), dtype=np.int64) - np.repeat(np.cumsum(per_user) - per_user, per_user) + 1
+    tr_first = first[tr_u]
+    # A one-item sequence (only with min_length <= 1) has validation end -1, whose target is its last item.
+    va_end, te_end = lengths - 2, lengths - 1
+    train = Examples(_windows(items, tr_first, tr_end, max_history), items[tr_first + tr_end], tr_u)
+    valid = Examples(_windows(items, first, va_end, max_history), items[first + va_end % lengths], users.copy())
+    test = Examples(_windows(items, first, te_end, max_history), items[first + te_end], users.copy())
+    return LeaveOneOut(train=train, valid=valid, test=test, max_history=max_history)

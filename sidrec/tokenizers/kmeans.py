@@ -13,6 +13,10 @@ from torch import Tensor
 
 # Rows of x scored against all centroids at once; bounds the (chunk, k) distance matrix for large catalogues.
 _CHUNK = 65536
+# Rows per step of the k-means++ distance update; a (chunk, d) buffer this size stays in cache.
+_SEED_CHUNK = 4096
+# Default cap on the points k-means++ seeds on (256 per centroid at K = 256); smaller inputs seed on every point.
+INIT_SAMPLE = 65536
 
 
 def squared_distances(x: Tensor, centroids: Tensor) -> Tensor:
@@ -50,24 +54,55 @@ def _pad_to_k(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.cat([x, x[idx] + scale * noise])
 
 
-def _init_centroids(x: Tensor, k: int, init: str, generator: torch.Generator) -> Tensor:
-    """k-means++ (D^2 sampling) or k distinct random points as the starting centroids: ``(k, d)``."""
+def _distances_to(x: Tensor, c: Tensor, out: Tensor) -> Tensor:
+    """Squared distance of every row of ``x (N, d)`` to one point ``c (d,)``, written into ``out (N,)``.
+
+    Computed as ``(x - c)^2`` summed over d, bit-identical to ``(x - c).pow(2).sum(1)`` (a chosen centroid gets
+    exactly 0, unlike ||x||^2 - 2 x.c + ||c||^2), but in row chunks through one reused ``(chunk, d)`` buffer, so
+    no N x d temporary is allocated per call: that allocation, not the arithmetic, made seeding slow at scale.
+    """
+    buf = x.new_empty(min(_SEED_CHUNK, x.shape[0]), x.shape[1])  # (chunk, d)
+    for start in range(0, x.shape[0], _SEED_CHUNK):
+        rows = x[start : start + _SEED_CHUNK]
+        diff = buf[: rows.shape[0]]
+        torch.sub(rows, c, out=diff)
+        diff.mul_(diff)
+        torch.sum(diff, 1, out=out[start : start + rows.shape[0]])
+    return out
+
+
+def _init_centroids(
+    x: Tensor, k: int, init: str, generator: torch.Generator, init_sample: int | None = INIT_SAMPLE
+) -> Tensor:
+    """k-means++ (D^2 sampling) or k distinct random points as the starting centroids: ``(k, d)``.
+
+    With more than ``init_sample`` points, k-means++ seeds on a seeded random subset of ``init_sample`` of them,
+    so its k sequential passes cost the same for any N (the Lloyd iterations that follow still use every
+    point). ``None`` seeds on all points. Inputs of at most ``init_sample`` points draw nothing extra from the
+    generator, so their seeding is unchanged by the cap.
+    """
     n = x.shape[0]
     if init == "random":
         return x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()
     if init != "kmeans++":
         raise ValueError(f"kmeans: init must be 'kmeans++' or 'random', got {init!r}")
+    if init_sample is not None and n > init_sample:
+        if init_sample < k:
+            raise ValueError(f"kmeans: init_sample must be >= k = {k}, got {init_sample}")
+        x = x[torch.randperm(n, generator=generator)[:init_sample].to(x.device)]  # (init_sample, d)
+        n = init_sample
     centroids = x.new_empty(k, x.shape[1])
     first = int(torch.randint(n, (1,), generator=generator))
     centroids[0] = x[first]
-    d2 = (x - x[first]).pow(2).sum(1)  # (N,) squared distance to the nearest chosen centroid
+    d2 = _distances_to(x, x[first], x.new_empty(n))  # (N,) squared distance to the nearest chosen centroid
+    new = torch.empty_like(d2)  # (N,) squared distance to the newest centroid
     for j in range(1, k):
         # Sample a point with probability proportional to d2, via inverse CDF so the CPU generator drives GPU data.
         cdf = d2.cumsum(0)
         u = torch.rand(1, generator=generator, dtype=cdf.dtype).to(x.device) * cdf[-1]
         pick = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
         centroids[j] = x[pick[0]]
-        d2 = torch.minimum(d2, (x - centroids[j]).pow(2).sum(1))
+        torch.minimum(d2, _distances_to(x, centroids[j], new), out=d2)
     return centroids
 
 
@@ -94,6 +129,8 @@ def kmeans(
     iters: int = 20,
     generator: torch.Generator | None = None,
     init: Literal["kmeans++", "random"] = "kmeans++",
+    *,
+    init_sample: int | None = INIT_SAMPLE,
 ) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means with k-means++ (or random) seeding.
 
@@ -103,6 +140,8 @@ def kmeans(
         iters: maximum Lloyd iterations (stops early once assignments no longer change).
         generator: CPU generator for all randomness; ``None`` uses a fresh generator seeded with 0.
         init: ``"kmeans++"`` or ``"random"``.
+        init_sample: k-means++ seeds on a seeded random subset of at most this many points (``None``: all);
+            the Lloyd iterations always use every point.
 
     Returns:
         ``(centroids (k, d), assign (N,) long)``: the cluster of each input point.
@@ -116,7 +155,7 @@ def kmeans(
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     n = x.shape[0]
     pts = _pad_to_k(x, k, generator)
-    centroids = _init_centroids(pts, k, init, generator)
+    centroids = _init_centroids(pts, k, init, generator, init_sample)
     assign, dist = nearest(pts, centroids)
     for _ in range(iters):
         centroids = _update(pts, assign, centroids, dist)
@@ -160,6 +199,8 @@ def balanced_kmeans(
     iters: int = 20,
     generator: torch.Generator | None = None,
     init: Literal["kmeans++", "random"] = "kmeans++",
+    *,
+    init_sample: int | None = INIT_SAMPLE,
 ) -> tuple[Tensor, Tensor]:
     """k-means whose clusters all have ``N // k`` or ``N // k + 1`` points.
 
@@ -172,6 +213,8 @@ def balanced_kmeans(
         iters: maximum Lloyd iterations (stops early once assignments no longer change).
         generator: CPU generator for all randomness; ``None`` uses a fresh generator seeded with 0.
         init: ``"kmeans++"`` or ``"random"``.
+        init_sample: k-means++ seeds on a seeded random subset of at most this many points (``None``: all);
+            the Lloyd iterations always use every point.
 
     Returns:
         ``(centroids (k, d), assign (N,) long)``.
@@ -188,7 +231,7 @@ def balanced_kmeans(
     m = pts.shape[0]
     capacity = torch.full((k,), m // k, dtype=torch.long, device=x.device)
     capacity[: m % k] += 1
-    centroids = _init_centroids(pts, k, init, generator)
+    centroids = _init_centroids(pts, k, init, generator, init_sample)
     assign = _capacity_assign(squared_distances(pts, centroids), capacity)
     for _ in range(iters):
         # Every cluster is non-empty (capacity >= 1 and all points placed), so no re-seeding is needed here.

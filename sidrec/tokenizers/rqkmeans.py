@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +11,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sidrec.tokenizers.base import QuantizerOutput, Tokenizer, codebook_health, require
-from sidrec.tokenizers.kmeans import balanced_kmeans, kmeans, nearest
+from sidrec.tokenizers.kmeans import INIT_SAMPLE, balanced_kmeans, kmeans, nearest
 from sidrec.utils import resolve_device
+
+# Rows per in-place update of the fit residual.
+_BLOCK = 65536
+
+
+def _blocks(n: int) -> Iterator[slice]:
+    """Consecutive row slices of at most ``_BLOCK`` rows covering ``range(n)``."""
+    return (slice(start, start + _BLOCK) for start in range(0, n, _BLOCK))
 
 
 @dataclass
@@ -25,6 +33,9 @@ class RQKMeansConfig:
         iters: Lloyd iterations per level.
         balanced: use size-balanced k-means (clusters of N // K or N // K + 1 items) at every level.
         standardize: standardise each input dimension with the fit data's mean and std.
+        init_sample: k-means++ seeds each level on a seeded random subset of at most this many items (the
+            Lloyd iterations use all of them); catalogues up to this size seed on every item. ``None``: always
+            all items (k sequential passes over N items per level, slow at 1M items).
 
     Example:
         >>> RQKMeansConfig(codebook_size=128, balanced=True)
@@ -35,11 +46,17 @@ class RQKMeansConfig:
     iters: int = 50
     balanced: bool = False
     standardize: bool = False
+    init_sample: int | None = INIT_SAMPLE
 
     def __post_init__(self) -> None:
         for name in ("num_levels", "codebook_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.iters >= 0, "iters", f"must be >= 0, got {self.iters}")
+        require(
+            self.init_sample is None or self.init_sample >= self.codebook_size,
+            "init_sample",
+            f"must be >= codebook_size ({self.codebook_size}) or null, got {self.init_sample}",
+        )
 
 
 class RQKMeans(Tokenizer):
@@ -116,18 +133,25 @@ class RQKMeans(Tokenizer):
         self.to(device)
         x = emb.to(device, torch.float32)
         self._set_standardization(x, cfg.standardize)
-        residual = self.standardize(x)
+        # One (N, D) residual, updated in place in row blocks: at 1M x 384 items every extra full-size
+        # temporary (standardising, gathering centroids[code], squaring for the loss) costs 1.5 GB.
+        residual = torch.empty_like(x)  # (N, D)
+        for rows in _blocks(len(x)):
+            residual[rows] = self.standardize(x[rows])
         cluster = balanced_kmeans if cfg.balanced else kmeans
         codes = []
         bar = tqdm(range(cfg.num_levels), desc=self.name, disable=not progress)
         for level in bar:
-            centroids, _ = cluster(residual, cfg.codebook_size, cfg.iters, generator)
+            centroids, _ = cluster(residual, cfg.codebook_size, cfg.iters, generator, init_sample=cfg.init_sample)
             self.centroids[level].copy_(centroids)
             # Residuals follow the nearest centroid, as encode() does, so later levels fit what encode() sees.
             code, _ = nearest(residual, centroids)
             codes.append(code)
-            residual = residual - centroids[code]
-            stats = {"level": level + 1, "loss": float(residual.pow(2).sum(-1).mean())}
+            sq_norm = residual.new_empty(len(residual))  # (N,) squared norm of each new residual
+            for rows in _blocks(len(residual)):
+                residual[rows] -= centroids[code[rows]]
+                sq_norm[rows] = residual[rows].pow(2).sum(-1)
+            stats = {"level": level + 1, "loss": float(sq_norm.mean())}
             stats.update(codebook_health(torch.stack(codes, dim=1), cfg.codebook_size))
             bar.set_postfix(loss=f"{stats['loss']:.4f}", usage=f"{stats['usage'][-1]:.2f}")
             if log is not None:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from sidrec.data import splits
 from sidrec.data.dataset import Dataset
 from sidrec.data.splits import leave_one_out
 
@@ -22,6 +23,55 @@ def test_leave_one_out_matches_methods_1_3():
     assert s.test.history.tolist() == [[1, 2, 3], [-1, 5, 6]]
     assert s.test.target.tolist() == [4, 7]
     assert s.train.user.tolist() == [0, 0] and s.test.user.tolist() == [0, 1]
+
+
+def _reference_leave_one_out(ds, max_history, min_length):
+    """The original per-row loop (one window array per row, then stacked): the slow path kept as the oracle."""
+
+    def window(seq, end):
+        out = np.full(max_history, -1, dtype=np.int64)
+        part = seq[max(0, end - max_history) : end]
+        if len(part):
+            out[max_history - len(part) :] = part
+        return out
+
+    rows = {"train": ([], [], []), "valid": ([], [], []), "test": ([], [], [])}
+    for u, seq in enumerate(ds.sequences):
+        n = len(seq)
+        assert n >= min_length
+        for end in range(1, n - 2):
+            for part, value in zip(rows["train"], (window(seq, end), seq[end], u)):
+                part.append(value)
+        for name, end in (("valid", n - 2), ("test", n - 1)):
+            for part, value in zip(rows[name], (window(seq, end), seq[end], u)):
+                part.append(value)
+    out = {}
+    for name, (h, t, us) in rows.items():
+        hist = np.stack(h).astype(np.int64) if h else np.zeros((0, max_history), np.int64)
+        out[name] = (hist, np.asarray(t, np.int64), np.asarray(us, np.int64))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_split_equals_per_row_reference(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    min_length = [3, 1][seed % 2]
+    # Lengths from the minimum to well past the history cap; a small block forces several row blocks.
+    seqs = [list(rng.integers(0, 40, rng.integers(min_length, 35))) for _ in range(rng.integers(1, 60))]
+    max_history = int(rng.choice([1, 2, 5, 20]))
+    monkeypatch.setattr(splits, "_BLOCK", 7)
+    got = splits.leave_one_out(_ds(seqs), max_history=max_history, min_length=min_length)
+    want = _reference_leave_one_out(_ds(seqs), max_history, min_length)
+    for name in ("train", "valid", "test"):
+        ex = getattr(got, name)
+        for arr, ref in zip((ex.history, ex.target, ex.user), want[name]):
+            assert arr.dtype == ref.dtype == np.int64 and arr.shape == ref.shape
+            assert np.array_equal(arr, ref)
+
+
+def test_split_of_no_users_is_empty():
+    s = leave_one_out(Dataset("t", ["a"], [], []), max_history=4)
+    assert s.train.history.shape == s.test.history.shape == (0, 4) and len(s.valid) == 0
 
 
 def test_no_target_leaks_into_its_history():

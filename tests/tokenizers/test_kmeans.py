@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from sidrec.tokenizers import kmeans as kmeans_module
 from sidrec.tokenizers.kmeans import balanced_kmeans, kmeans, nearest
 
 
@@ -87,3 +88,59 @@ def test_balanced_kmeans_matches_kmeans_on_balanced_blobs():
     x, labels = blobs(25, centres, 0.2, seed=4)
     _, a = balanced_kmeans(x, 3, generator=torch.Generator().manual_seed(0))
     assert same_partition(a, labels)
+
+
+def _reference_init(x, k, generator):
+    """The original k-means++ seeding: a full (N, d) temporary per added centroid, no subsampling."""
+    n = x.shape[0]
+    centroids = x.new_empty(k, x.shape[1])
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids[0] = x[first]
+    d2 = (x - x[first]).pow(2).sum(1)
+    for j in range(1, k):
+        cdf = d2.cumsum(0)
+        u = torch.rand(1, generator=generator, dtype=cdf.dtype) * cdf[-1]
+        pick = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+        centroids[j] = x[pick[0]]
+        d2 = torch.minimum(d2, (x - centroids[j]).pow(2).sum(1))
+    return centroids
+
+
+@pytest.mark.parametrize("n,d,k,chunk", [(300, 5, 16, 7), (1000, 24, 64, 128), (50, 3, 50, 4096)])
+def test_chunked_seeding_equals_reference(n, d, k, chunk, monkeypatch):
+    # Chunks smaller than N exercise the buffered path; the seeded centroids must be bit-identical.
+    monkeypatch.setattr(kmeans_module, "_SEED_CHUNK", chunk)
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
+    got = kmeans_module._init_centroids(x, k, "kmeans++", torch.Generator().manual_seed(1))
+    want = _reference_init(x, k, torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)
+
+
+def test_distances_to_one_point_equal_the_unchunked_formula(monkeypatch):
+    monkeypatch.setattr(kmeans_module, "_SEED_CHUNK", 10)
+    x = torch.randn(95, 6, generator=torch.Generator().manual_seed(0))
+    out = kmeans_module._distances_to(x, x[3], torch.empty(95))
+    assert torch.equal(out, (x - x[3]).pow(2).sum(1)) and out[3] == 0
+
+
+def test_subsampled_seeding_is_reference_seeding_of_a_seeded_subset():
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
+    got = kmeans_module._init_centroids(x, 8, "kmeans++", torch.Generator().manual_seed(5), init_sample=100)
+    gen = torch.Generator().manual_seed(5)
+    subset = x[torch.randperm(400, generator=gen)[:100]]
+    assert torch.equal(got, _reference_init(subset, 8, gen))
+    # At or below the cap nothing is drawn for the subset: the full-data seeding is unchanged.
+    full = kmeans_module._init_centroids(x, 8, "kmeans++", torch.Generator().manual_seed(5), init_sample=400)
+    assert torch.equal(full, _reference_init(x, 8, torch.Generator().manual_seed(5)))
+
+
+def test_subsampled_kmeans_still_uses_every_point():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x, labels = blobs(100, centres, 0.1, seed=2)
+    for fit in (kmeans, balanced_kmeans):
+        c, a = fit(x, 4, generator=torch.Generator().manual_seed(0), init_sample=20)
+        assert a.shape == (400,) and same_partition(a, labels)
+        for j in range(4):  # Lloyd means over all 400 points, not only the 20 seeding ones
+            assert torch.allclose(c[j], x[a == j].mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="init_sample"):
+        kmeans(x, 4, init_sample=3)

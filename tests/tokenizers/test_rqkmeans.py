@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sidrec.tokenizers import RQKMeans, RQKMeansConfig, build_tokenizer, load_tokenizer
+from sidrec.tokenizers import rqkmeans as rqkmeans_module
 
 
 def representable() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,3 +80,31 @@ def test_encode_before_fit_and_bad_input():
         tok.encode(torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"emb: expected a tensor of shape \(N, 3\)"):
         tok.fit(torch.randn(2, 4), seed=0, device="cpu", progress=False)
+
+
+def test_init_sample_is_validated_and_caps_only_large_inputs():
+    with pytest.raises(ValueError, match="init_sample"):
+        RQKMeansConfig(codebook_size=8, init_sample=4)
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
+    fits = [
+        RQKMeans(RQKMeansConfig(num_levels=2, codebook_size=4, iters=5, init_sample=s), input_dim=3)
+        .fit(x, seed=0, device="cpu", progress=False)
+        .centroids
+        for s in (None, 60, 10)
+    ]
+    # A cap at or above N leaves the fit unchanged; a smaller one seeds on a subset, so the fit differs.
+    assert torch.equal(fits[0], fits[1]) and not torch.equal(fits[0], fits[2])
+    assert build_tokenizer("rqkmeans", {"init_sample": None}, 3).config.init_sample is None
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_blocked_in_place_residual_equals_one_block(standardize, monkeypatch):
+    x = 3 + torch.randn(500, 6, generator=torch.Generator().manual_seed(1))
+    cfg = RQKMeansConfig(num_levels=3, codebook_size=8, iters=5, standardize=standardize)
+    fits = []
+    for block in (10_000, 7):  # one block = the plain full-tensor update; 7 rows = many blocks
+        monkeypatch.setattr(rqkmeans_module, "_BLOCK", block)
+        logs = []
+        tok = RQKMeans(cfg, input_dim=6).fit(x, seed=0, device="cpu", progress=False, log=logs.append)
+        fits.append((tok.centroids, [d["loss"] for d in logs]))
+    assert torch.equal(fits[0][0], fits[1][0]) and fits[0][1] == fits[1][1]

@@ -45,18 +45,18 @@ Extra ``key=value`` arguments override every run's config (e.g. ``train.batch_si
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from seeds import METRICS, mean_std  # benchmarks/seeds.py (the script's folder is on sys.path)
 
 from sidrec.config import load_config
 from sidrec.pipeline import Run
 from sidrec.tokenizers import TOKENIZERS
 from sidrec.utils import atomic_write_json, atomic_write_text, read_json
 
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 SODA = "schedule.losses.soda={weight: 0.1, direction: forward, tau: 1.0, in_batch: true}"
 ALTERNATING = ["schedule.name=alternating", "schedule.cycle_epochs=2", "schedule.tokenizer_lr=0.0001",
                "schedule.warmup_epochs=10", "schedule.finetune_epochs=100"]
@@ -126,11 +126,6 @@ def run_one(method: str, seed: int, args: argparse.Namespace, deadline: float) -
             "run": read_json(run.dir / "run.json")}
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of the test metrics and of the codebook usage per level, per method."""
     rows = []
@@ -140,10 +135,10 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {"method": method, "seeds": [r["seed"] for r in runs]}
         for m in METRICS:
-            row[m] = _mean_std([r["metrics"][f"test.{m}"] for r in runs])
+            row[m] = mean_std([r["metrics"][f"test.{m}"] for r in runs])
         health = [r["tokenizer_health"] for r in runs]
-        row["usage"] = [_mean_std(list(level)) for level in zip(*(h["usage"] for h in health))]
-        row["collision_rate"] = _mean_std([h["collision_rate"] for h in health])
+        row["usage"] = [mean_std(list(level)) for level in zip(*(h["usage"] for h in health))]
+        row["collision_rate"] = mean_std([h["collision_rate"] for h in health])
         rows.append(row)
     return rows
 

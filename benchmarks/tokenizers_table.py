@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from seeds import METRICS, mean_std  # benchmarks/seeds.py (the script's folder is on sys.path)
+
 from sidrec.config import load_config
 from sidrec.pipeline import Run
 from sidrec.utils import atomic_write_json, atomic_write_text, read_json
@@ -39,7 +41,6 @@ DATASETS = {"beauty": "configs/beauty.yaml", "instruments": "configs/instruments
 METHODS = ("sasrec", "tiger-rqvae", "tiger-rqkmeans", "letter", "cost")
 LABELS = {"sasrec": "SASRec", "tiger-rqvae": "TIGER (RQ-VAE)", "tiger-rqkmeans": "TIGER (RQ-KMeans)",
           "letter": "LETTER-TIGER", "cost": "CoST-TIGER"}
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 # Everything shrunk for --smoke: a few optimiser steps, tiny models, small tokenizers. The point is to run every
 # code path of the script on the real data, not to get numbers.
@@ -105,11 +106,6 @@ def _greedy_health(run: Run) -> float | None:
     return json.loads(lines[-1])["collision_rate"]
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of the test metrics and the codebook health, per (dataset, method)."""
     rows = []
@@ -120,14 +116,14 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             row = {"dataset": dataset, "method": method, "seeds": [r["seed"] for r in runs]}
             for m in METRICS:
-                row[m] = _mean_std([r["metrics"][f"test.{m}"] for r in runs])
+                row[m] = mean_std([r["metrics"][f"test.{m}"] for r in runs])
             if runs[0]["tokenizer_health"] is not None:
                 health = [r["tokenizer_health"] for r in runs]
-                row["usage"] = _mean_std([statistics.fmean(h["usage"]) for h in health])
-                row["collision_rate"] = _mean_std([h["collision_rate"] for h in health])
+                row["usage"] = mean_std([statistics.fmean(h["usage"]) for h in health])
+                row["collision_rate"] = mean_std([h["collision_rate"] for h in health])
                 row["max_group"] = max(h["max_group"] for h in health)
                 if "greedy_collision_rate" in health[0]:
-                    row["greedy_collision_rate"] = _mean_std([h["greedy_collision_rate"] for h in health])
+                    row["greedy_collision_rate"] = mean_std([h["greedy_collision_rate"] for h in health])
             rows.append(row)
     return rows
 

@@ -275,12 +275,8 @@ class Run:
         item_sids = torch.as_tensor(sids, device=self.device)
         trie = SidTrie(item_sids, level_sizes).to(self.device)
         rdir = self.dir / "recommender"
-        # Checkpoints of a different training config (or an explicit fresh start) must not be resumed.
         if dist.is_main():
-            if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
-                shutil.rmtree(rdir)
-                shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)  # its events belong to those checkpoints
-            atomic_write_text(rdir / "key", key)
+            self._recommender_dir(key, resume)
         dist.barrier()
         res = train_recommender(model, split, item_sids, trie, self.cfg.train, rdir, self.cfg.seed, resume=resume,
                                 progress=self.progress, log=self._epoch_line, deadline=deadline,
@@ -294,6 +290,16 @@ class Run:
             self._mark("train", key)
         self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}")
         return model
+
+    def _recommender_dir(self, key: str, resume: bool) -> Path:
+        """``recommender/`` for training under ``key``; checkpoints of another training config (or of any config
+        when ``resume`` is off) are removed first, with their TensorBoard events, so they are never resumed."""
+        rdir = self.dir / "recommender"
+        if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
+            shutil.rmtree(rdir)
+            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
+        atomic_write_text(rdir / "key", key)
+        return rdir
 
     def _train_joint(self, split: LeaveOneOut, level_sizes: list[int], key: str, resume: bool,
                      deadline: float | None):
@@ -317,11 +323,7 @@ class Run:
         emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
-        rdir = self.dir / "recommender"
-        if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
-            shutil.rmtree(rdir)
-            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)  # its events belong to those checkpoints
-        atomic_write_text(rdir / "key", key)
+        rdir = self._recommender_dir(key, resume)
         res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
                           progress=self.progress, log=self._epoch_line, deadline=deadline,
                           tensorboard_dir=self.dir / "tensorboard")

@@ -9,7 +9,7 @@ A run directory holds::
                          an "epoch" record with valid.* metrics per epoch; see sidrec.training.metrics_log)
     tensorboard/         TensorBoard event files of the recommender training (only with train.tensorboard=true)
     model/               model.safetensors + model.json (the selected recommender)
-    metrics.json         valid.* / test.* / popularity.* metrics
+    metrics.json         valid.* / test.* metrics, and popularity.* / transition.* baselines
     sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*)
     report.html          the self-contained HTML report (``sidrec report``)
 
@@ -43,7 +43,7 @@ from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
-from sidrec.eval.metrics import popularity_ranking, topk_metrics
+from sidrec.eval.metrics import popularity_ranking, topk_metrics, transition_ranking
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
@@ -358,11 +358,13 @@ class Run:
             m = evaluate(model, ex, item_sids, trie, beam_size=e.beam_size, ks=e.ks, batch_size=e.batch_size,
                          progress=self.progress, desc=f"evaluate {part}")
             metrics.update({f"{part}.{k}": v for k, v in m.items()})
-            # Popularity counts only what the model could have seen before the held-out item.
+            # The baselines count only what precedes the held-out item.
             cut = 2 if part == "valid" else 1
             seen = np.concatenate([s[:-cut] for s in ds.sequences])
             pop = popularity_ranking(seen, ds.num_items, len(ex), max(e.ks))
-            metrics.update({f"popularity.{part}.{k}": v for k, v in topk_metrics(pop, ex.target, e.ks).items()})
+            nxt = transition_ranking(ds.sequences, cut, ex.history[:, -1], ds.num_items, max(e.ks))
+            for name, ranked in (("popularity", pop), ("transition", nxt)):
+                metrics.update({f"{name}.{part}.{k}": v for k, v in topk_metrics(ranked, ex.target, e.ks).items()})
         metrics["tokenizer.health"] = read_json(self.dir / "tokenizer" / "health.json")
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}
@@ -442,7 +444,9 @@ def model_label(cfg: RunConfig) -> str:
 
 
 def results_table(metrics: dict[str, Any], ks: list[int], part: str = "test", label: str = "TIGER") -> str:
-    """A plain-text table: the model (named ``label``) beside the popularity baseline.
+    """A plain-text table: the model (named ``label``) beside the popularity and last-item transition baselines.
+
+    Runs evaluated before the transition baseline existed show only popularity.
 
     Example:
         >>> print(results_table(read_json("runs/demo/metrics.json"), [5, 10], label="TIGER (rqvae)"))  # doctest: +SKIP
@@ -451,7 +455,10 @@ def results_table(metrics: dict[str, Any], ks: list[int], part: str = "test", la
     width = max(12, len(label) + 2)
     head = f"{'model':<{width}}" + "".join(f"{c:>11}" for c in cols)
     rows = [head, "-" * len(head)]
-    for name, prefix in ((label, f"{part}."), ("popularity", f"popularity.{part}.")):
+    for name, prefix in ((label, f"{part}."), ("popularity", f"popularity.{part}."),
+                         ("transition", f"transition.{part}.")):
+        if prefix + cols[0] not in metrics:
+            continue
         rows.append(f"{name:<{width}}" + "".join(f"{metrics[prefix + c]:>11.4f}" for c in cols))
     return "\n".join(rows)
 

@@ -4,7 +4,8 @@ The page has no external resources (no scripts, stylesheets or network images): 
 ``data:`` URIs made with matplotlib (the optional extra ``report``), and every string that comes from the data
 (titles, item and user keys, config values) is HTML-escaped. Sections, each drawn from files of the run:
 
-    metrics          metrics.json (+ sasrec/metrics.json): TIGER beside popularity and SASRec, test and valid
+    metrics          metrics.json (+ sasrec/metrics.json): TIGER beside the popularity, last-item transition
+                     and SASRec baselines, test and valid
     training         recommender/metrics.jsonl: loss and learning rate per step, validation per epoch
     codebook health  tokenizer/health.json, fit_log.jsonl (usage/perplexity over training), sids.npy (usage)
     SID tree         the most populated first-level codes, their sub-codes and the items under them
@@ -137,7 +138,10 @@ def _header(run: Path, ds: Dataset | None) -> str:
 def _metrics_section(run: Path) -> str:
     metrics = read_json(_need(run / "metrics.json"))
     models = [("TIGER", "", metrics), ("popularity", "popularity.", metrics)]
-    if (run / "sasrec" / "metrics.json").exists():
+    if any(k.startswith("transition.") for k in metrics):  # absent in runs evaluated before it existed
+        models.append(("last-item transition", "transition.", metrics))
+    has_sasrec = (run / "sasrec" / "metrics.json").exists()
+    if has_sasrec:
         models.append(("SASRec", "sasrec.", read_json(run / "sasrec" / "metrics.json")))
     ks = sorted({int(m.group(1)) for key in metrics if (m := re.fullmatch(r"test\.recall@(\d+)", key))})
     html = []
@@ -151,7 +155,7 @@ def _metrics_section(run: Path) -> str:
                      for v, b in zip(row, best)]
             rows.append([label, *cells])
         html += [f"<h3>{part}</h3>", _table(["model", *cols], rows)]
-    if len(models) == 2:
+    if not has_sasrec:
         html.append('<p class="muted">No SASRec baseline: run <code>sidrec baseline CONFIG</code> to add it.</p>')
     protocol = metrics.get("protocol", {})
     if protocol:

@@ -20,7 +20,7 @@ def test_every_subcommand_accepts_quiet():
 
 def test_quiet_prints_only_the_results(tiny_args, capsys):
     run, args = tiny_args
-    expected_lines = {"prepare": 1, "tokenize": 1, "train": 1, "run": 6}  # run: table (4), blank, run directory
+    expected_lines = {"prepare": 1, "tokenize": 1, "train": 1, "run": 7}  # run: table (5), blank, run directory
     for command, lines in expected_lines.items():
         assert main([command, CONFIG, *args, "--quiet"]) == 0
         out, err = capsys.readouterr()
@@ -34,7 +34,7 @@ def test_quiet_prints_only_the_results(tiny_args, capsys):
 
     assert main(["evaluate", str(run), "--quiet"]) == 0
     out, err = capsys.readouterr()
-    assert err == "" and len(out.splitlines()) == 4 and "popularity" in out
+    assert err == "" and len(out.splitlines()) == 5 and "popularity" in out and "transition" in out
 
     assert main(["recommend", str(run), "--history", "i3", "i4", "-k", "3", "--quiet"]) == 0
     out, err = capsys.readouterr()

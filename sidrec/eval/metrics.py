@@ -44,3 +44,43 @@ def popularity_ranking(train_items: np.ndarray, num_items: int, num_users: int, 
     counts = np.bincount(train_items, minlength=num_items)
     order = np.lexsort((np.arange(num_items), -counts))[:k]
     return np.broadcast_to(order, (num_users, len(order))).copy()
+
+
+def transition_ranking(sequences: list[np.ndarray], cut: int, last: np.ndarray, num_items: int, k: int) -> np.ndarray:
+    """First-order Markov baseline: rank items by how often they directly followed the user's last item. (U, k)
+
+    Transitions are counted over every sequence without its last ``cut`` items (what precedes the held-out
+    item); ties and users whose last item never had a successor fall back to popularity over the same items,
+    then to the lower index. The list never repeats an item.
+
+    Args:
+        sequences: per user, the time-ordered item indices.
+        cut: items dropped from the end of every sequence before counting (2 for validation, 1 for test).
+        last: (U,) each evaluated user's most recent history item (-1 = empty history).
+        num_items: catalogue size.
+        k: list length.
+
+    Example:
+        >>> seqs = [np.array([0, 2, 1, 0, 2]), np.array([1, 0, 1])]
+        >>> transition_ranking(seqs, 0, np.array([0, 1]), 3, 2).tolist()  # 0 -> 2 twice, 1 -> 0 twice
+        [[2, 1], [0, 1]]
+    """
+    k = min(k, num_items)
+    kept = [np.asarray(s[: len(s) - cut], np.int64) for s in sequences]
+    src = np.concatenate([s[:-1] for s in kept if len(s) > 1] or [np.empty(0, np.int64)])
+    dst = np.concatenate([s[1:] for s in kept if len(s) > 1] or [np.empty(0, np.int64)])
+    pairs, counts = np.unique(src * num_items + dst, return_counts=True)  # sorted by source, then target
+    src, dst = pairs // num_items, pairs % num_items
+    seen = np.concatenate(kept)
+    pop = np.bincount(seen, minlength=num_items)
+    order = np.lexsort((dst, -pop[dst], -counts, src))  # per source: most frequent successor first
+    src, dst = src[order], dst[order]
+    popular = popularity_ranking(seen, num_items, 1, min(2 * k, num_items))[0]
+    out = np.empty((len(last), k), dtype=np.int64)
+    out[:] = popular[:k]
+    for item in np.unique(last[last >= 0]):
+        lo, hi = np.searchsorted(src, [item, item + 1])
+        row = np.concatenate([dst[lo : min(hi, lo + k)], popular])
+        _, first = np.unique(row, return_index=True)  # drop repeats, keeping each item's first position
+        out[last == item] = row[np.sort(first)[:k]]
+    return out

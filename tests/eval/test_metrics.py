@@ -3,7 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from sidrec.eval.metrics import popularity_ranking, topk_metrics
+from collections import Counter
+
+from sidrec.eval.metrics import popularity_ranking, topk_metrics, transition_ranking
 
 
 def test_hand_computed_cases():
@@ -30,3 +32,28 @@ def test_k_larger_than_list_is_an_error():
 def test_popularity_ranking_orders_by_count_then_index():
     ranked = popularity_ranking(np.array([2, 2, 1, 1, 0, 3, 3, 3]), 5, num_users=2, k=4)
     assert ranked.tolist() == [[3, 1, 2, 0], [3, 1, 2, 0]]
+
+
+def _transition_reference(sequences, cut, last, num_items, k):
+    """Dictionaries and sorting, one user at a time: the definition of the transition baseline."""
+    kept = [list(s[: len(s) - cut]) for s in sequences]
+    follows = Counter((a, b) for s in kept for a, b in zip(s, s[1:]))
+    pop = Counter(i for s in kept for i in s)
+    out = []
+    for item in last:
+        key = lambda j, item=item: (-follows[(item, j)] if item >= 0 else 0, -pop[j], j)  # noqa: E731
+        out.append(sorted(range(num_items), key=key)[:k])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_transition_ranking_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 30))
+    seqs = [rng.integers(0, n, int(rng.integers(1, 12))) for _ in range(40)]
+    last = rng.integers(-1, n, 25)
+    for cut in (0, 1, 2):
+        k = int(rng.integers(1, n + 1))
+        fast = transition_ranking(seqs, cut, last, n, k)
+        ref = _transition_reference(seqs, cut, last, n, k)
+        assert fast.tolist() == ref, (seed, cut, k)

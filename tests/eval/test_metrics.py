@@ -1,9 +1,8 @@
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
-
-from collections import Counter
 
 from sidrec.eval.metrics import popularity_ranking, topk_metrics, transition_ranking
 

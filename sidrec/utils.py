@@ -129,7 +129,11 @@ def git_commit() -> str | None:
 
 
 def run_metadata(seed: int) -> dict[str, Any]:
-    """What a run records about where it ran: seed, library versions, git commit, device."""
+    """What a run records about where it ran: seed, library versions, git commit, device, CPU threads.
+
+    The thread count matters: torch splits CPU reductions by thread, so the same seed gives bit-identical results
+    only at the same ``cpu_threads`` (e.g. an RQ-VAE fit at 1 and at 2 threads assigns different codes).
+    """
     import sidrec
 
     return {
@@ -141,4 +145,5 @@ def run_metadata(seed: int) -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "git_commit": git_commit(),
+        "cpu_threads": torch.get_num_threads(),
     }

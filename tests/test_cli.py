@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sidrec.cli import STAGE_HELP, main
 
@@ -16,11 +17,13 @@ def test_run_all_stages_then_evaluate_and_recommend(tiny_args, capsys):
     out = capsys.readouterr().out
     assert "TIGER" in out and "popularity" in out
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("test.recall@10", "test.ndcg@5", "valid.ndcg@10", "popularity.test.recall@10"):
+    for key in ("test.recall@10", "test.ndcg@5", "valid.ndcg@10", "popularity.test.recall@10",
+                "transition.test.recall@10", "transition.valid.ndcg@10"):
         assert 0.0 <= metrics[key] <= 1.0
     for name in ("config.yaml", "run.json", "stages.json", "model/model.json", "tokenizer/sids.npy"):
         assert (run / name).exists()
-    assert json.loads((run / "run.json").read_text())["seed"] == 42
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["seed"] == 42 and meta["cpu_threads"] == torch.get_num_threads()
 
     # Cached: a second run re-uses every stage (nothing is rewritten) and gives identical metrics.
     written = {p: p.stat().st_mtime_ns for p in (run / "tokenizer/tokenizer.safetensors", run / "model/model.json",

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seeds import METRICS, mean_std  # benchmarks/seeds.py (the script's folder is on sys.path)
+from seeds import METRICS, baseline_rows, mean_std  # benchmarks/seeds.py (the script's folder is on sys.path)
 
 from sidrec.config import load_config
 from sidrec.pipeline import Run
@@ -140,7 +140,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["usage"] = [mean_std(list(level)) for level in zip(*(h["usage"] for h in health))]
         row["collision_rate"] = mean_std([h["collision_rate"] for h in health])
         rows.append(row)
-    return rows
+    return rows + baseline_rows(results)
 
 
 def markdown(rows: list[dict[str, Any]], note: str) -> str:
@@ -148,6 +148,11 @@ def markdown(rows: list[dict[str, Any]], note: str) -> str:
     head = ["method", "seeds", *METRICS, "usage per level", "collisions"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        if not r["seeds"]:  # a non-learned baseline: one value, no tokenizer
+            label = {"transition": "last-item transition"}.get(r["method"], r["method"])
+            cells = [label, "-", *(f"{r[m]['mean']:.4f}" for m in METRICS), "-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         cells = [METHODS[r["method"]][0], str(len(r["seeds"]))]
         cells += [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" for m in METRICS]
         cells += [" / ".join(f"{u['mean']:.2f}" for u in r["usage"]), f"{r['collision_rate']['mean']:.4f}"]

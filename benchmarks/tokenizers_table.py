@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seeds import METRICS, mean_std  # benchmarks/seeds.py (the script's folder is on sys.path)
+from seeds import METRICS, baseline_rows, mean_std  # benchmarks/seeds.py (the script's folder is on sys.path)
 
 from sidrec.config import load_config
 from sidrec.pipeline import Run
@@ -40,7 +40,8 @@ from sidrec.utils import atomic_write_json, atomic_write_text, read_json
 DATASETS = {"beauty": "configs/beauty.yaml", "instruments": "configs/instruments.yaml"}
 METHODS = ("sasrec", "tiger-rqvae", "tiger-rqkmeans", "letter", "cost")
 LABELS = {"sasrec": "SASRec", "tiger-rqvae": "TIGER (RQ-VAE)", "tiger-rqkmeans": "TIGER (RQ-KMeans)",
-          "letter": "LETTER-TIGER", "cost": "CoST-TIGER"}
+          "letter": "LETTER-TIGER", "cost": "CoST-TIGER", "popularity": "popularity",
+          "transition": "last-item transition"}
 
 # Everything shrunk for --smoke: a few optimiser steps, tiny models, small tokenizers. The point is to run every
 # code path of the script on the real data, not to get numbers.
@@ -125,6 +126,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if "greedy_collision_rate" in health[0]:
                     row["greedy_collision_rate"] = mean_std([h["greedy_collision_rate"] for h in health])
             rows.append(row)
+        rows += baseline_rows([r for r in results if r["dataset"] == dataset], dataset=dataset)
     return rows
 
 
@@ -133,8 +135,8 @@ def markdown(rows: list[dict[str, Any]], note: str) -> str:
     head = ["dataset", "method", "seeds", *(f"{m}" for m in METRICS), "usage", "collisions", "max group"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["dataset"], LABELS[r["method"]], str(len(r["seeds"]))]
-        cells += [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" for m in METRICS]
+        cells = [r["dataset"], LABELS[r["method"]], str(len(r["seeds"])) if r["seeds"] else "-"]
+        cells += [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" if r["seeds"] else f"{r[m]['mean']:.4f}" for m in METRICS]
         if "usage" in r:
             collisions = f"{r['collision_rate']['mean']:.4f}"
             if "greedy_collision_rate" in r:  # LETTER: after the Sinkhorn repair (before it)

@@ -10,7 +10,8 @@ A run directory holds::
     tensorboard/         TensorBoard event files of the recommender training (only with train.tensorboard=true)
     model/               model.safetensors + model.json (the selected recommender)
     metrics.json         valid.* / test.* metrics, and popularity.* / transition.* baselines
-    sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*)
+    sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*),
+                         metrics.jsonl (its training log, records as in recommender/metrics.jsonl)
     report.html          the self-contained HTML report (``sidrec report``)
 
 Schedules that train the tokenizer (``schedule.name`` alternating or joint, see ``sidrec.training.schedules``)
@@ -376,7 +377,9 @@ class Run:
     def stage_sasrec(self, ds: Dataset, resume: bool = True) -> dict[str, float]:
         """Train and evaluate the SASRec baseline in ``sasrec/`` (full ranking), cached by its own key."""
         c = self.cfg
-        key = _key(self.keys()["prepare"], asdict(c.sasrec), c.eval.ks, c.seed)
+        sasrec = asdict(c.sasrec)
+        del sasrec["train"]["log_every"]  # what is logged does not change the model (nor keys made before it)
+        key = _key(self.keys()["prepare"], sasrec, c.eval.ks, c.seed)
         sdir = self.dir / "sasrec"
         same = (sdir / "key").exists() and (sdir / "key").read_text() == key
         if same and (sdir / "metrics.json").exists():

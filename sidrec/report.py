@@ -7,6 +7,7 @@ The page has no external resources (no scripts, stylesheets or network images): 
     metrics          metrics.json (+ sasrec/metrics.json): TIGER beside the popularity, last-item transition
                      and SASRec baselines, test and valid
     training         recommender/metrics.jsonl: loss and learning rate per step, validation per epoch
+    SASRec training  sasrec/metrics.jsonl: the same curves for the SASRec baseline (a note when not trained)
     codebook health  tokenizer/health.json, fit_log.jsonl (usage/perplexity over training), sids.npy (usage)
     SID tree         the most populated first-level codes, their sub-codes and the items under them
     recommendations  a few users' real histories, their held-out next item and the model's top-k
@@ -77,6 +78,7 @@ def render_report(run_dir: str | Path, num_users: int = 3, num_codes: int = 3, k
     sections = [
         ("Metrics", lambda: _metrics_section(run)),
         ("Training", lambda: _training_section(run)),
+        ("SASRec baseline training", lambda: _sasrec_training_section(run)),
         ("Codebook health", lambda: _codebook_section(run)),
         ("Semantic-ID tree (sample)", lambda: _tree_section(run, ds, num_codes)),
         ("Example recommendations", lambda: _recommendations_section(run, ds, num_users, k)),
@@ -175,11 +177,38 @@ def _training_section(run: Path) -> str:
     html = [_img(plots.training_curves(records), "training curves")]
     if (rdir / "best" / "best.json").exists():
         best = read_json(rdir / "best" / "best.json")
-        valid = ", ".join(f"{k} {v:.4f}" for k, v in best["valid"].items())
-        html.append(f"<p>Selected epoch {best['epoch']} of {len(epochs)} (validation {escape(valid)}); "
-                    f"{sum(r['train_seconds'] for r in epochs):.1f} s of training, "
-                    f"{epochs[-1]['samples_per_second']:.0f} samples/s in the last epoch.</p>")
+        html.append(_training_summary(epochs, best["epoch"], best["valid"]))
     return "\n".join(html)
+
+
+def _sasrec_training_section(run: Path) -> str:
+    """The SASRec baseline's curves (``sasrec/metrics.jsonl``); a muted note, not an error, without a baseline."""
+    sdir = run / "sasrec"
+    path = sdir / "metrics.jsonl"
+    if not path.exists() and (sdir / "train" / "train_log.jsonl").exists():
+        path = sdir / "train" / "train_log.jsonl"  # baselines from before metrics.jsonl: epoch records only
+    if not path.exists():
+        return ('<p class="muted">No SASRec training log: run <code>sidrec baseline CONFIG</code> to train the '
+                "baseline.</p>")
+    records = read_jsonl(path)
+    epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
+    if not epochs:
+        return f'<p class="muted">{escape(str(path))} has no finished epoch yet.</p>'
+    html = [_img(plots.training_curves(records), "SASRec training curves")]
+    best = read_json(sdir / "metrics.json")["best_epoch"] if (sdir / "metrics.json").exists() else None
+    selected = next((r for r in epochs if r["epoch"] == best), None)  # None while the baseline still trains
+    if selected is not None:
+        valid = {k.removeprefix("valid."): v for k, v in selected.items() if k.startswith("valid.")}
+        html.append(_training_summary(epochs, best, valid))
+    return "\n".join(html)
+
+
+def _training_summary(epochs: list[dict], best_epoch: int, valid: dict[str, float]) -> str:
+    """One sentence: the selected epoch and its validation metrics, training time and throughput."""
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in valid.items())
+    return (f"<p>Selected epoch {best_epoch} of {len(epochs)} (validation {escape(metrics)}); "
+            f"{sum(r['train_seconds'] for r in epochs):.1f} s of training, "
+            f"{epochs[-1]['samples_per_second']:.0f} samples/s in the last epoch.</p>")
 
 
 def _codebook_section(run: Path) -> str:

@@ -106,6 +106,11 @@ def test_sasrec_baseline_subcommand(tiny_args, capsys):
     metrics = json.loads(out[: out.index("\n}") + 2])
     assert 0.0 <= metrics["sasrec.test.recall@10"] <= 1.0
     assert (run / "sasrec" / "metrics.json").exists()
+    # What is logged is not part of the baseline's cache key: another log_every does not train it again.
+    log = (run / "sasrec" / "metrics.jsonl").read_bytes()
+    assert main(["baseline", "configs/ml-100k-demo.yaml", *args, *extra, "sasrec.train.log_every=1", "--quiet"]) == 0
+    assert json.loads((out := capsys.readouterr().out)[: out.index("\n}") + 2]) == metrics
+    assert (run / "sasrec" / "metrics.jsonl").read_bytes() == log
 
 
 def test_results_table_names_the_model_tokenizer_and_schedule():

@@ -41,6 +41,18 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
+def table_row(html: str, label: str) -> list[str]:
+    """The value cells of the first table row headed ``label`` (the test table of the metrics section)."""
+    row = re.search(rf"<tr><td>{re.escape(label)}</td>(.*?)</tr>", html)
+    assert row is not None, f"no row {label!r}"
+    return [re.sub(r"</?b>", "", cell) for cell in re.findall(r"<td>(.*?)</td>", row.group(1))]
+
+
+def expected_row(metrics: dict, prefix: str) -> list[str]:
+    """The test-table cells of ``prefix`` (``""`` for TIGER) for the tiny run's eval.ks = [5, 10]."""
+    return [f"{metrics[f'{prefix}test.{m}@{k}']:.4f}" for k in (5, 10) for m in ("recall", "ndcg")]
+
+
 def hostile_copy(tiny_run, dest):
     """A copy of the tiny run whose titles, user keys and dataset name are HTML, plus a SASRec result."""
     run = dest / "run"
@@ -93,6 +105,8 @@ def test_report_is_self_contained_and_escaped(report):
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("test.recall@10", "test.ndcg@5", "valid.ndcg@10", "popularity.test.recall@10"):
         assert f"{metrics[key]:.4f}" in text
+    for label, prefix in (("TIGER", ""), ("popularity", "popularity."), ("last-item transition", "transition.")):
+        assert table_row(html, label) == expected_row(metrics, prefix)
     assert f"{SASREC_TEST_RECALL10:.4f}" in text
     assert text.count("Held-out next item") == 3
 
@@ -106,14 +120,46 @@ def test_report_without_a_model_says_what_is_missing(tiny_run, tmp_path, capsys)
     html = write_report(run, tmp_path / "out.html", log=notes.append).read_text()
     assert len(notes) == 2 and any("model.json" in n for n in notes) and any("metrics.jsonl" in n for n in notes)
     assert html.count('class="missing"') == 2 and "SASRec baseline" in html  # the note on the missing baseline
+    assert "No SASRec training log" in html and "last-item transition" in html
 
     # Runs from before metrics.jsonl logged epochs (without "kind") to recommender/train_log.jsonl.
     epochs = [r for r in read_jsonl(tiny_run / "recommender" / "metrics.jsonl") if r.pop("kind") == "epoch"]
     (run / "recommender" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    # Runs evaluated before the transition baseline have no transition.* keys: no row for it.
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if "transition" not in k}))
     html = write_report(run, tmp_path / "out.html", log=notes.append).read_text()
     assert html.count('class="missing"') == 1 and 'alt="training curves"' in html
+    assert "last-item transition" not in html and "popularity" in html
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_report_shows_the_sasrec_training_curves(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    sasrec = ["sasrec.d_model=16", "sasrec.train.epochs=2", "sasrec.train.batch_size=32", "sasrec.train.log_every=3"]
+    assert main(["baseline", str(run / "config.yaml"), f"run_dir={run}", *sasrec, "--quiet"]) == 0
+    records = read_jsonl(run / "sasrec" / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1] and records[0]["kind"] == "step"
+
+    notes: list[str] = []
+    html = write_report(run, log=notes.append).read_text()
+    page = Page(html)
+    imgs = {attrs["alt"]: attrs["src"] for tag, attrs in page.tags if tag == "img"}
+    assert notes == [] and len(imgs) == 4
+    png = imgs["SASRec training curves"]
+    assert base64.b64decode(png.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG\r\n\x1a\n")
+    assert png != imgs["training curves"]
+    assert "".join(page.text).count("Selected epoch") == 2  # TIGER's and SASRec's
+    assert table_row(html, "SASRec") == expected_row(json.loads((run / "sasrec" / "metrics.json").read_text()),
+                                                     "sasrec.")
+
+    # Baselines from before sasrec/metrics.jsonl logged epochs (without "kind" or "lr") to train/train_log.jsonl.
+    (run / "sasrec" / "metrics.jsonl").unlink()
+    old = [{k: v for k, v in r.items() if k not in ("kind", "lr")} for r in records if r["kind"] == "epoch"]
+    (run / "sasrec" / "train" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert 'alt="SASRec training curves"' in write_report(run, log=notes.append).read_text() and notes == []
 
 
 def test_report_without_matplotlib_names_the_extra(tiny_run, tmp_path, monkeypatch, capsys):

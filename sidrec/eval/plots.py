@@ -61,9 +61,10 @@ def training_curves(records: list[dict[str, Any]]):
     """Loss and learning rate over optimiser steps, and validation metrics over epochs.
 
     Args:
-        records: ``metrics.jsonl`` records; ``"kind": "step"`` ones give the per-step curves, ``"epoch"`` ones
-            (and records without a kind, from the ``train_log.jsonl`` of older runs) the per-epoch loss and the
-            ``valid.*`` metrics.
+        records: ``metrics.jsonl`` records (the recommender's or SASRec's); ``"kind": "step"`` ones give the
+            per-step curves, ``"epoch"`` ones (and records without a kind, from the ``train_log.jsonl`` of older
+            runs) the per-epoch loss and the ``valid.*`` metrics. Records without ``lr`` (older SASRec logs) leave
+            the learning-rate panel empty.
     """
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
@@ -73,7 +74,7 @@ def training_curves(records: list[dict[str, Any]]):
     loss_ax.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], "o-", label="train (epoch mean)")
     loss_ax.set(title="training loss", xlabel="step", ylabel="cross-entropy")
     loss_ax.legend(fontsize="small")
-    lr_source = steps or epochs
+    lr_source = [r for r in steps or epochs if "lr" in r]
     lr_ax.plot([r["step"] for r in lr_source], [r["lr"] for r in lr_source])
     lr_ax.set(title="learning rate", xlabel="step")
     names = sorted({k for r in epochs for k in r if k.startswith("valid.")})

@@ -3,7 +3,9 @@
 The same plain loop as the TIGER trainer: the training examples live as tensors on the device and each step
 gathers a batch by index from a per-epoch seeded permutation. After every epoch, validation NDCG@10 over all
 items selects the best weights (``best/``); training stops after ``patience`` epochs without improvement. A
-checkpoint is written every epoch and a run resumes from the last one.
+checkpoint is written every epoch and a run resumes from the last one. ``metrics.jsonl`` has the same records as
+the recommender's (``sidrec.training.metrics_log``): loss, learning rate and throughput every ``log_every`` steps,
+and each epoch's summary with its validation metrics.
 
 Ranking does not remove the user's history items, the same protocol as TIGER's beam search.
 
@@ -13,7 +15,6 @@ row of a run) wrap the two for a whole dataset.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -32,7 +33,8 @@ from sidrec.data.splits import Examples, LeaveOneOut, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
 from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
-from sidrec.utils import atomic_write_json, atomic_write_text
+from sidrec.training.metrics_log import MetricsLog
+from sidrec.utils import atomic_write_json
 
 
 @dataclass
@@ -47,6 +49,7 @@ class SASRecTrainConfig:
         patience: epochs without a better validation NDCG@10 before stopping.
         eval_batch_size: users scored at once against all items during evaluation.
         max_steps: cap on optimiser steps (0 = none), for quick smoke runs.
+        log_every: a "step" record in ``metrics.jsonl`` every this many steps (0 = epoch records only).
 
     Example:
         >>> cfg = SASRecTrainConfig(epochs=50, batch_size=128)
@@ -59,6 +62,7 @@ class SASRecTrainConfig:
     patience: int = 10
     eval_batch_size: int = 1024
     max_steps: int = 0
+    log_every: int = 50
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -66,8 +70,8 @@ class SASRecTrainConfig:
                 raise ValueError(f"SASRecTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"SASRecTrainConfig.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.max_steps < 0:
-            raise ValueError("SASRecTrainConfig.weight_decay and max_steps must be >= 0")
+        if self.weight_decay < 0 or self.max_steps < 0 or self.log_every < 0:
+            raise ValueError("SASRecTrainConfig.weight_decay, max_steps and log_every must be >= 0")
 
 
 @torch.inference_mode()
@@ -113,6 +117,7 @@ def train_sasrec(
     progress: bool = True,
     resume: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
+    log_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` on ``split.train`` (history -> next item); keep the weights of the best validation epoch.
 
@@ -120,14 +125,15 @@ def train_sasrec(
         model: the SASRec to train (in place; it ends holding the best weights).
         split: leave-one-out examples; histories of any width (the model keeps the last ``max_len`` items).
         cfg: training settings.
-        out_dir: where ``checkpoints/``, ``best/`` (``save_sasrec`` format) and ``train_log.jsonl`` go.
+        out_dir: where ``checkpoints/`` and ``best/`` (``save_sasrec`` format) go.
         seed: seeds dropout, the per-epoch batch order and the BCE negatives (derived per epoch, so a resumed
             run sees the same order).
         device: training device.
         progress: show a progress bar per epoch.
         resume: continue from the last checkpoint in ``out_dir`` if there is one; False starts over, removing
             the checkpoints and log of an earlier run there.
-        log: called with each epoch's record.
+        log: called with each epoch's record (the per-step records only go to ``metrics.jsonl``).
+        log_path: the ``metrics.jsonl`` file (default ``out_dir/metrics.jsonl``).
 
     Returns:
         ``{"best_epoch", "best_valid" (validation metrics @10), "epochs_run", "steps", "history"}``.
@@ -152,15 +158,15 @@ def train_sasrec(
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_epoch": -1, "best_valid": {}, "bad_evals": 0,
                              "history": []}
     ckpt_dir = out / "checkpoints"
-    if resume and (saved := resume_checkpoint(ckpt_dir, model, opt)) is not None:
+    saved = resume_checkpoint(ckpt_dir, model, opt) if resume else None
+    if saved is not None:
         state = {k: saved[k] for k in state}
-        # Epochs logged after that checkpoint (a crash before the next one) will run again: drop their lines.
-        atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     else:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        (out / "train_log.jsonl").unlink(missing_ok=True)
         torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
+    # Resuming drops the records written after the checkpoint (steps that will run again); a new run starts empty.
+    metrics_log = MetricsLog(log_path or out / "metrics.jsonl", state["step"] if saved is not None else None)
 
     stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     while not stopped and state["epoch"] < cfg.epochs:
@@ -170,6 +176,8 @@ def train_sasrec(
         order = order.to(device)
         negatives = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
+        # The window of steps since the last "step" record (reset each epoch: validation time is not training).
+        win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"sasrec epoch {epoch}", disable=not progress, leave=False)
         for b in bar:
             if state["step"] >= total_steps:
@@ -182,13 +190,21 @@ def train_sasrec(
             state["step"] += 1
             loss_sum += loss.detach()  # summed on the device: no host sync per step
             n_batches += 1
+            win_loss += loss.detach()
+            win_steps, win_samples = win_steps + 1, win_samples + len(idx)
+            if cfg.log_every and state["step"] % cfg.log_every == 0:
+                now = time.perf_counter()
+                metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch,
+                                   "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
+                                   "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
+                win_t0, win_loss, win_steps, win_samples = now, torch.zeros((), device=device), 0, 0
         train_time = time.perf_counter() - t0
         state["epoch"] = epoch + 1
         metrics = evaluate_sasrec(model, split.valid, ks=[10], batch_size=cfg.eval_batch_size)
         mean_loss = loss_sum.item() / max(n_batches, 1)
         samples = min(len(order), n_batches * cfg.batch_size)
-        rec: dict[str, Any] = {"epoch": epoch, "step": state["step"], "loss": mean_loss,
-                               "train_seconds": round(train_time, 2),
+        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": state["step"], "loss": mean_loss,
+                               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
                                "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
         rec.update({f"valid.{k}": v for k, v in metrics.items()})
         if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
@@ -197,12 +213,12 @@ def train_sasrec(
         else:
             state["bad_evals"] += 1
         state["history"].append(rec)
-        with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        metrics_log.write(rec)
         if log is not None:
             log(rec)
         save_checkpoint(ckpt_dir, state["step"], model, opt, state)
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
+    metrics_log.close()
     model.load_state_dict(load_file(str(out / "best" / "model.safetensors")))
     return {"best_epoch": state["best_epoch"], "best_valid": state["best_valid"],
             "epochs_run": state["epoch"], "steps": state["step"], "history": state["history"]}
@@ -251,8 +267,8 @@ def sasrec_baseline(
     """Train SASRec on ``ds``, rank all items for every user; returns ``sasrec.{valid,test}.{recall,ndcg}@K``.
 
     Histories keep the last ``model_cfg.max_len`` items; the validation and test targets are the same
-    leave-one-out items as any other model's. ``out_dir`` receives ``train/`` (checkpoints, log, best
-    weights), ``model/`` (``save_sasrec``) and ``metrics.json``.
+    leave-one-out items as any other model's. ``out_dir`` receives ``train/`` (checkpoints, best weights),
+    ``metrics.jsonl`` (the training log), ``model/`` (``save_sasrec``) and ``metrics.json``.
 
     Example:
         >>> cfg = SASRecConfig(num_items=ds.num_items)
@@ -267,7 +283,8 @@ def sasrec_baseline(
     torch.manual_seed(seed)
     model = SASRec(model_cfg)
     split = leave_one_out(ds, model_cfg.max_len)
-    res = train_sasrec(model, split, train_cfg, out / "train", seed, device, progress, resume, log)
+    res = train_sasrec(model, split, train_cfg, out / "train", seed, device, progress, resume, log,
+                       log_path=out / "metrics.jsonl")
     save_sasrec(model, out / "model")
     metrics: dict[str, float] = {}
     for part, examples in (("valid", split.valid), ("test", split.test)):

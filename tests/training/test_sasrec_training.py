@@ -8,6 +8,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, load_sasrec
+from sidrec.training.metrics_log import read_jsonl
 from sidrec.training.sasrec import (
     SASRecTrainConfig,
     evaluate_sasrec,
@@ -43,7 +44,7 @@ def test_training_learns_the_successor_and_keeps_the_best_epoch(tmp_path, loss, 
     split = leave_one_out(successor_dataset(), max_history=8)
     model = small_model(loss=loss)
     before = evaluate_sasrec(model, split.test, ks=[1])["recall@1"]
-    cfg = SASRecTrainConfig(epochs=50, batch_size=32, lr=1e-2, patience=50, max_steps=100)
+    cfg = SASRecTrainConfig(epochs=50, batch_size=32, lr=1e-2, patience=50, max_steps=100, log_every=7)
     res = train_sasrec(model, split, cfg, tmp_path, seed=0, device="cpu", progress=False)
     assert res["steps"] == 100
     assert res["history"][-1]["loss"] < 0.5 * res["history"][0]["loss"]
@@ -53,23 +54,37 @@ def test_training_learns_the_successor_and_keeps_the_best_epoch(tmp_path, loss, 
     best = load_sasrec(tmp_path / "best")
     assert torch.equal(best.item_embeddings(), model.item_embeddings())
     assert evaluate_sasrec(model, split.valid, ks=[10]) == res["best_valid"]
-    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == list(range(res["epochs_run"]))
+    log = read_jsonl(tmp_path / "metrics.jsonl")
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    assert epochs == res["history"] and [r["epoch"] for r in epochs] == list(range(res["epochs_run"]))
+    assert all("valid.ndcg@10" in r and r["lr"] == 1e-2 for r in epochs)
+    assert [r["step"] for r in log if r["kind"] == "step"] == list(range(7, 101, 7))
+    assert [r["step"] for r in log] == sorted(r["step"] for r in log)  # steps never go back along the file
 
 
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     split = leave_one_out(successor_dataset(num_users=30), max_history=8)
-    cfg = SASRecTrainConfig(epochs=3, batch_size=16, patience=10)
+    cfg = SASRecTrainConfig(epochs=3, batch_size=16, patience=10, log_every=3)
     full = small_model(loss="bce")
     res_full = train_sasrec(full, split, cfg, tmp_path / "full", seed=3, device="cpu", progress=False)
     part = small_model(loss="bce")
-    train_sasrec(part, split, SASRecTrainConfig(epochs=1, batch_size=16, patience=10), tmp_path / "part",
-                 seed=3, device="cpu", progress=False)
+    train_sasrec(part, split, SASRecTrainConfig(epochs=1, batch_size=16, patience=10, log_every=3),
+                 tmp_path / "part", seed=3, device="cpu", progress=False)
+    # A crash after logging steps of the next epoch, before its checkpoint: those steps run again.
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "step", "step": res_full["history"][0]["step"] + 3, "loss": -1.0}) + "\n")
     resumed = small_model(seed=99, loss="bce")  # a fresh object: everything must come from the checkpoint
     res_part = train_sasrec(resumed, split, cfg, tmp_path / "part", seed=3, device="cpu", progress=False)
     assert [r["loss"] for r in res_part["history"]] == [r["loss"] for r in res_full["history"]]
     assert res_part["best_epoch"] == res_full["best_epoch"]
     assert torch.equal(resumed.item_embeddings(), full.item_embeddings())
+
+    def untimed(path):  # the log without its wall-clock fields
+        return [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_second")}
+                for r in read_jsonl(path)]
+
+    assert untimed(tmp_path / "part" / "metrics.jsonl") == untimed(tmp_path / "full" / "metrics.jsonl")
+    assert sum(r["kind"] == "step" for r in read_jsonl(tmp_path / "full" / "metrics.jsonl")) > 3
 
 
 def test_evaluation_equals_hand_computed_full_ranking():
@@ -115,6 +130,8 @@ def test_baseline_reports_valid_and_test_metrics(tmp_path):
     assert metrics["sasrec.test.recall@1"] > 0.8
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["sasrec.test.ndcg@10"] == metrics["sasrec.test.ndcg@10"]
+    epochs = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"]  # beside metrics.json
+    assert saved["best_epoch"] in [r["epoch"] for r in epochs] and not (tmp_path / "train" / "metrics.jsonl").exists()
     split = leave_one_out(ds, max_history=10)
     assert evaluate_sasrec(load_sasrec(tmp_path / "model"), split.test, ks=[1])["recall@1"] == (
         metrics["sasrec.test.recall@1"])
@@ -127,3 +144,5 @@ def test_train_config_validation():
         SASRecTrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="lr"):
         SASRecTrainConfig(lr=0.0)
+    with pytest.raises(ValueError, match="log_every"):
+        SASRecTrainConfig(log_every=-1)

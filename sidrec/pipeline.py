@@ -267,9 +267,6 @@ class Run:
             return load_recommender(self.dir / "model", self.device)
         seed_all(self.cfg.seed)
         if not self.cfg.schedule.plain:
-            if dist.world_size() > 1:
-                raise ValueError(f"schedule.name {self.cfg.schedule.name}: data-parallel training (--nproc, torchrun) "
-                                 "supports the plain two-stage schedule only")
             return self._train_joint(split, level_sizes, key, resume, deadline)
         model = self._new_model(level_sizes, split.max_history).to(self.device)
         self.log(f"{self.cfg.model.name}: {model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
@@ -307,13 +304,17 @@ class Run:
         """stage_train for schedules other than plain two-stage (``sidrec.training.schedules.train_joint``)."""
         sched = self.cfg.schedule
         tdir = self.dir / "tokenizer"
-        if not (tdir / "pretrained").is_dir():  # keep the tokenize stage's result; tokenizer/ is rewritten below
-            tmp = tdir / "pretrained.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for name in TOKENIZER_FILES:
-                shutil.copyfile(tdir / name, tmp / name)
-            tmp.rename(tdir / "pretrained")
+        if dist.is_main():
+            if not (tdir / "pretrained").is_dir():  # keep the tokenize stage's result; tokenizer/ is rewritten below
+                tmp = tdir / "pretrained.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                for name in TOKENIZER_FILES:
+                    shutil.copyfile(tdir / name, tmp / name)
+                tmp.rename(tdir / "pretrained")
+            self._recommender_dir(key, resume)
+        dist.barrier()
+        rdir = self.dir / "recommender"
         tok = load_tokenizer(tdir / "pretrained")
         if sched.trains_tokenizer:  # room for larger collision groups as the codes change (see dedup_capacity)
             level_sizes = level_sizes[:-1] + [sched.dedup_capacity or max(2 * level_sizes[-1], tok.codebook_size)]
@@ -324,7 +325,6 @@ class Run:
         emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
-        rdir = self._recommender_dir(key, resume)
         res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
                           progress=self.progress, log=self._epoch_line, deadline=deadline,
                           tensorboard_dir=self.dir / "tensorboard")
@@ -332,11 +332,13 @@ class Run:
             self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
             return None
         model.load_state_dict(load_file(str(rdir / "best" / "model.safetensors")))
-        save_model(model, self.dir / "model")
-        health = self._save_tokenizer(load_tokenizer(rdir / "best" / "tokenizer").to(self.device), x)
-        self._mark("train", key)
-        self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
-                 f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
+        if dist.is_main():
+            save_model(model, self.dir / "model")
+            health = self._save_tokenizer(load_tokenizer(rdir / "best" / "tokenizer").to(self.device), x)
+            self._mark("train", key)
+            self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
+                     f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
+        dist.barrier()  # the other processes read tokenizer/ (the SIDs of the selected tokenizer) next
         return model
 
     def _epoch_line(self, rec: dict[str, Any]) -> None:

@@ -3,7 +3,10 @@
 One process per GPU (or per CPU worker, gloo backend). Every process holds the whole model and the whole training
 set; each step, the seeded global batch is split across the processes and DDP averages the gradients, so a run
 on N processes follows the single-process run step for step (up to float summation order). Only the main
-process (rank 0) writes files; evaluation splits the users across processes and gathers every ranking.
+process (rank 0) writes files; evaluation splits the users across processes and gathers every ranking. The joint
+schedules (``sidrec.training.schedules``) do without DDP: ``gather_shards`` hands every process the whole batch's
+recommender outputs so that each computes the whole batch's loss, and ``average_gradients`` syncs whichever
+parameters train in the current phase.
 
 Launch on one machine (the two lines are equivalent)::
 
@@ -24,6 +27,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +91,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard(n: int) -> range:
+def shard(n: int, of_rank: int | None = None) -> range:
     """This process's contiguous share of ``n`` items: sizes differ by at most one, lower ranks larger first.
+
+    Args:
+        n: number of items to split.
+        of_rank: the share of that process instead (default: this one).
 
     Example:
         >>> shard(10)  # on rank 1 of 3: range(4, 7); on one process: range(0, 10)
     """
-    world, r = world_size(), rank()
+    world, r = world_size(), rank() if of_rank is None else of_rank
     size, extra = divmod(n, world)
     start = r * size + min(r, extra)
     return range(start, start + size + (r < extra))
@@ -105,6 +114,105 @@ def gather_rows(rows: np.ndarray) -> np.ndarray:
     parts: list[np.ndarray | None] = [None] * world_size()
     dist.all_gather_object(parts, rows)
     return np.concatenate(parts)
+
+
+class _GatherShards(torch.autograd.Function):
+    """``gather_shards`` with a gradient: each process's rows get ``world_size()`` times their own gradient.
+
+    That is the exact backward of the all-gather under the contract of ``gather_shards``: every process computes
+    the same function of the gathered rows, so each holds the same gradient for them and the true backward (sum
+    over processes of their gradient for one's rows) is the local gradient times the number of processes. No
+    communication is needed; ``average_gradients`` then divides by it again.
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, n: int) -> torch.Tensor:
+        world = world_size()
+        parts = [shard(n, r) for r in range(world)]
+        padded = local.new_zeros((len(parts[0]), *local.shape[1:]))  # all_gather needs equal sizes; rank 0's is max
+        padded[: len(local)] = local
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        ctx.rows = parts[rank()]
+        return torch.cat([g[: len(p)] for g, p in zip(gathered, parts, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad[ctx.rows.start : ctx.rows.stop] * world_size(), None
+
+
+def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Every process's rows of a ``shard(n)`` split, back in order as (n, ...), differentiably.
+
+    Contract: every process must compute the same function of the result (e.g. the loss of the whole batch);
+    gradients then reach each process's own rows exactly once ``average_gradients`` has run.
+
+    Args:
+        local: (len(shard(n)), ...) this process's rows, float.
+        n: the number of rows over all processes.
+
+    Example:
+        >>> rows = dist.shard(len(batch))  # doctest: +SKIP
+        >>> logits = gather_shards(model(x[rows.start : rows.stop]), len(batch))  # (B, K) on every process
+    """
+    if world_size() == 1:
+        return local
+    return _GatherShards.apply(local, n)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Replace each parameter's gradient by its mean over the processes (in place; no-op for one process).
+
+    A parameter that got no gradient in any process keeps ``grad = None`` (so the optimiser skips it, as in one
+    process); one that got a gradient somewhere counts as zero where it did not. One flat all-reduce per call.
+
+    Example:
+        >>> loss.backward(); average_gradients([p for p in model.parameters() if p.requires_grad])  # doctest: +SKIP
+    """
+    if world_size() == 1 or not params:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)  # (P,)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+                     + [has])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p, got in zip(params, (flat[-len(params) :] > 0).tolist(), strict=True):
+        if got:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+
+
+def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` in every process with rank 0's values, in place (no-op for one process)."""
+    if world_size() == 1:
+        return
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
+@contextmanager
+def same_random_draws(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Inside, torch's RNG of the CPU and ``device`` restarts from ``seed``; afterwards both go on where they were.
+
+    Every process (and a single-process run) then draws the same numbers inside, whatever each drew before (e.g.
+    dropout on shards of different sizes). ``seed=None``: a no-op, the current streams are used.
+
+    Example:
+        >>> with same_random_draws(1234, torch.device("cpu")):
+        ...     noise = torch.rand(3)  # the same in every process
+    """
+    if seed is None:
+        yield
+        return
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def mean_over_processes(value: torch.Tensor) -> torch.Tensor:

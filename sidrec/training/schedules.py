@@ -19,6 +19,12 @@ validation before the recommender adapts.
 
 The best validation epoch's recommender and tokenizer are kept in ``best/`` (``model.safetensors``,
 ``tokenizer/``); checkpoints hold both sides, the current SID table and the optimiser (safetensors + JSON).
+
+Under torchrun (``sidrec run CONFIG --nproc N``, see ``sidrec.training.distributed``) every process draws the same
+seeded epoch order and runs the recommender on its shard of each global batch, as two-stage training does; the
+losses are those of the whole batch (``joint_losses``) and one all-reduce averages the gradients of whichever side
+trains, so all processes stay identical and follow the single-process run step for step (up to float summation
+order; with dropout on, each process draws its own masks). Only rank 0 writes; validation splits the users.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.models.tiger import Tiger
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
+from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
@@ -89,8 +96,17 @@ def joint_losses(
     target: Tensor,
     schedule: ScheduleConfig,
     aligned: bool,
+    rows: range | None = None,
+    draw_seed: int | None = None,
 ) -> dict[str, Tensor]:
     """The loss terms of one batch (unweighted) and ``"total"``, the weighted sum every phase minimises.
+
+    The tokenizer pass and every loss cover the whole batch; the recommender pass covers ``rows``. Under torchrun
+    each process passes its ``dist.shard(B)``: the recommender outputs of the other rows come from the other
+    processes (``dist.gather_shards``), so every process returns the loss of the whole batch, and after
+    ``dist.average_gradients`` every process holds its exact gradient. The cross-row terms (SODA's in-batch
+    negatives, PSA's InfoNCE, the tokenizer loss over the batch's unique items, SDUD's wrapping of L_REC) thus
+    need no per-process approximation; the tokenizer, which is small, runs on the whole batch in every process.
 
     Args:
         model: the recommender (``Tiger`` or ``ETEGRec``).
@@ -100,6 +116,9 @@ def joint_losses(
         history: (B, H) item histories, -1 = padding; users: (B,); target: (B,) next items.
         schedule: which losses, their weights, and ``soft_codes``.
         aligned: include the alignment losses (False during warm-up).
+        rows: the rows of the batch whose recommender pass runs here (default all of them).
+        draw_seed: when set, the random draws of the whole-batch part (sampled negatives, the tokenizer's noise
+            and dropout) restart from it (``dist.same_random_draws``), so that every process draws the same.
 
     Returns:
         ``{"rec": L_REC, "sq": L_SQ (when the tokenizer ran), "sia"/"psa"/"soda" (when on), "total"}``.
@@ -112,19 +131,21 @@ def joint_losses(
     soda = losses.soda if aligned else None
     sia = losses.sia if aligned else None
     psa = losses.psa if aligned else None
+    local = slice(0, len(target)) if rows is None else slice(rows.start, rows.stop)
     need_assign = tokenizer.training or schedule.soft_codes or any(x is not None for x in (soda, sia, psa))
     a: Assignment | None = None
     candidates = negative = None
     if need_assign:
-        parts = [target]
-        if schedule.soft_codes:
-            parts.append(history.clamp(min=0).flatten())
-        if soda is not None:
-            candidates, negative = soda_candidates(target, item_emb.shape[0], soda)
-            parts.append(candidates)
-        uniq = torch.unique(torch.cat(parts))
-        with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
-            a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
+        with dist.same_random_draws(draw_seed, item_emb.device):
+            parts = [target]
+            if schedule.soft_codes:
+                parts.append(history.clamp(min=0).flatten())
+            if soda is not None:
+                candidates, negative = soda_candidates(target, item_emb.shape[0], soda)
+                parts.append(candidates)
+            uniq = torch.unique(torch.cat(parts))
+            with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
+                a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
         row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
@@ -132,27 +153,35 @@ def joint_losses(
         # codes and one-hots of the current assignment (DIGER: noisy in training); dedup token from the table
         item_sids = item_sids.clone()
         item_sids[uniq, : a.codes.shape[1]] = a.codes
-        history_onehot = a.onehot[row[history.clamp(min=0)]]  # (B, H, L, K), padding rows ignored by the model
-        target_onehot = a.onehot[row[target]]  # (B, L, K)
-    ids, mask = model_inputs(model, item_sids, history, users)
+        history_onehot = a.onehot[row[history[local].clamp(min=0)]]  # (b, H, L, K), padding rows ignored
+        target_onehot = a.onehot[row[target[local]]]  # (b, L, K)
+    ids, mask = model_inputs(model, item_sids, history[local], users[local])
     target_sids = item_sids[target]  # (B, Lc)
-    enc, dec = model.hidden_states(ids, mask, target_sids, history_onehot, target_onehot)
-    logits = model.all_level_logits(dec)  # [(B, K_l)] per level
+    enc, dec = model.hidden_states(ids, mask, target_sids[local], history_onehot, target_onehot)
+    # The recommender's per-row outputs the losses read, in one (b, sum of widths) block gathered to (B, ...).
+    outs = model.all_level_logits(dec)  # [(b, K_l)] per level, fp32
+    latent = sia is not None or (soda is not None and soda.user_source == "latent")
+    if latent:
+        outs.append(model.sequence_latent(enc, mask).float())  # (b, latent_dim) z_E
+    if psa is not None:
+        outs.append(model.preference(dec).float())  # (b, recon_dim) h_D
+    widths = [o.shape[1] for o in outs]
+    outs = list(dist.gather_shards(torch.cat(outs, 1), len(target)).split(widths, 1))
+    logits = outs[: model.num_levels]  # [(B, K_l)] per level
     out = {"rec": model.rec_loss(logits, target_sids)}
     # A training tokenizer may reshape the task loss (DIGER's SDUD ties its noise scale to it); logged raw.
     total = tokenizer.wrap_task_loss(out["rec"]) if tokenizer.training else out["rec"]
     if a is not None:
         out["sq"] = a.loss
         total = total + a.loss
-    if sia is not None or (soda is not None and soda.user_source == "latent"):
-        z_e = model.sequence_latent(enc, mask)  # (B, d)
-        with torch.autocast(z_e.device.type, enabled=False):
-            latent_logits = tokenizer.quantizer.logits(z_e.float())  # (B, L, K)
+    if latent:
+        with torch.autocast(item_emb.device.type, enabled=False):
+            latent_logits = tokenizer.quantizer.logits(outs[model.num_levels])  # (B, L, K)
     if sia is not None:
         out["sia"] = sia_loss(latent_logits, a.logits[row[target]])
         total = total + sia.weight * out["sia"]
     if psa is not None:
-        out["psa"] = psa_loss(model.preference(dec), a.reconstruction[row[target]], target, psa.tau)
+        out["psa"] = psa_loss(outs[-1], a.reconstruction[row[target]], target, psa.tau)
         total = total + psa.weight * out["psa"]
     if soda is not None:
         if soda.user_source == "recommender":
@@ -227,19 +256,27 @@ def train_joint(
         state = {k: saved[k] for k in state}
     else:
         torch.manual_seed(seed)
+    # Every process built or resumed the same state; rank 0's copy makes sure (as DDP does when it wraps a model).
+    dist.broadcast_from_main(list(joint.state_dict().values()))
     trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
 
     out.mkdir(parents=True, exist_ok=True)
     tb_dir = (tensorboard_dir or out / "tensorboard") if cfg.tensorboard else None
-    metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
+    metrics_log = None  # rank 0 alone logs
+    if dist.is_main():
+        metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
 
     def emit(rec: dict[str, Any]) -> None:
+        if metrics_log is None:
+            return
         metrics_log.write(rec)
         if log is not None:
             log(rec)
 
     def finish(done: bool) -> TrainResult:
-        metrics_log.close()
+        if metrics_log is not None:
+            metrics_log.close()
+        dist.barrier()  # the other processes may read what rank 0 wrote (best/) once this returns
         set_phase(model, tokenizer, "joint")  # hand both back trainable
         return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], done)
 
@@ -260,18 +297,29 @@ def train_joint(
         for b in bar:
             if state["step"] >= total_steps:
                 break
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and dist.any_process(time.time() > deadline):
                 state["batch"] = b
-                save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
+                if dist.is_main():
+                    save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
                 return finish(False)
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             opt.param_groups[0]["lr"] = cfg.lr * lr_factor(state["step"], total_steps, cfg.warmup_steps,
                                                            cfg.scheduler)
+            # Data-parallel: this process runs the recommender on its shard of the global batch and gets the
+            # whole batch's loss (see joint_losses), with the batch's random draws seeded by the step so that all
+            # processes (and a single-process run) draw the same. Then one all-reduce averages the gradients.
+            # Why not DDP: it syncs the parameters that required a gradient when it wrapped the module, but each
+            # phase freezes another side (a wrapper per phase, or find_unused_parameters, would be needed), and a
+            # step is not one module's forward (recommender on a shard, tokenizer on the whole batch, losses on
+            # rows gathered from every process). A manual all-reduce after backward is exact whatever trains, and
+            # a parameter no process gave a gradient keeps grad None, so AdamW leaves it alone as in one process.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 losses = joint_losses(model, tokenizer, item_emb, joint.item_sids, hist[idx], users[idx],
-                                      target[idx], schedule, aligned)
+                                      target[idx], schedule, aligned, rows=dist.shard(len(idx)),
+                                      draw_seed=seed * 1_000_003 + state["step"])
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
+            dist.average_gradients(trainable)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
@@ -281,7 +329,7 @@ def train_joint(
             n_batches += 1
             win_loss += losses["total"].detach()
             win_steps, win_samples = win_steps + 1, win_samples + len(idx)
-            if cfg.log_every and state["step"] % cfg.log_every == 0:
+            if cfg.log_every and state["step"] % cfg.log_every == 0 and metrics_log is not None:
                 now = time.perf_counter()
                 metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch, "phase": phase,
                                    "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
@@ -297,6 +345,9 @@ def train_joint(
         rec.update({f"loss.{k}": float(v) / max(n_batches, 1) for k, v in sums.items() if k != "total"})
         if phase != "recommender":  # the tokenizer moved: recompute every item's codes (METHODS 3, 6)
             joint.item_sids.copy_(semantic_ids_for(tokenizer, item_emb, model))
+            # Every process computed the same table from the same weights; rank 0's guards against a GPU kernel
+            # breaking a near-tie differently, which would give the processes different tries.
+            dist.broadcast_from_main([joint.item_sids])
             trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
             health = codebook_health(joint.item_sids[:, :-1], tokenizer.codebook_size)
             rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
@@ -307,13 +358,15 @@ def train_joint(
             rec.update({f"valid.{k}": v for k, v in metrics.items()})
             if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
-                _save_weights(model, out / "best" / "model.safetensors")
-                tokenizer.save(out / "best" / "tokenizer")
-                atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
+                if dist.is_main():
+                    _save_weights(model, out / "best" / "model.safetensors")
+                    tokenizer.save(out / "best" / "tokenizer")
+                    atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
             elif schedule.tokenizer_frozen_from(epoch, cfg.epochs):
                 state["bad_evals"] += 1
         state["history"].append(rec)
         emit(rec)
-        save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
+        if dist.is_main():
+            save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     return finish(True)

@@ -303,18 +303,24 @@ def publish_best(directory: str | Path, state: dict[str, Any] | None, best_dir: 
 
     Call it after the checkpoint that names a new best is saved, and when training (re)starts with the resumed
     checkpoint's state (None for a fresh start): ``best/`` left by a killed attempt is then replaced by the
-    snapshot of the checkpoint the run continues from. Each file is replaced atomically.
+    snapshot of the checkpoint the run continues from. Each file is replaced atomically. A checkpoint written
+    before best snapshots existed has no ``BEST_KEY``: the ``best/`` beside it is adopted as its snapshot (the
+    name is added to ``state``), as that older version trusted it.
 
     Raises:
-        CheckpointError: the snapshot is damaged, or ``state`` is from a checkpoint without a best reference.
+        CheckpointError: the snapshot is damaged.
 
     Example:
         >>> publish_best("runs/demo/recommender/checkpoints", saved, "runs/demo/recommender/best")  # doctest: +SKIP
     """
     best_dir = Path(best_dir)
-    if state is not None and BEST_KEY not in state:
-        raise CheckpointError(f"{directory}: checkpoint from an older sidrec without a best snapshot; "
-                              "rerun with --fresh")
+    if state is not None and BEST_KEY not in state:  # from an older version: adopt the best/ it trusted
+
+        def adopt(folder: Path) -> None:
+            shutil.copytree(best_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp"))
+
+        state[BEST_KEY] = save_best(directory, state["step"], adopt) if best_dir.is_dir() else None
+        return
     name = state[BEST_KEY] if state is not None else None
     if name is None:
         shutil.rmtree(best_dir, ignore_errors=True)

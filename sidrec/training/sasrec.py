@@ -156,7 +156,7 @@ def train_sasrec(
     saved = resume_checkpoint(ckpt_dir, model, opt) if resume else None
     publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
     if saved is not None:
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
         # Epochs logged after that checkpoint (a crash before the next one) will run again: drop their lines.
         atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     else:

@@ -226,7 +226,7 @@ def train_joint(
     resumed = saved is not None
     publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
     if resumed:
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
     else:
         torch.manual_seed(seed)
     trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)

@@ -22,6 +22,8 @@ from sidrec.training import recommender, schedules
 from sidrec.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
+    publish_best,
+    resume_checkpoint,
     save_best,
     save_checkpoint,
     verify_checkpoint,
@@ -124,3 +126,18 @@ def test_snapshots_are_shared_checked_and_pruned(tmp_path):
     snapshot.write_bytes(snapshot.read_bytes()[:-3])  # a damaged snapshot makes its checkpoints unusable
     with pytest.raises(CheckpointError, match="best-000000003.*checksum"):
         verify_checkpoint(latest_checkpoint(tmp_path))
+
+
+def test_checkpoint_of_an_older_version_adopts_its_best(tmp_path):
+    m = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "checkpoints", 7, m, None, {"epoch": 1})  # no best_snapshot: written before them
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text('{"epoch": 0}')
+    saved = resume_checkpoint(tmp_path / "checkpoints", m)
+    publish_best(tmp_path / "checkpoints", saved, tmp_path / "best")
+    assert saved["best_snapshot"] == "best-000000007"
+    assert (tmp_path / "checkpoints" / "best-000000007" / "best.json").read_text() == '{"epoch": 0}'
+    save_checkpoint(tmp_path / "checkpoints", 8, m, None, saved)
+    publish_best(tmp_path / "checkpoints", verify_checkpoint(latest_checkpoint(tmp_path / "checkpoints")),
+                 tmp_path / "best")
+    assert (tmp_path / "best" / "best.json").read_text() == '{"epoch": 0}'

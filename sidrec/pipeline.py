@@ -60,6 +60,7 @@ from sidrec.utils import (
     atomic_write_json,
     atomic_write_text,
     read_json,
+    remove_stale_temps,
     resolve_device,
     run_metadata,
     sha256_file,
@@ -95,6 +96,7 @@ class Run:
         if not dist.is_main():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.dir, recursive=True)  # unfinished atomic writes of a killed earlier attempt
         existing = self.dir / "config.yaml"
         if existing.exists() and existing.read_text() != dump_config(cfg):
             self.log(f"note: {existing} differs from this config; changed stages will re-run")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import platform
 import random
+import re
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -43,14 +46,70 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# An atomic write's temporary file: ``.<target>.<host>.<pid>.<random>.tmp`` beside its target. Naming the writer
+# lets a later writer tell a temp left by a killed process (removable) from one a live process is still filling.
+_TEMP = re.compile(r"\.(?P<target>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "localhost"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # no harmless liveness probe (os.kill would terminate it): assume it is writing
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | Path, target: str | None = None, recursive: bool = False) -> list[Path]:
+    """Delete atomic-write temporary files left by killed writers; return what was removed.
+
+    A temp is stale when its writer, named in the file name, ran on this host and is no longer alive. Temps of
+    live processes (this one included) and of other hosts sharing the folder are never touched. A recycled pid
+    only keeps a stale file a little longer, it never gets a live writer's file deleted.
+
+    Args:
+        directory: the folder to clean.
+        target: only temps of this file name (``atomic_write`` cleans up after its own target this way).
+        recursive: also clean every sub-folder (a run directory at open).
+
+    Example:
+        >>> remove_stale_temps("runs/demo", recursive=True)  # doctest: +SKIP
+        [PosixPath('runs/demo/.metrics.json.box.4242.k2j4x1q_.tmp')]
+    """
+    directory = Path(directory)
+    pattern = f".{glob.escape(target)}.*.tmp" if target else ".*.tmp"
+    removed = []
+    for path in directory.rglob(pattern) if recursive else directory.glob(pattern):
+        m = _TEMP.fullmatch(path.name)
+        if (m is None or (target and m["target"] != target) or m["host"] != _host()
+                or _process_alive(int(m["pid"]))):
+            continue
+        path.unlink(missing_ok=True)  # another cleaner may have got there first
+        removed.append(path)
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write a file atomically: ``write(tmp_path)`` fills a temporary file that is renamed over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a half-written file.
+    A crash at any moment leaves either the old file or the new one, never a half-written file. The temporary
+    file (``.<name>.<host>.<pid>.<random>.tmp``) of a writer killed before the rename is removed by the next write
+    to the same ``path`` (see ``remove_stale_temps``).
+
+    Example:
+        >>> atomic_write("out/weights.safetensors", lambda p: save_file(tensors, str(p)))  # doctest: +SKIP
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path.parent, target=path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; a written artefact should be readable like any other file
     tmp_path = Path(tmp)

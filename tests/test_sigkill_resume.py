@@ -2,8 +2,9 @@
 ``sidrec run --resume`` must finish with exactly the metrics of an uninterrupted run (CPU, fixed seed).
 
 The named points are ``sidrec.utils.crash_point`` hooks, armed by ``SIDREC_TEST_KILL_AT=<point>@<n>`` in the
-child's environment only. ``atomic_write@n`` is the n-th atomic file write of a tiny run (26 in all: config,
-prepared data, embedding cache, tokenizer, best model, checkpoints' LATEST, final model, metrics, stages.json).
+child's environment only. ``atomic_write@n`` is the n-th atomic file write of a tiny run (31 in all: config,
+prepared data, embedding cache, tokenizer, best snapshots and their copies in best/, checkpoints' LATEST, final
+model, metrics, stages.json). The resumed run must also leave no temp file of the killed attempt's writes.
 """
 
 import os
@@ -24,7 +25,7 @@ from sidrec.utils import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/ml-100k-demo.yaml"
-ATOMIC_WRITES = 26  # atomic writes in one tiny run, in order (see the module docstring)
+ATOMIC_WRITES = 31  # atomic writes in one tiny run, in order (see the module docstring)
 QUICK_POINTS = [
     "train.step@60",
     "checkpoint.rename@2",
@@ -84,6 +85,7 @@ def _resume_and_compare(run: Path, args: list[str], reference: dict) -> None:
     _assert_consistent(run)
     assert main(["run", CONFIG, *args, "--resume", "--quiet"]) == 0
     assert read_json(run / "metrics.json") == reference
+    assert not list(run.rglob(".*.tmp"))  # the killed attempt's unfinished atomic writes were cleaned up
     log = read_jsonl(run / "recommender" / "metrics.jsonl")
     assert [r["epoch"] for r in log if r["kind"] == "epoch"] == [0, 1]  # no epoch logged twice by the killed attempt
     steps = [r["step"] for r in log]

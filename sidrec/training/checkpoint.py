@@ -8,6 +8,12 @@ pruned. So a crash or a full disk at any moment leaves ``LATEST`` naming a compl
 
 Loading verifies every checksum before touching the model. ``resume_checkpoint`` falls back from a damaged
 ``LATEST`` to the newest intact older checkpoint (saying so), and refuses when none is intact.
+
+The selected-best outputs (``best/``) are part of the checkpoint by reference: ``save_best`` writes an immutable,
+checksummed snapshot ``best-<step>/`` when validation improves, the next checkpoint names it in its state
+(``state["best_snapshot"]``), and ``publish_best`` copies it to ``best/`` only after that checkpoint exists, and
+again on resume. So ``best/`` always comes from the history the resumed run continues, never from a killed
+attempt that the resumed run re-did differently (possible on a non-deterministic device).
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from sidrec.utils import atomic_write_text, crash_point, read_json, sha256_file
+from sidrec.utils import atomic_write, atomic_write_text, crash_point, read_json, sha256_file
 
 _NAME = re.compile(r"ckpt-(\d+)(?:\.(\d+))?")
+_BEST_NAME = re.compile(r"best-(\d+)(?:\.(\d+))?")
+BEST_KEY = "best_snapshot"  # the checkpoint state's reference to its best snapshot (None before any evaluation)
 
 
 class CheckpointError(RuntimeError):
@@ -74,6 +82,15 @@ def _sort_key(path: Path) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2) or 0)) if m else (-1, -1)
 
 
+def _unused_name(root: Path, base: str) -> Path:
+    """``root/base``, or ``base.1``, ``base.2``... when taken (a second save at the same step)."""
+    path, n = root / base, 0
+    while path.exists():
+        n += 1
+        path = root / f"{base}.{n}"
+    return path
+
+
 def checkpoints(directory: str | Path) -> list[Path]:
     """Every ``ckpt-<step>[.<n>]`` folder under ``directory``, oldest first (staging folders excluded)."""
     root = Path(directory)
@@ -91,6 +108,9 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``directory/ckpt-<step>`` and point ``LATEST`` at it; keep the ``keep`` newest.
+
+    ``state[BEST_KEY]``, when set, names the best snapshot (``save_best``) that belongs to this checkpoint;
+    snapshots that no remaining checkpoint names are removed after pruning.
 
     A second checkpoint at the same step (e.g. a time budget hit right after resuming) goes to
     ``ckpt-<step>.1`` (``.2``...): the checkpoint ``LATEST`` names is never removed before ``LATEST`` moves on.
@@ -121,10 +141,7 @@ def save_checkpoint(
         for name in [*files, "state.json"]:
             _fsync(staging / name)
         crash_point("checkpoint.rename")
-        ckpt, n = root / f"ckpt-{step:09d}", 0
-        while ckpt.exists():
-            n += 1
-            ckpt = root / f"ckpt-{step:09d}.{n}"
+        ckpt = _unused_name(root, f"ckpt-{step:09d}")
         os.replace(staging, ckpt)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -135,6 +152,7 @@ def save_checkpoint(
     old = [p for p in checkpoints(root) if p != ckpt]
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+    _prune_best(root)
     return ckpt
 
 
@@ -150,26 +168,36 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return ckpt
 
 
+def _verify_folder(folder: Path, manifest: str) -> dict[str, Any]:
+    """The JSON ``folder/manifest`` after checking its own checksum and that of every file it lists."""
+    try:
+        state = read_json(folder / manifest)
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(f"{folder}: unreadable {manifest} ({e})") from None
+    if not isinstance(state, dict) or state.get("checksum") != _state_checksum(state):
+        raise CheckpointError(f"{folder / manifest}: checksum mismatch (altered or corrupted); refusing to load")
+    for name, digest in state["files"].items():
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted); refusing to load")
+    return state
+
+
 def verify_checkpoint(ckpt: str | Path) -> dict[str, Any]:
-    """The checkpoint's saved state after checking ``state.json`` and every file against their checksums.
+    """The checkpoint's saved state after checking ``state.json``, every file and its best snapshot (if any).
 
     Raises:
         CheckpointError: naming the missing, truncated or altered file.
     """
     ckpt = Path(ckpt)
-    try:
-        state = read_json(ckpt / "state.json")
-    except (ValueError, FileNotFoundError) as e:
-        raise CheckpointError(f"{ckpt}: unreadable state.json ({e})") from None
-    if not isinstance(state, dict) or state.get("checksum") != _state_checksum(state):
-        raise CheckpointError(f"{ckpt / 'state.json'}: checksum mismatch (altered or corrupted); "
-                              "refusing to load")
-    for name, digest in state["files"].items():
-        path = ckpt / name
-        if not path.exists():
-            raise CheckpointError(f"{path}: missing")
-        if sha256_file(path) != digest:
-            raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted); refusing to load")
+    state = _verify_folder(ckpt, "state.json")
+    best = state.get(BEST_KEY)
+    if best is not None:
+        if not isinstance(best, str) or not _BEST_NAME.fullmatch(best):
+            raise CheckpointError(f"{ckpt / 'state.json'}: {BEST_KEY} {best!r} is not a best snapshot name")
+        _verify_folder(ckpt.parent / best, "manifest.json")
     return state
 
 
@@ -229,3 +257,90 @@ def resume_checkpoint(
         raise CheckpointError(f"{root}: no intact checkpoint to resume from ({'; '.join(problems)}); "
                               "rerun with --fresh to start over")
     return None
+
+
+def save_best(directory: str | Path, step: int, write: Callable[[Path], None]) -> str:
+    """Write an immutable snapshot ``directory/best-<step>/`` of new best outputs; return its name for the state.
+
+    ``write(folder)`` fills the folder with what ``best/`` holds (e.g. ``model.safetensors``, ``best.json``,
+    ``tokenizer/``); a ``manifest.json`` adds the sha256 of every file and its own checksum. Like a checkpoint it
+    is staged and renamed into place when complete. Set ``state[BEST_KEY]`` to the name before the next
+    ``save_checkpoint``, then ``publish_best``.
+
+    Why a snapshot referenced by name rather than the best weights inside every checkpoint: the best changes
+    rarely, so checkpoints after it share one snapshot. Each checkpoint then writes no extra weights, and the
+    retained checkpoints hold at most ``keep`` snapshots (usually one), never one copy each. The checkpoint
+    written at the improving step holds the same model weights, but reusing it would keep its optimiser state
+    alive too (twice the model size for AdamW), so the snapshot is the cheaper correct reference.
+
+    Example:
+        >>> state[BEST_KEY] = save_best(ckpt_dir, step, lambda d: save_module(model, d))  # doctest: +SKIP
+        >>> save_checkpoint(ckpt_dir, step, model, opt, state)  # doctest: +SKIP
+        >>> publish_best(ckpt_dir, state, out / "best")  # doctest: +SKIP
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    try:
+        write(staging)
+        paths = sorted(p for p in staging.rglob("*") if p.is_file())
+        manifest: dict[str, Any] = {"step": step,
+                                    "files": {p.relative_to(staging).as_posix(): sha256_file(p) for p in paths}}
+        manifest["checksum"] = _state_checksum(manifest)
+        (staging / "manifest.json").write_text(json.dumps(manifest) + "\n", encoding="utf-8")
+        for path in [*paths, staging / "manifest.json"]:
+            _fsync(path)
+        snapshot = _unused_name(root, f"best-{step:09d}")
+        os.replace(staging, snapshot)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return snapshot.name
+
+
+def publish_best(directory: str | Path, state: dict[str, Any] | None, best_dir: str | Path) -> None:
+    """Make ``best_dir`` a copy of the best snapshot a checkpoint's ``state`` names; remove it when none does.
+
+    Call it after the checkpoint that names a new best is saved, and when training (re)starts with the resumed
+    checkpoint's state (None for a fresh start): ``best/`` left by a killed attempt is then replaced by the
+    snapshot of the checkpoint the run continues from. Each file is replaced atomically. A checkpoint written
+    before best snapshots existed has no ``BEST_KEY``: the ``best/`` beside it is adopted as its snapshot (the
+    name is added to ``state``), as that older version trusted it.
+
+    Raises:
+        CheckpointError: the snapshot is damaged.
+
+    Example:
+        >>> publish_best("runs/demo/recommender/checkpoints", saved, "runs/demo/recommender/best")  # doctest: +SKIP
+    """
+    best_dir = Path(best_dir)
+    if state is not None and BEST_KEY not in state:  # from an older version: adopt the best/ it trusted
+
+        def adopt(folder: Path) -> None:
+            shutil.copytree(best_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp"))
+
+        state[BEST_KEY] = save_best(directory, state["step"], adopt) if best_dir.is_dir() else None
+        return
+    name = state[BEST_KEY] if state is not None else None
+    if name is None:
+        shutil.rmtree(best_dir, ignore_errors=True)
+        return
+    snapshot = Path(directory) / name
+    files = _verify_folder(snapshot, "manifest.json")["files"]
+    for rel in files:
+        atomic_write(best_dir / rel, lambda p, src=snapshot / rel: shutil.copyfile(src, p))
+
+
+def _prune_best(root: Path) -> None:
+    """Remove best snapshots that no remaining checkpoint names (superseded, or left by a killed attempt)."""
+    named = set()
+    for ckpt in checkpoints(root):
+        try:
+            state = read_json(ckpt / "state.json")
+        except (ValueError, FileNotFoundError):  # a damaged checkpoint is never resumed
+            continue
+        if isinstance(state, dict):
+            named.add(state.get(BEST_KEY))
+    for path in root.iterdir():
+        if path.is_dir() and _BEST_NAME.fullmatch(path.name) and path.name not in named:
+            shutil.rmtree(path, ignore_errors=True)

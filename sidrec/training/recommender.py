@@ -3,7 +3,8 @@
 A plain loop in the nanoGPT spirit: the whole training set lives as tensors on the device (item histories and
 the item -> SID table), each step gathers a batch by index, so there is no per-sample Python collation. Validation
 NDCG@10 by constrained beam search selects the best epoch; training stops after ``patience`` evaluations without
-improvement. Checkpoints are written every evaluation and a run resumes from the last one. ``metrics.jsonl``
+improvement. Checkpoints are written every evaluation and a run resumes from the last one; ``best/`` is restored
+from the best snapshot that checkpoint names (``sidrec.training.checkpoint.save_best``). ``metrics.jsonl``
 records the loss, learning rate and throughput every ``log_every`` steps and each epoch's summary with its
 validation metrics (``sidrec.training.metrics_log``).
 
@@ -17,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,8 +31,9 @@ from sidrec.config import TrainConfig
 from sidrec.data.splits import Examples, LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
+from sidrec.tokenizers.base import Tokenizer
 from sidrec.training import distributed as dist
-from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
+from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.utils import atomic_write, atomic_write_json, crash_point
 
@@ -140,12 +143,14 @@ def train_recommender(
         net = torch.compile(net)
 
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
-                             "bad_evals": 0, "history": []}
+                             "bad_evals": 0, "history": [], BEST_KEY: None}
     ckpt_dir = out / "checkpoints"
     saved = resume_checkpoint(ckpt_dir, model, opt) if resume else None
     resumed = saved is not None
+    if dist.is_main():
+        publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
     if resumed:
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
     else:
         torch.manual_seed(seed)
 
@@ -221,21 +226,25 @@ def train_recommender(
                                "loss": loss_sum.item() / max(n_batches, 1), "lr": opt.param_groups[0]["lr"],
                                "train_seconds": round(train_time, 2),
                                "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
+        improved = False
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
             metrics = evaluate(model, valid, item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
                                batch_size=cfg.eval_batch_size, progress=progress, desc="validate")
             rec.update({f"valid.{k}": v for k, v in metrics.items()})
-            if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
+            improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
+            if improved:
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
                 if dist.is_main():
-                    _save_weights(model, out / "best" / "model.safetensors")
-                    atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
+                    state[BEST_KEY] = save_best(ckpt_dir, state["step"],
+                                                partial(write_best, model=model, epoch=epoch, metrics=metrics))
             else:
                 state["bad_evals"] += 1
         state["history"].append(rec)
         emit(rec)
         if dist.is_main():
             save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+            if improved:
+                publish_best(ckpt_dir, state, out / "best")
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     if metrics_log is not None:
         metrics_log.close()
@@ -262,6 +271,16 @@ def epoch_order(users: np.ndarray, per_user: int, gen: torch.Generator) -> torch
     return pick[torch.randperm(len(pick), generator=gen)]
 
 
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
+def write_best(
+    folder: Path, model: torch.nn.Module, epoch: int, metrics: dict[str, float], tokenizer: Tokenizer | None = None
+) -> None:
+    """The files of ``best/``: ``model.safetensors``, ``best.json`` (epoch, validation metrics), ``tokenizer/``.
+
+    Example:
+        >>> save_best(ckpt_dir, step, lambda d: write_best(d, model, epoch, {"ndcg@10": 0.1}))  # doctest: +SKIP
+    """
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda p: save_file(sd, str(p)))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(sd, str(p)))
+    if tokenizer is not None:
+        tokenizer.save(folder / "tokenizer")
+    atomic_write_json(folder / "best.json", {"epoch": epoch, "valid": metrics})

@@ -3,8 +3,9 @@
 The same plain loop as the TIGER trainer: the training examples live as tensors on the device and each step
 gathers a batch by index from a per-epoch seeded permutation. After every epoch, validation NDCG@10 over all
 items selects the best weights (``best/``); training stops after ``patience`` epochs without improvement. A
-checkpoint is written every epoch and a run resumes from the last one. ``metrics.jsonl`` has the same records as
-the recommender's (``sidrec.training.metrics_log``): loss, learning rate and throughput every ``log_every`` steps,
+checkpoint is written every epoch and a run resumes from the last one, restoring ``best/`` from the best snapshot
+that checkpoint names (``sidrec.training.checkpoint.save_best``). ``metrics.jsonl`` has the same records as the
+recommender's (``sidrec.training.metrics_log``): loss, learning rate and throughput every ``log_every`` steps,
 and each epoch's summary with its validation metrics.
 
 Ranking does not remove the user's history items, the same protocol as TIGER's beam search.
@@ -32,7 +33,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, LeaveOneOut, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
-from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
+from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.utils import atomic_write_json
 
@@ -156,11 +157,12 @@ def train_sasrec(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_epoch": -1, "best_valid": {}, "bad_evals": 0,
-                             "history": []}
+                             "history": [], BEST_KEY: None}
     ckpt_dir = out / "checkpoints"
     saved = resume_checkpoint(ckpt_dir, model, opt) if resume else None
+    publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
     if saved is not None:
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
     else:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         torch.manual_seed(seed)
@@ -207,9 +209,10 @@ def train_sasrec(
                                "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
                                "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
         rec.update({f"valid.{k}": v for k, v in metrics.items()})
-        if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
+        improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
+        if improved:
             state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
-            save_sasrec(model, out / "best")
+            state[BEST_KEY] = save_best(ckpt_dir, state["step"], lambda d: save_sasrec(model, d))
         else:
             state["bad_evals"] += 1
         state["history"].append(rec)
@@ -217,6 +220,8 @@ def train_sasrec(
         if log is not None:
             log(rec)
         save_checkpoint(ckpt_dir, state["step"], model, opt, state)
+        if improved:
+            publish_best(ckpt_dir, state, out / "best")
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     metrics_log.close()
     model.load_state_dict(load_file(str(out / "best" / "model.safetensors")))

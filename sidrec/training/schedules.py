@@ -18,7 +18,8 @@ only once the tokenizer is frozen for good (fine-tune epochs, or two-stage), bec
 validation before the recommender adapts.
 
 The best validation epoch's recommender and tokenizer are kept in ``best/`` (``model.safetensors``,
-``tokenizer/``); checkpoints hold both sides, the current SID table and the optimiser (safetensors + JSON).
+``tokenizer/``); checkpoints hold both sides, the current SID table, the optimiser (safetensors + JSON) and the
+name of their best snapshot, from which ``best/`` is restored on resume.
 
 Under torchrun (``sidrec run CONFIG --nproc N``, see ``sidrec.training.distributed``) every process draws the same
 seeded epoch order and runs the recommender on its shard of each global batch, as two-stage training does; the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,10 @@ from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.models.tiger import Tiger
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
 from sidrec.training import distributed as dist
-from sidrec.training.checkpoint import resume_checkpoint, save_checkpoint
+from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
-from sidrec.training.recommender import TrainResult, _save_weights, epoch_order, lr_factor, training_plan
-from sidrec.utils import atomic_write_json
+from sidrec.training.recommender import TrainResult, epoch_order, lr_factor, training_plan, write_best
 
 
 class JointState(nn.Module):
@@ -248,12 +249,14 @@ def train_joint(
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
-                             "bad_evals": 0, "history": []}
+                             "bad_evals": 0, "history": [], BEST_KEY: None}
     ckpt_dir = out / "checkpoints"
     saved = resume_checkpoint(ckpt_dir, joint, opt) if resume else None  # the newest intact checkpoint
     resumed = saved is not None
+    if dist.is_main():
+        publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
     if resumed:
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
     else:
         torch.manual_seed(seed)
     # Every process built or resumed the same state; rank 0's copy makes sure (as DDP does when it wraps a model).
@@ -352,21 +355,25 @@ def train_joint(
             health = codebook_health(joint.item_sids[:, :-1], tokenizer.codebook_size)
             rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
             rec.update(tokenizer.joint_stats())
+        improved = False
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
             metrics = evaluate(model, valid, joint.item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
                                batch_size=cfg.eval_batch_size, progress=progress, desc="validate")
             rec.update({f"valid.{k}": v for k, v in metrics.items()})
-            if metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0):
+            improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
+            if improved:
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
                 if dist.is_main():
-                    _save_weights(model, out / "best" / "model.safetensors")
-                    tokenizer.save(out / "best" / "tokenizer")
-                    atomic_write_json(out / "best" / "best.json", {"epoch": epoch, "valid": metrics})
+                    state[BEST_KEY] = save_best(ckpt_dir, state["step"],
+                                                partial(write_best, model=model, epoch=epoch, metrics=metrics,
+                                                        tokenizer=tokenizer))
             elif schedule.tokenizer_frozen_from(epoch, cfg.epochs):
                 state["bad_evals"] += 1
         state["history"].append(rec)
         emit(rec)
         if dist.is_main():
             save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
+            if improved:
+                publish_best(ckpt_dir, state, out / "best")
         stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
     return finish(True)

@@ -146,6 +146,11 @@ def test_subsampled_kmeans_still_uses_every_point():
         kmeans(x, 4, init_sample=3)
 
 
+def _reference_squared_distances(x, centroids):
+    """The original one-expression distances (three (N, k) tensors alive at once)."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centroids.T + centroids.pow(2).sum(1)).clamp_min_(0.0)
+
+
 def _reference_capacity_assign(d2, capacity):
     """The original assignment rounds on the full (N, k) distance matrix, copying the unassigned rows each round."""
     n, k = d2.shape
@@ -175,10 +180,10 @@ def _reference_balanced_kmeans(x, k, iters, generator, init):
     capacity = torch.full((k,), m // k, dtype=torch.long)
     capacity[: m % k] += 1
     centroids = kmeans_module._init_centroids(pts, k, init, generator)
-    assign = _reference_capacity_assign(kmeans_module.squared_distances(pts, centroids), capacity)
+    assign = _reference_capacity_assign(_reference_squared_distances(pts, centroids), capacity)
     for _ in range(iters):
         centroids = kmeans_module._update(pts, assign, centroids, pts.new_zeros(m))
-        new_assign = _reference_capacity_assign(kmeans_module.squared_distances(pts, centroids), capacity)
+        new_assign = _reference_capacity_assign(_reference_squared_distances(pts, centroids), capacity)
         if torch.equal(new_assign, assign):
             break
         assign = new_assign
@@ -239,7 +244,9 @@ def test_squared_distances_of_some_rows_are_those_rows_of_the_full_result():
     gen = torch.Generator().manual_seed(0)
     x, c = torch.randn(300, 16, generator=gen), torch.randn(40, 16, generator=gen)
     rows = torch.tensor([0, 5, 6, 150, 299])
-    assert torch.equal(kmeans_module.squared_distances(x, c, rows), kmeans_module.squared_distances(x, c)[rows])
+    full = kmeans_module.squared_distances(x, c)
+    assert torch.equal(full, _reference_squared_distances(x, c))
+    assert torch.equal(kmeans_module.squared_distances(x, c, rows), full[rows])
 
 
 def test_row_blocks_are_near_equal_and_cover_every_row():

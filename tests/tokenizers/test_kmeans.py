@@ -144,3 +144,112 @@ def test_subsampled_kmeans_still_uses_every_point():
             assert torch.allclose(c[j], x[a == j].mean(0), atol=1e-5)
     with pytest.raises(ValueError, match="init_sample"):
         kmeans(x, 4, init_sample=3)
+
+
+def _reference_squared_distances(x, centroids):
+    """The original one-expression distances (three (N, k) tensors alive at once)."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centroids.T + centroids.pow(2).sum(1)).clamp_min_(0.0)
+
+
+def _reference_capacity_assign(d2, capacity):
+    """The original assignment rounds on the full (N, k) distance matrix, copying the unassigned rows each round."""
+    n, k = d2.shape
+    assign = torch.full((n,), -1, dtype=torch.long)
+    room = capacity.clone()
+    while True:
+        todo = (assign < 0).nonzero().flatten()
+        if len(todo) == 0:
+            return assign
+        cost = d2[todo].masked_fill(room[None, :] <= 0, float("inf"))
+        best = cost.min(dim=1)
+        by_dist = best.values.argsort()
+        order = by_dist[best.indices[by_dist].argsort(stable=True)]
+        col = best.indices[order]
+        first = torch.searchsorted(col, col, right=False)
+        rank = torch.arange(len(order)) - first
+        accepted = rank < room[col]
+        assign[todo[order[accepted]]] = col[accepted]
+        room -= torch.bincount(col[accepted], minlength=k)
+
+
+def _reference_balanced_kmeans(x, k, iters, generator, init):
+    """The original balanced k-means: the full distance matrix for every assignment."""
+    n = x.shape[0]
+    pts = kmeans_module._pad_to_k(x, k, generator)
+    m = pts.shape[0]
+    capacity = torch.full((k,), m // k, dtype=torch.long)
+    capacity[: m % k] += 1
+    centroids = kmeans_module._init_centroids(pts, k, init, generator)
+    assign = _reference_capacity_assign(_reference_squared_distances(pts, centroids), capacity)
+    for _ in range(iters):
+        centroids = kmeans_module._update(pts, assign, centroids, pts.new_zeros(m))
+        new_assign = _reference_capacity_assign(_reference_squared_distances(pts, centroids), capacity)
+        if torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+    return centroids, assign[:n]
+
+
+def _points(n, k, d, gen, ties):
+    """Gaussian points and centroids, or small-integer ones whose distances tie exactly (within and across rows)."""
+    if ties:
+        return torch.randint(0, 3, (n, d), generator=gen).float(), torch.randint(0, 3, (k, d), generator=gen).float()
+    return torch.randn(n, d, generator=gen), torch.randn(k, d, generator=gen)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_capacity_assign_equals_full_matrix_reference(seed, monkeypatch):
+    # Few candidates and small blocks force re-scoring (candidates that cannot tell) on every kind of input:
+    # N not divisible by k, N < k with spare capacity, exact ties, capacities summing to more than N.
+    scored = []
+    real = kmeans_module._score_with_room
+    monkeypatch.setattr(kmeans_module, "_score_with_room", lambda *args: scored.append(1) or real(*args))
+    gen = torch.Generator().manual_seed(seed)
+    rescored = 0
+    for n, k, d in [(203, 10, 3), (97, 31, 2), (7, 20, 4), (300, 64, 5)]:
+        x, c = _points(n, k, d, gen, ties=seed % 2 == 1)
+        capacity = torch.full((k,), n // k, dtype=torch.long)
+        capacity[: n % k] += 1
+        if seed >= 3:
+            capacity += torch.randint(0, 3, (k,), generator=gen)
+        for chunk in (16, 50, 65536):
+            bounds = kmeans_module._row_blocks(n, chunk)
+            # Distances with the fast path's block products (bit-for-bit what it sees at any block size).
+            d2 = torch.cat([kmeans_module.squared_distances(x[s:e], c) for s, e in zip(bounds[:-1], bounds[1:])])
+            want = _reference_capacity_assign(d2, capacity)
+            assert int(want.min()) >= 0 and (torch.bincount(want, minlength=k) <= capacity).all()
+            for candidates in (1, 3, k):
+                scored.clear()
+                got = kmeans_module._capacity_assign(x, c, capacity, candidates=candidates, chunk=chunk)
+                assert torch.equal(got, want), (n, k, chunk, candidates)
+                rescored += len(scored) > 1
+    assert rescored > 0  # the re-scoring path ran
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("n,k,d", [(1000, 7, 5), (999, 10, 3), (50, 64, 4), (3001, 256, 8)])
+def test_balanced_kmeans_equals_full_matrix_reference(seed, n, k, d):
+    # End to end with the default block size: one block at these sizes, the very product the reference runs.
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen)
+    if seed == 1:
+        x = x.round()  # duplicate points and tied distances
+    init = "random" if seed == 2 else "kmeans++"
+    c1, a1 = balanced_kmeans(x, k, 10, torch.Generator().manual_seed(seed), init)
+    c2, a2 = _reference_balanced_kmeans(x, k, 10, torch.Generator().manual_seed(seed), init)
+    assert torch.equal(a1, a2) and torch.equal(c1, c2)
+
+
+def test_squared_distances_of_some_rows_are_those_rows_of_the_full_result():
+    gen = torch.Generator().manual_seed(0)
+    x, c = torch.randn(300, 16, generator=gen), torch.randn(40, 16, generator=gen)
+    rows = torch.tensor([0, 5, 6, 150, 299])
+    full = kmeans_module.squared_distances(x, c)
+    assert torch.equal(full, _reference_squared_distances(x, c))
+    assert torch.equal(kmeans_module.squared_distances(x, c, rows), full[rows])
+
+
+def test_row_blocks_are_near_equal_and_cover_every_row():
+    assert kmeans_module._row_blocks(10, 4) == [0, 3, 6, 10]
+    assert kmeans_module._row_blocks(65537, 65536) == [0, 32768, 65537]
+    assert kmeans_module._row_blocks(5, 100) == [0, 5]

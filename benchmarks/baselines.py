@@ -17,11 +17,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from sidrec.config import load_config
 from sidrec.data.splits import leave_one_out
-from sidrec.eval.metrics import popularity_ranking, topk_metrics, transition_ranking
+from sidrec.eval.metrics import baseline_metrics
 from sidrec.pipeline import Run
 from sidrec.utils import atomic_write_json
 
@@ -35,13 +33,8 @@ def baselines(preset: str, runs: Path, train_only: bool) -> dict[str, float]:
     split = leave_one_out(ds, cfg.data.max_history)
     out: dict[str, float] = {}
     for part, ex, cut in (("valid", split.valid, 2), ("test", split.test, 2 if train_only else 1)):
-        seen = np.concatenate([s[:-cut] for s in ds.sequences])
-        ranked = {
-            "popularity": popularity_ranking(seen, ds.num_items, len(ex), max(KS)),
-            "transition": transition_ranking(ds.sequences, cut, ex.history[:, -1], ds.num_items, max(KS)),
-        }
-        for name, r in ranked.items():
-            out.update({f"{name}.{part}.{k}": v for k, v in topk_metrics(r, ex.target, KS).items()})
+        for name, m in baseline_metrics(ds.sequences, ex.history, ex.target, cut, ds.num_items, KS).items():
+            out.update({f"{name}.{part}.{k}": v for k, v in m.items()})
     return out
 
 

@@ -44,7 +44,7 @@ from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
-from sidrec.eval.metrics import popularity_ranking, topk_metrics, transition_ranking
+from sidrec.eval.metrics import baseline_metrics
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
@@ -52,7 +52,7 @@ from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
 from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
 from sidrec.training import distributed as dist
-from sidrec.training.recommender import train_recommender
+from sidrec.training.recommender import TrainResult, train_recommender
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.training.schedules import train_joint
 from sidrec.utils import (
@@ -281,15 +281,23 @@ class Run:
         res = train_recommender(model, split, item_sids, trie, self.cfg.train, rdir, self.cfg.seed, resume=resume,
                                 progress=self.progress, log=self._epoch_line, deadline=deadline,
                                 tensorboard_dir=self.dir / "tensorboard")
-        if not res.finished:
-            self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
+        if not self._keep_best(res, model):
             return None
-        model.load_state_dict(load_file(str(rdir / "best" / "model.safetensors")))
         if dist.is_main():
-            save_model(model, self.dir / "model")
             self._mark("train", key)
         self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}")
         return model
+
+    def _keep_best(self, res: TrainResult, model: torch.nn.Module) -> bool:
+        """After training: False if the time budget stopped it, else load the selected epoch's weights into
+        ``model`` and (rank 0) save them as ``model/``."""
+        if not res.finished:
+            self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
+            return False
+        model.load_state_dict(load_file(str(self.dir / "recommender" / "best" / "model.safetensors")))
+        if dist.is_main():
+            save_model(model, self.dir / "model")
+        return True
 
     def _recommender_dir(self, key: str, resume: bool) -> Path:
         """``recommender/`` for training under ``key``; checkpoints of another training config (or of any config
@@ -330,12 +338,9 @@ class Run:
         res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
                           progress=self.progress, log=self._epoch_line, deadline=deadline,
                           tensorboard_dir=self.dir / "tensorboard")
-        if not res.finished:
-            self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
+        if not self._keep_best(res, model):
             return None
-        model.load_state_dict(load_file(str(rdir / "best" / "model.safetensors")))
         if dist.is_main():
-            save_model(model, self.dir / "model")
             health = self._save_tokenizer(load_tokenizer(rdir / "best" / "tokenizer").to(self.device), x)
             self._mark("train", key)
             self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
@@ -363,13 +368,10 @@ class Run:
             m = evaluate(model, ex, item_sids, trie, beam_size=e.beam_size, ks=e.ks, batch_size=e.batch_size,
                          progress=self.progress, desc=f"evaluate {part}")
             metrics.update({f"{part}.{k}": v for k, v in m.items()})
-            # The baselines count only what precedes the held-out item.
-            cut = 2 if part == "valid" else 1
-            seen = np.concatenate([s[:-cut] for s in ds.sequences])
-            pop = popularity_ranking(seen, ds.num_items, len(ex), max(e.ks))
-            nxt = transition_ranking(ds.sequences, cut, ex.history[:, -1], ds.num_items, max(e.ks))
-            for name, ranked in (("popularity", pop), ("transition", nxt)):
-                metrics.update({f"{name}.{part}.{k}": v for k, v in topk_metrics(ranked, ex.target, e.ks).items()})
+            base = baseline_metrics(ds.sequences, ex.history, ex.target, 2 if part == "valid" else 1,
+                                    ds.num_items, e.ks)
+            for name, m in base.items():
+                metrics.update({f"{name}.{part}.{k}": v for k, v in m.items()})
         metrics["tokenizer.health"] = read_json(self.dir / "tokenizer" / "health.json")
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}

@@ -84,3 +84,25 @@ def transition_ranking(sequences: list[np.ndarray], cut: int, last: np.ndarray, 
         _, first = np.unique(row, return_index=True)  # drop repeats, keeping each item's first position
         out[last == item] = row[np.sort(first)[:k]]
     return out
+
+
+def baseline_metrics(sequences: list[np.ndarray], history: np.ndarray, target: np.ndarray, cut: int,
+                     num_items: int, ks: list[int]) -> dict[str, dict[str, float]]:
+    """``{"popularity": topk_metrics, "transition": topk_metrics}`` of the two non-learned baselines.
+
+    Both count only the sequences without their last ``cut`` items (2 for validation, 1 for test: what precedes
+    the held-out item).
+
+    Args:
+        sequences: per user, the time-ordered item indices.
+        history: (U, H) left-padded histories (-1 = pad) of the evaluated users, most recent item last.
+        target: (U,) their held-out items.
+        cut: items dropped from the end of every sequence before counting.
+        num_items: catalogue size.
+        ks: cut-offs of the metrics.
+    """
+    k = max(ks)
+    seen = np.concatenate([s[: len(s) - cut] for s in sequences])
+    ranked = {"popularity": popularity_ranking(seen, num_items, len(target), k),
+              "transition": transition_ranking(sequences, cut, history[:, -1], num_items, k)}
+    return {name: topk_metrics(r, target, ks) for name, r in ranked.items()}

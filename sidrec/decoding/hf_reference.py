@@ -31,7 +31,11 @@ except ImportError as e:  # optional dependency
 class LevelMaskedT5(T5ForConditionalGeneration):
     """T5ForConditionalGeneration whose logits at decoder position l are -inf outside SID level l's tokens.
 
-    ``token_level`` (vocab,) holds the SID level of each code token and -1 for the other tokens.
+    ``token_level`` (vocab,) holds the SID level of each code token and -1 for the other tokens. The output
+    position of each decoder input token is read off the token itself (start token -> level 0, a level-l code ->
+    level l + 1), not from the KV cache: transformers renamed the cache argument (``past_key_values`` ->
+    ``cache`` in 5.x), and a position taken from a cache it no longer found silently masked every step as
+    level 0.
     """
 
     def __init__(self, config: T5Config, token_level: Tensor):
@@ -39,11 +43,12 @@ class LevelMaskedT5(T5ForConditionalGeneration):
         self.register_buffer("token_level", token_level, persistent=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        cache = kwargs.get("past_key_values")
-        start = cache.get_seq_length() if cache is not None else 0  # decoder positions already processed
-        out = super().forward(*args, **kwargs)
-        positions = torch.arange(start, start + out.logits.shape[1], device=out.logits.device)  # (L,)
-        outside = self.token_level[None, :] != positions[:, None]  # (L, vocab)
+        dec_ids = kwargs.get("decoder_input_ids")
+        if dec_ids is None or args:
+            raise TypeError("LevelMaskedT5: pass decoder_input_ids (and everything else) by keyword")
+        positions = self.token_level[dec_ids] + 1  # (B, L): the SID level each decoder position predicts
+        out = super().forward(**kwargs)
+        outside = self.token_level[None, None, :] != positions[..., None]  # (B, L, vocab)
         out.logits = out.logits.masked_fill(outside, float("-inf"))
         return out
 
@@ -157,8 +162,30 @@ def hf_beam_search(
     out = hf.generate(
         input_ids=ids, attention_mask=mask.long(), num_beams=beam_size, num_return_sequences=topk,
         max_new_tokens=token_sids.shape[1], prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie),
-        do_sample=False, length_penalty=1.0, early_stopping=True,
-    )  # (B * topk, 1 + Lc)
+        do_sample=False, length_penalty=1.0, early_stopping=True, return_dict_in_generate=True,
+        output_scores=True,
+    )
+    seqs = out.sequences  # (B * topk, 1 + Lc)
+    _check_beam_scores(hf, ids.repeat_interleave(topk, 0), mask.repeat_interleave(topk, 0), seqs,
+                       out.sequences_scores)
     item_of = {tuple(row): i for i, row in enumerate(token_sids.tolist())}
-    items = [item_of.get(tuple(row[1:]), -1) for row in out.tolist()]
+    items = [item_of.get(tuple(row[1:]), -1) for row in seqs.tolist()]
     return torch.tensor(items).view(ids.shape[0], topk)
+
+
+def _check_beam_scores(hf: LevelMaskedT5, ids: Tensor, mask: Tensor, seqs: Tensor, beam_scores: Tensor) -> None:
+    """Guard against transformers drifting under the reference: ``generate``'s beam scores (cached, step by
+    step) must equal the level-masked log-probability of the same sequences from one teacher-forced pass.
+
+    transformers divides the summed log-probability by the generated length (Lc) or, in some releases, by the
+    sequence length with the start token (Lc + 1); either is accepted, nothing else.
+    """
+    logits = hf(input_ids=ids, attention_mask=mask.long(), decoder_input_ids=seqs[:, :-1]).logits  # (R, Lc, V)
+    logp = logits.float().log_softmax(-1).gather(2, seqs[:, 1:, None])[..., 0].sum(1)  # (R,)
+    lc = seqs.shape[1] - 1
+    if not any(torch.allclose(beam_scores.float() * n, logp, atol=1e-4, rtol=1e-4) for n in (lc, lc + 1)):
+        worst = (beam_scores.float() * lc - logp).abs().max().item()
+        raise RuntimeError(
+            f"transformers' beam scores disagree with a teacher-forced pass (max |diff| {worst:.3g}): "
+            "the reference no longer computes TIGER's per-level log-probabilities with this transformers release"
+        )

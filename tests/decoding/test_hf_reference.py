@@ -9,6 +9,8 @@ from sidrec.models.tiger import Tiger, TigerConfig
 
 pytest.importorskip("transformers")
 
+from transformers import T5ForConditionalGeneration  # noqa: E402
+
 from sidrec.decoding.hf_reference import dict_trie, hf_beam_search, tiger_to_hf  # noqa: E402
 
 LEVELS = [8, 8, 8, 4]
@@ -41,3 +43,21 @@ def test_beam_search_matches_transformers_generate(seed):
 def test_dict_trie_is_nested_by_level():
     trie = dict_trie(torch.tensor([[2, 5], [2, 6], [3, 5]]))
     assert trie == {2: {5: {}, 6: {}}, 3: {5: {}}}
+
+
+def test_reference_refuses_a_drifted_transformers(monkeypatch):
+    """The 5.x regression: the cache moved to another argument, so every cached step was masked as level 0.
+    Re-create it and check that the reference raises instead of returning other items silently."""
+    model, sids, ids, mask = _problem(0, batch=3)
+    tokens = sids + model.level_offsets
+    hf = tiger_to_hf(model)
+
+    def stale_forward(self, **kwargs):  # the old code: position 0 at every step when it finds no cache
+        out = T5ForConditionalGeneration.forward(self, **kwargs)
+        positions = torch.arange(out.logits.shape[1])
+        out.logits = out.logits.masked_fill(self.token_level[None, :] != positions[:, None], float("-inf"))
+        return out
+
+    monkeypatch.setattr(type(hf), "forward", stale_forward)
+    with pytest.raises(RuntimeError, match="teacher-forced"):
+        hf_beam_search(hf, ids, mask, tokens, dict_trie(tokens), beam_size=20, topk=10)

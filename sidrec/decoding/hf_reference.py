@@ -53,13 +53,21 @@ class LevelMaskedT5(T5ForConditionalGeneration):
         return out
 
 
-def tiger_to_hf(model: Tiger, attn_implementation: str = "sdpa") -> LevelMaskedT5:
+def t5_supports_sdpa() -> bool:
+    """Whether this transformers release has an SDPA attention path for T5 (5.x has; 4.x raises on it)."""
+    return bool(getattr(T5ForConditionalGeneration, "_supports_sdpa", False))
+
+
+def tiger_to_hf(model: Tiger, attn_implementation: str | None = None) -> LevelMaskedT5:
     """The same network as ``model`` (a Tiger with temperature 1) as a transformers T5, in eval mode.
+
+    ``attn_implementation`` None picks "sdpa" where transformers' T5 has it, else "eager".
 
     Example:
         >>> hf = tiger_to_hf(model.eval())  # doctest: +SKIP
     """
     c = model.cfg
+    attn_implementation = attn_implementation or ("sdpa" if t5_supports_sdpa() else "eager")
     if c.logit_temperature != 1.0:
         raise ValueError(f"logit_temperature: the reference needs 1.0, got {c.logit_temperature}")
     config = T5Config(

@@ -138,6 +138,8 @@ def hf_decoder_ids(target: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_hidden_states_match_transformers(attn_implementation: str) -> None:
+    if attn_implementation == "sdpa" and not transformers.T5Model._supports_sdpa:
+        pytest.skip(f"transformers {transformers.__version__} has no SDPA path for T5 (5.x has)")
     ours, hf = build_pair(attn_implementation)
     ids, mask, target = make_batch(ours)
     assert (~mask).any(), "the batch must contain encoder padding"

@@ -366,7 +366,7 @@ class Run:
         metrics: dict[str, Any] = {}
         for part, ex in (("valid", split.valid), ("test", split.test)):
             m = evaluate(model, ex, item_sids, trie, beam_size=e.beam_size, ks=e.ks, batch_size=e.batch_size,
-                         progress=self.progress, desc=f"evaluate {part}")
+                         progress=self.progress, desc=f"evaluate {part}", bf16=e.bf16)
             metrics.update({f"{part}.{k}": v for k, v in m.items()})
             base = baseline_metrics(ds.sequences, ex.history, ex.target, 2 if part == "valid" else 1,
                                     ds.num_items, e.ks)

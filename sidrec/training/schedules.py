@@ -43,14 +43,22 @@ from tqdm.auto import tqdm
 from sidrec.config import ScheduleConfig, TrainConfig
 from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
-from sidrec.eval.evaluate import evaluate, model_inputs
+from sidrec.eval.evaluate import evaluate, model_inputs, trim_padding
 from sidrec.models.tiger import Tiger
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
 from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
-from sidrec.training.recommender import TrainResult, epoch_order, lr_factor, training_plan, write_best
+from sidrec.training.recommender import (
+    TrainResult,
+    bucket_by_length,
+    epoch_order,
+    lr_factor,
+    training_plan,
+    write_best,
+)
+from sidrec.utils import bf16_autocast
 
 
 class JointState(nn.Module):
@@ -133,6 +141,7 @@ def joint_losses(
     sia = losses.sia if aligned else None
     psa = losses.psa if aligned else None
     local = slice(0, len(target)) if rows is None else slice(rows.start, rows.stop)
+    history = trim_padding(history)  # (B, H') as model_inputs trims it, so the soft one-hots line up
     need_assign = tokenizer.training or schedule.soft_codes or any(x is not None for x in (soda, sia, psa))
     a: Assignment | None = None
     candidates = negative = None
@@ -246,7 +255,8 @@ def train_joint(
         # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
         *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
     ])
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    use_bf16 = bf16_autocast(device, cfg.bf16)
+    lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,) items per training history
 
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
                              "bad_evals": 0, "history": [], BEST_KEY: None}
@@ -291,7 +301,10 @@ def train_joint(
         set_phase(model, tokenizer, phase)
         trainable = [p for p in joint.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)
+        order = epoch_order(split.train.user, cfg.prefixes_per_user, gen)
+        if cfg.length_buckets:
+            order = bucket_by_length(order, lengths, cfg.batch_size, gen)
+        order = order.to(device)
         t0, sums, n_batches = time.perf_counter(), {}, 0
         # The window of steps since the last "step" record (reset each epoch: validation time is not training).
         win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
@@ -358,7 +371,7 @@ def train_joint(
         improved = False
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
             metrics = evaluate(model, valid, joint.item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
-                               batch_size=cfg.eval_batch_size, progress=progress, desc="validate")
+                               batch_size=cfg.eval_batch_size, progress=progress, desc="validate", bf16=cfg.bf16)
             rec.update({f"valid.{k}": v for k, v in metrics.items()})
             improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
             if improved:

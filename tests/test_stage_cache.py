@@ -1,0 +1,95 @@
+"""Stage caching keyed on what each stage read: the data files, the prepared data, the embedding inputs."""
+
+import json
+import os
+
+import numpy as np
+
+from sidrec.cli import main
+from sidrec.data.dataset import Dataset
+from sidrec.data.embeddings import EmbedConfig, embedding_key
+
+DEMO = "configs/ml-100k-demo.yaml"
+
+
+def stages(run):
+    return json.loads((run / "stages.json").read_text())
+
+
+def test_an_edited_data_file_is_read_again(tiny_args, capsys):
+    run, args = tiny_args
+    assert main(["prepare", DEMO, *args, "--quiet"]) == 0
+    assert "u999" not in Dataset.load(run / "data").user_keys
+    inter = run.parent / "data" / "toy.inter"
+    with open(inter, "a") as f:
+        f.write("".join(f"u999\ti{i}\t5\t{2000 + i}\n" for i in range(6)))
+    assert main(["prepare", DEMO, *args, "--quiet"]) == 0
+    ds = Dataset.load(run / "data")
+    assert ds.user_keys[-1] == "u999" and ds.sequences[-1].tolist() == [ds.item_index()[f"i{i}"] for i in range(6)]
+
+
+def test_changed_data_retrains_and_unchanged_content_does_not(tiny_args):
+    run, args = tiny_args
+    assert main(["run", DEMO, *args, "--quiet"]) == 0
+    model = run / "model" / "model.safetensors"
+    trained = model.stat().st_mtime_ns
+    inter = run.parent / "data" / "toy.inter"
+    os.utime(inter)  # touched, same bytes: read again, same prepared data, nothing later re-runs
+    assert main(["run", DEMO, *args, "--quiet"]) == 0
+    assert model.stat().st_mtime_ns == trained
+    (run.parent / "data" / "notes.txt").write_text("unrelated file")
+    assert main(["run", DEMO, *args, "--quiet"]) == 0
+    assert model.stat().st_mtime_ns == trained
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(lines[:-1]) + "\n")  # the last user loses an item
+    old = stages(run)
+    assert main(["run", DEMO, *args, "--quiet"]) == 0
+    assert model.stat().st_mtime_ns != trained
+    new = stages(run)
+    assert all(new[s] != old[s] for s in ("embed", "tokenize", "train", "evaluate"))
+
+
+def test_prepare_alone_drops_the_stages_of_changed_data(tiny_args):
+    run, args = tiny_args
+    assert main(["run", DEMO, *args, "--quiet"]) == 0
+    inter = run.parent / "data" / "toy.inter"
+    inter.write_text("\n".join(inter.read_text().splitlines()[:-1]) + "\n")
+    assert main(["prepare", DEMO, *args, "--quiet"]) == 0
+    assert set(stages(run)) == {"prepare"}  # the model was trained on other data: never reported as current
+
+
+def test_fresh_re_reads_what_size_and_mtime_cannot_tell(tiny_args):
+    run, args = tiny_args
+    assert main(["prepare", DEMO, *args, "--quiet"]) == 0
+    item = run.parent / "data" / "toy.item"
+    st = item.stat()
+    item.write_text(item.read_text().replace("Movie 1\t", "Mobie 1\t"))  # same size
+    os.utime(item, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    assert main(["prepare", DEMO, *args, "--quiet"]) == 0
+    assert Dataset.load(run / "data").title(1) == "Movie 1"  # cached: nothing says the file changed
+    assert main(["prepare", DEMO, *args, "--quiet", "--fresh"]) == 0
+    assert Dataset.load(run / "data").title(1) == "Mobie 1"
+
+
+def test_changed_embedding_input_refits_the_tokenizer(tiny_args, tmp_path):
+    run, args = tiny_args
+    npy = tmp_path / "emb.npy"
+    np.save(npy, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    args = [*args, "embed.sources=[npy]", f"embed.npy_path={npy}"]
+    assert main(["tokenize", DEMO, *args, "--quiet"]) == 0
+    fitted = stages(run)["tokenize"]
+    np.save(npy, np.random.default_rng(1).standard_normal((40, 8)).astype(np.float32))  # same path, new vectors
+    assert main(["tokenize", DEMO, *args, "--quiet"]) == 0
+    assert stages(run)["tokenize"] != fitted
+
+
+def test_embedding_key_covers_the_encoder_identity(tmp_path):
+    model = tmp_path / "encoder"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"0" * 10)
+    ds = Dataset("toy", ["a", "b"], ["u"], [np.array([0, 1])], item_text={"title": ["A", "B"]})
+    cfg = EmbedConfig(sources=["text"], model_path=str(model))
+    key = embedding_key(ds, cfg)
+    (model / "model.safetensors").write_bytes(b"0" * 11)  # other weights
+    assert embedding_key(ds, cfg) != key

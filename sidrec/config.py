@@ -7,6 +7,7 @@ as ``config.yaml`` next to every checkpoint. Unknown keys and wrong types are er
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -283,6 +284,13 @@ class RunConfig:
         for key, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
+        # data.options are the loader's keyword arguments: as strict as every other section.
+        loader = LOADERS["recbole" if self.data.format == "movielens_pypi" else self.data.format]
+        valid = [name for name in inspect.signature(loader).parameters if name != "path"]
+        unknown = sorted(set(self.data.options) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown config key data.options.{unknown[0]} for data.format {self.data.format} "
+                              f"(valid: {', '.join(valid)})")
         # ``imported`` reads SIDs from another tool's file instead of fitting (sidrec.tokenizers.index).
         tokenizer_configs = {name: config_cls for name, (_, config_cls) in TOKENIZERS.items()}
         tokenizer_configs[IMPORTED] = ImportedConfig

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
+from sidrec.eval.locality import misalignment, prefix_sharing
 from sidrec.eval.metrics import baseline_metrics
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
@@ -110,6 +112,11 @@ class Run:
     def open(cls, run_dir: str | Path, progress: bool = True, log=print) -> Run:
         """Re-open an existing run directory with its saved config."""
         return cls(load_config(Path(run_dir) / "config.yaml"), progress=progress, log=log)
+
+    @staticmethod
+    def warn(message: str) -> None:
+        """A problem with the results: on stderr even when ``log`` is silenced (``--quiet`` hides progress only)."""
+        print(f"warning: {message}", file=sys.stderr)
 
     # -- stage bookkeeping ------------------------------------------------------------------------------------
     def _stages(self) -> dict[str, str]:
@@ -209,7 +216,7 @@ class Run:
         key = self.keys()["tokenize"]
         tdir = self.dir / "tokenizer"
         if self.cfg.tokenizer.name == IMPORTED:
-            return self._import_sids(tdir, key)
+            return self._import_sids(tdir, key, emb)
         if not self._done("tokenize", key):
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
@@ -242,10 +249,13 @@ class Run:
             shutil.rmtree(tdir / "pretrained")
         return load_sids(tdir)
 
-    def _import_sids(self, tdir: Path, key: str) -> tuple[np.ndarray, list[int]]:
+    def _import_sids(self, tdir: Path, key: str, emb: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """``tokenizer.name: imported``: SIDs from another tool's index file; nothing is fitted.
 
         Cached like a fit, and also re-imported when the file's content changed (its path stayed the same).
+        A file whose keys do not match the items (shuffled, or made for another dataset) passes every format
+        check, so the import also compares how often nearest neighbours in ``emb`` share code prefixes with
+        how often random pairs do, records it in ``tokenizer.json`` and warns when the two are close.
         """
         path = imported_config(self.cfg.tokenizer.params).path
         if self._done("tokenize", key) and read_json(tdir / "tokenizer.json")["source"]["sha256"] == sha256_file(
@@ -253,6 +263,9 @@ class Run:
         ):
             return load_sids(tdir)
         imp = import_sids(self.cfg.tokenizer.params, Dataset.load(self.dir / "data"))
+        codes = torch.as_tensor(imp.sids[:, : imp.meta["num_levels"]])
+        sharing = prefix_sharing(codes, torch.as_tensor(emb), num_samples=2000, seed=self.cfg.seed)
+        imp.meta["prefix_sharing"] = sharing
         tdir.mkdir(parents=True, exist_ok=True)
         for stale in ("tokenizer.safetensors", "fit_log.jsonl"):  # left by a tokenizer fitted here before
             (tdir / stale).unlink(missing_ok=True)
@@ -262,6 +275,11 @@ class Run:
         self._mark("tokenize", key)
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
                  f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
+        problem = misalignment(sharing)
+        if problem is not None:
+            self.warn(f"{imp.meta['source']['path']}: {problem}. Check tokenizer.params.keys (index: "
+                     "0-based item index, item: item keys) and that the file was made for this dataset; "
+                     "`sidrec inspect` shows the per-level numbers")
         return load_sids(tdir)
 
     def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:

@@ -194,6 +194,8 @@ class Run:
         # Unchanged content (a touched or unrelated file) keeps the later stages; changed data invalidates them.
         self._mark("prepare", key, drop_later=before != ds.digest())
         self.log(f"prepared {ds.name}: {ds.stats()}")
+        for warning in ds.source.get("warnings", []):
+            self.warn(warning)
         return ds
 
     def stage_embed(self, ds: Dataset) -> np.ndarray:

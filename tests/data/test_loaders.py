@@ -49,7 +49,8 @@ def test_s3rec_full(tmp_path):
     assert ds.item_attributes == [[1, 2], [2], [], [3]]
     assert ds.item_text == {"brand": ["OPI", None, None, None], "categories": ["Makeup, Nails", None, None, None]}
     src = ds.source
-    assert src["loader"] == "s3rec" and src["options"] == {"name": "Toy"}
+    assert src["loader"] == "s3rec" and src["warnings"] == []
+    assert src["options"] == {"name": "Toy", "text_file": None, "text_fields": None, "title_field": None}
     assert set(src["files"]) == {"Toy.txt", "Toy_datamaps.json", "Toy_item2attributes.json",
                                  "Toy_item_attributes_text.jsonl"}
     assert src["files"]["Toy.txt"] == hashlib.sha256((tmp_path / "Toy.txt").read_bytes()).hexdigest()

@@ -76,9 +76,11 @@ def _find_main(directory: Path, name: str | None, patterns: list[str]) -> tuple[
                 found.append((path, stem))
     if len(found) != 1:
         what = "none" if not found else ", ".join(p.name for p, _ in found)
+        choose = (f"; choose one with the config key data.options.name, e.g. data.options.name={found[0][1]} "
+                  f"(in Python: name={found[0][1]!r})" if found else "")
         raise FileNotFoundError(
             f"{directory}: expected exactly one file matching {' or '.join(p.format('*') for p in patterns)}, "
-            f"found {what}; pass name= to choose"
+            f"found {what}{choose}"
         )
     return found[0]
 

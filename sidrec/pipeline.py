@@ -75,6 +75,10 @@ TOKENIZER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "sids.npy", "health.json")
 # Train settings that change what is logged or how fast, not the model (torch.compile is tested equal to eager):
 # left out of the train stage's cache key.
 NOT_IN_KEY = ("log_every", "tensorboard", "compile")
+# Collisions warned about (our thresholds): above 10% of the items, or a group larger than 16 items, the meaningless
+# dedup token decides a sizeable part of the ranking (the ML-100K demo has ~1-8%, the Beauty preset 56%).
+COLLISION_RATE_WARN = 0.10
+COLLISION_GROUP_WARN = 16
 
 
 def _key(*parts: Any) -> str:
@@ -243,6 +247,7 @@ class Run:
             self._mark("tokenize", key)
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "
                      f"{health['max_group']}, usage per level {[round(u, 3) for u in health['usage']]}")
+            self._check_collisions(health)
         elif (tdir / "pretrained").is_dir() and not self._done("train", self.keys()["train"]):
             # tokenizer/ holds a joint run's updated tokenizer but training will re-run: start from the fit
             for name in TOKENIZER_FILES:
@@ -277,12 +282,25 @@ class Run:
         self._mark("tokenize", key)
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
                  f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
+        self._check_collisions(imp.health)
         problem = misalignment(sharing)
         if problem is not None:
             self.warn(f"{imp.meta['source']['path']}: {problem}. Check tokenizer.params.keys (index: "
                      "0-based item index, item: item keys) and that the file was made for this dataset; "
                      "`sidrec inspect` shows the per-level numbers")
         return load_sids(tdir)
+
+    def _check_collisions(self, health: dict[str, Any]) -> None:
+        """Warn when many items, or large groups, are told apart only by the dedup token."""
+        rate, group = health["collision_rate"], health["max_group"]
+        if rate <= COLLISION_RATE_WARN and group <= COLLISION_GROUP_WARN:
+            return
+        self.warn(f"{rate:.1%} of the items share all their codes with another item (largest group {group} "
+                  f"items): only the dedup token tells them apart, and it carries no meaning, so the recommender "
+                  f"cannot learn which of them comes next (and the last level needs {group} codes). Remedies: more "
+                  "levels (tokenizer.params.num_levels), a collaborative block (embed.sources: [..., "
+                  "cooccurrence]), tokenizer.name: rqkmeans with tokenizer.params.balanced: true, or "
+                  "tokenizer.name: letter, which re-assigns collisions on the last level")
 
     def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:
         """Write tokenizer/ (weights, sids.npy of the items x, health.json); returns the codebook health."""
@@ -397,6 +415,7 @@ class Run:
             self._mark("train", key)
             self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
                      f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
+            self._check_collisions(health)
         dist.barrier()  # the other processes read tokenizer/ (the SIDs of the selected tokenizer) next
         return model
 

@@ -93,3 +93,23 @@ def test_embedding_key_covers_the_encoder_identity(tmp_path):
     key = embedding_key(ds, cfg)
     (model / "model.safetensors").write_bytes(b"0" * 11)  # other weights
     assert embedding_key(ds, cfg) != key
+
+
+def test_high_collision_rates_are_flagged_with_remedies(tiny_args, tmp_path, capsys):
+    from sidrec.tokenizers.index import write_index_json
+
+    run, args = tiny_args
+    coarse = [a for a in args if not a.startswith("tokenizer.params")]
+    coarse.append("tokenizer.params={num_levels: 1, codebook_size: 2, epochs: 1, hidden_dims: [16], latent_dim: 8}")
+    assert main(["tokenize", DEMO, *coarse, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "of the items share all their codes with another item (largest group" in err
+    for remedy in ("tokenizer.params.num_levels", "cooccurrence", "balanced: true", "tokenizer.name: letter"):
+        assert remedy in err
+    # Imported SIDs too: 40 items on 4 code tuples.
+    index = write_index_json(tmp_path / "coarse.index.json", np.array([[i % 4] for i in range(40)]))
+    imported = [a for a in args if not a.startswith("tokenizer.")] + [
+        "tokenizer.name=imported", f"tokenizer.params={{path: {index}}}"]
+    assert main(["tokenize", DEMO, *imported, "--quiet"]) == 0
+    assert "90.0% of the items share all their codes with another item (largest group 10 items)" in \
+        capsys.readouterr().err

@@ -106,11 +106,19 @@ class Run:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir, recursive=True)  # unfinished atomic writes of a killed earlier attempt
-        existing = self.dir / "config.yaml"
-        if existing.exists() and existing.read_text() != dump_config(cfg):
-            self.log(f"note: {existing} differs from this config; changed stages will re-run")
-        atomic_write_text(existing, dump_config(cfg))
-        atomic_write_json(self.dir / "run.json", run_metadata(cfg.seed))
+        self._config_written = False
+        if self._stages():  # results of an earlier run: its config.yaml describes them
+            existing = self.dir / "config.yaml"
+            if existing.exists() and existing.read_text() != dump_config(cfg):
+                self.log(f"note: {existing} differs from this config; changed stages will re-run")
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """config.yaml and run.json, once a stage is done (a failed first stage leaves neither behind)."""
+        if not self._config_written:
+            atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
+            atomic_write_json(self.dir / "run.json", run_metadata(self.cfg.seed))
+            self._config_written = True
 
     @classmethod
     def open(cls, run_dir: str | Path, progress: bool = True, log=print) -> Run:
@@ -134,6 +142,7 @@ class Run:
 
     def _mark(self, stage: str, key: str, drop_later: bool = True) -> None:
         """Record ``stage`` as done under ``key``; ``drop_later``: the later stages' results are now stale."""
+        self._write_config()
         stages = self._stages()
         stages[stage] = key
         if drop_later:
@@ -197,7 +206,12 @@ class Run:
         ds.save(self.dir / "data")
         # Unchanged content (a touched or unrelated file) keeps the later stages; changed data invalidates them.
         self._mark("prepare", key, drop_later=before != ds.digest())
-        self.log(f"prepared {ds.name}: {ds.stats()}")
+        self.log(f"prepared {ds.name} from {path or 'MovieLens-100K (PyPI)'}: {', '.join(ds.source['files'])}")
+        stats = ds.stats()
+        if stats["items_without_interactions"]:
+            self.warn(f"{stats['items_without_interactions']} of the {ds.num_items} items of {ds.name} are in no "
+                      "user's sequence (named by the item files only): they are never a target and their SIDs are "
+                      "learned from their embeddings alone. Many such items can mean a cut interaction file")
         for warning in ds.source.get("warnings", []):
             self.warn(warning)
         return ds

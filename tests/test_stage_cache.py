@@ -113,3 +113,29 @@ def test_high_collision_rates_are_flagged_with_remedies(tiny_args, tmp_path, cap
     assert main(["tokenize", DEMO, *imported, "--quiet"]) == 0
     assert "90.0% of the items share all their codes with another item (largest group 10 items)" in \
         capsys.readouterr().err
+
+
+def test_a_failed_prepare_leaves_no_config_behind(tiny_args, capsys):
+    run, args = tiny_args
+    bad = [a if not a.startswith("data.path=") else f"data.path={run.parent / 'nowhere'}" for a in args]
+    assert main(["prepare", DEMO, *bad]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (run / "config.yaml").exists() and not (run / "run.json").exists()
+    assert main(["prepare", DEMO, *args]) == 0
+    out = capsys.readouterr().out
+    assert "differs" not in out and (run / "config.yaml").exists() and (run / "run.json").exists()
+    assert out.count('"users"') == 1 and out.count('"interactions"') == 1  # the stats once, as JSON
+    assert json.loads(out.splitlines()[-1])["items_without_interactions"] == 0
+    assert main(["prepare", DEMO, *args, "data.max_history=6"]) == 0
+    assert "differs from this config" in capsys.readouterr().out  # a real earlier run: noted
+
+
+def test_items_without_interactions_are_counted_and_reported(tiny_args, capsys):
+    run, args = tiny_args
+    inter = run.parent / "data" / "toy.inter"
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(line for line in lines if "\ti7\t" not in line) + "\n")  # i7 only in toy.item
+    assert main(["prepare", DEMO, *args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["items_without_interactions"] == 1
+    assert "1 of the 40 items of toy are in no user's sequence" in captured.err

@@ -94,12 +94,17 @@ class Dataset:
 
     def stats(self) -> dict[str, Any]:
         lens = np.array([len(s) for s in self.sequences])
+        seen = np.zeros(self.num_items, dtype=bool)
+        for seq in self.sequences:
+            seen[seq] = True
         return {
             "users": self.num_users,
             "items": self.num_items,
             "interactions": self.num_interactions,
             "min_len": int(lens.min()) if len(lens) else 0,
             "avg_len": float(lens.mean()) if len(lens) else 0.0,
+            # items of the item files in no user's sequence: never a target; many hint at a cut interaction file
+            "items_without_interactions": int((~seen).sum()),
         }
 
     def save(self, directory: str | Path) -> Path:

@@ -321,6 +321,9 @@ def load_s3rec(path: str | Path, name: str | None = None, text_file: str | None 
         user_keys = [str(u) for u in user_ids]
     item_text = {}
     if text_path is not None:
+        missing = sum(i not in text for i in items)
+        if missing:  # e.g. a text file cut short: counted, not silently blank
+            warnings.append(f"{text_path}: no record for {missing} of the {len(items)} items (their text is empty)")
         fields = _s3rec_text_fields(text_path, text, text_fields, title_field, warnings)
         item_text = {f: [text.get(i, {}).get(f) for i in items] for f in fields}
         if title_field is not None:

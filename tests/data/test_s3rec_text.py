@@ -89,3 +89,12 @@ def test_titles_reach_recommend_and_the_report(tiny_args, tmp_path, capsys):
     assert all(r["title"].startswith("Widget ") for r in json.loads(capsys.readouterr().out))
     assert Recommender.from_run(run, "cpu").dataset.title(4) == "Widget 5"  # /items/{key} and /recommend
     assert "Widget " in render_report(run, log=lambda *_: None)
+
+
+def test_a_text_file_cut_short_is_counted(tmp_path):
+    write_s3rec(tmp_path)
+    text = tmp_path / "Shop_item_attributes_text.jsonl"
+    text.write_text("".join(text.read_text().splitlines(keepends=True)[:30]))  # cut at a line boundary
+    ds = load_dataset("s3rec", tmp_path)
+    assert ds.title(29) == "Widget 30" and ds.title(30) == "31"
+    assert ds.source["warnings"] == [f"{text}: no record for 10 of the 40 items (their text is empty)"]

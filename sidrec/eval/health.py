@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sidrec.config import load_config
+from sidrec.config import load_config, resolve_embed
 from sidrec.data.dataset import Dataset
 from sidrec.data.embeddings import embed_items
 from sidrec.eval.locality import prefix_sharing
@@ -121,7 +121,8 @@ def inspect_run(run_dir: str | Path, num_samples: int = 1000,
     if num_samples > 0:
         cfg = load_config(run / "config.yaml")
         ds = Dataset.load(run / "data")
-        emb = embed_items(ds, cfg.embed, Path(cfg.cache_dir) / "embeddings", device="cpu", progress=False)
+        emb = embed_items(ds, resolve_embed(cfg.embed, "embed"), Path(cfg.cache_dir) / "embeddings", device="cpu",
+                          progress=False)
         report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples,
                                                   seed)
     log_path = run / "tokenizer" / "fit_log.jsonl"

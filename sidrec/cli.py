@@ -9,7 +9,8 @@
     sidrec export-sids runs/quick --format parquet -o sids.parquet
     sidrec report runs/quick            # runs/quick/report.html
 
-Every subcommand takes ``--quiet``: no progress bars or per-epoch lines, only the final result.
+Every subcommand takes ``--quiet``: no progress bars or per-epoch lines, only the final result (warnings about
+the data or the SIDs still go to stderr).
 """
 
 from __future__ import annotations

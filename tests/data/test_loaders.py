@@ -49,7 +49,9 @@ def test_s3rec_full(tmp_path):
     assert ds.item_attributes == [[1, 2], [2], [], [3]]
     assert ds.item_text == {"brand": ["OPI", None, None, None], "categories": ["Makeup, Nails", None, None, None]}
     src = ds.source
-    assert src["loader"] == "s3rec" and src["warnings"] == []
+    assert src["loader"] == "s3rec"
+    assert src["warnings"] == [f"{tmp_path / 'Toy_item_attributes_text.jsonl'}: no record for 2 of the 4 items "
+                               "(their text is empty)"]
     assert src["options"] == {"name": "Toy", "text_file": None, "text_fields": None, "title_field": None}
     assert set(src["files"]) == {"Toy.txt", "Toy_datamaps.json", "Toy_item2attributes.json",
                                  "Toy_item_attributes_text.jsonl"}

@@ -103,7 +103,7 @@ def run_config(method: str, seed: int, args: argparse.Namespace):
     _, preset, overrides = METHODS[method]
     overrides = list(overrides)
     if args.npy and load_config(preset).embed.sources != ["sasrec"]:
-        overrides += ["embed.sources=[npy]", f"embed.npy_path={args.npy}"]
+        overrides += ["embed.sources=[npy]", f"embed.npy_path={Path(args.npy).resolve()}"]
     if args.smoke:
         overrides += SMOKE + (SMOKE_LETTER if method.startswith("letter") else [])
     overrides += [f"seed={seed}", f"run_dir={Path(args.runs) / method / f's{seed}'}", f"cache_dir={args.cache}",

@@ -4,7 +4,7 @@ GPU (one H100): on this machine run ``benchmarks/stage_gpu.sh configs/beauty.yam
 dataset and the embedding matrix into the git-ignored ``.carry/``), then on the GPU machine, carrying ``.carry``:
 
     SIDREC_DATA=.carry/data PYTHONPATH=. python benchmarks/tiger_beauty.py --budget 540 \
-        embed.sources=[npy] embed.npy_path=.carry/beauty-emb.npy run_dir=.carry/runs/beauty \
+        embed.sources=[npy] embed.npy_path=$PWD/.carry/beauty-emb.npy run_dir=.carry/runs/beauty \
         cache_dir=.carry/cache train.batch_size=1024 train.lr=0.002
 
 and repeat the same call while the machine is still warm until it exits 0 (each call trains ~9 minutes and

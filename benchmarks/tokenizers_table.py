@@ -69,7 +69,7 @@ def run_config(dataset: str, method: str, seed: int, args: argparse.Namespace):
     if method == "tiger-rqkmeans":
         overrides.append("tokenizer={name: rqkmeans, params: {num_levels: 3, codebook_size: 256}}")
     if dataset in args.npy:  # item embeddings computed elsewhere (text encoders are not on the GPU machine)
-        overrides += ["embed.sources=[npy]", f"embed.npy_path={args.npy[dataset]}"]
+        overrides += ["embed.sources=[npy]", f"embed.npy_path={Path(args.npy[dataset]).resolve()}"]
     if args.smoke:
         overrides += SMOKE + SMOKE_TOKENIZER.get(method, [])
     overrides += [f"seed={seed}", f"run_dir={Path(args.runs) / dataset / method / f's{seed}'}",

@@ -9,7 +9,8 @@
     sidrec export-sids runs/quick --format parquet -o sids.parquet
     sidrec report runs/quick            # runs/quick/report.html
 
-Every subcommand takes ``--quiet``: no progress bars or per-epoch lines, only the final result.
+Every subcommand takes ``--quiet``: no progress bars or per-epoch lines, only the final result (warnings about
+the data or the SIDs still go to stderr).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue from the newest intact checkpoint (the default; a damaged one is skipped)")
-    start.add_argument("--fresh", action="store_true", help="ignore existing recommender checkpoints")
+    start.add_argument("--fresh", action="store_true",
+                       help="re-run every stage from scratch: re-read the data, recompute the embeddings, refit "
+                            "the tokenizer, train from the first step (default: reuse what is cached and resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop training after this long (checkpointed); run the same command again to resume")
@@ -135,7 +138,7 @@ def _run_stages(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     quiet = args.quiet or not dist.is_main()  # one process reports
-    run = Run(cfg, progress=not quiet, log=(lambda *_: None) if quiet else print)
+    run = Run(cfg, progress=not quiet, log=(lambda *_: None) if quiet else print, fresh=args.fresh)
     resume = not args.fresh
     deadline = time.time() + args.time_budget if args.time_budget else None
     if args.command == "run":

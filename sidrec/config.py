@@ -7,6 +7,7 @@ as ``config.yaml`` next to every checkpoint. Unknown keys and wrong types are er
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -285,6 +286,13 @@ class RunConfig:
         for key, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
+        # data.options are the loader's keyword arguments: as strict as every other section.
+        loader = LOADERS["recbole" if self.data.format == "movielens_pypi" else self.data.format]
+        valid = [name for name in inspect.signature(loader).parameters if name != "path"]
+        unknown = sorted(set(self.data.options) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown config key data.options.{unknown[0]} for data.format {self.data.format} "
+                              f"(valid: {', '.join(valid)})")
         # ``imported`` reads SIDs from another tool's file instead of fitting (sidrec.tokenizers.index).
         tokenizer_configs = {name: config_cls for name, (_, config_cls) in TOKENIZERS.items()}
         tokenizer_configs[IMPORTED] = ImportedConfig
@@ -316,6 +324,39 @@ class RunConfig:
             if value > num_items:
                 raise ConfigError(f"{key}: {value} is larger than the catalogue ({num_items} items of dataset "
                                   f"{name!r})")
+
+
+def input_path(value: str, key: str | None = None) -> Path:
+    """An input path of a config (``data.path``, ``tokenizer.params.path``, ``embed.npy_path``,
+    ``embed.model_path``): absolute, or relative to ``$SIDREC_DATA`` (``data_root``), all the same way.
+
+    With ``key``, a path that does not exist is a ``FileNotFoundError`` naming the key, the path looked for and,
+    for a relative path, what it was resolved against.
+
+    Example:
+        >>> input_path("amazon-beauty")  # doctest: +SKIP
+        PosixPath('/work/shared/data/amazon-beauty')
+    """
+    from sidrec.data.loaders import data_root
+
+    path = Path(value).expanduser()
+    resolved = path if path.is_absolute() else data_root() / path
+    if key is not None and not resolved.exists():
+        base = "" if path.is_absolute() else (
+            f" ({value!r} is relative, so it is resolved against $SIDREC_DATA = {data_root()}; give an absolute "
+            "path for a file elsewhere)")
+        raise FileNotFoundError(f"{key}: {resolved}: not found{base}")
+    return resolved
+
+
+def resolve_embed(cfg: EmbedConfig, key: str) -> EmbedConfig:
+    """``cfg`` with the input paths its sources use resolved by ``input_path`` (errors name ``key.npy_path`` ...)."""
+    npy, model = cfg.npy_path, cfg.model_path
+    if npy is not None and "npy" in cfg.sources:
+        npy = str(input_path(npy, f"{key}.npy_path"))
+    if model is not None and "text" in cfg.sources:
+        model = str(input_path(model, f"{key}.model_path"))
+    return dataclasses.replace(cfg, npy_path=npy, model_path=model)
 
 
 def _type_name(tp: Any) -> str:

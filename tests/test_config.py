@@ -103,3 +103,19 @@ def test_beam_larger_than_catalogue_fails_before_any_work(tiny_args, capsys):
     assert not (run.parent / "cache" / "embeddings").exists()
     assert main(["train", "configs/ml-100k-demo.yaml", *args, "train.eval_beam_size=41"]) == 2
     assert "train.eval_beam_size: 41 is larger than the catalogue" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, option, valid", [
+    ("s3rec", "min_interactions", "valid: name"),
+    ("amazon2014", "min_interaction", "valid: name, min_interactions"),
+    ("movielens_pypi", "names", "valid: name"),
+])
+def test_unknown_data_options_are_config_errors(fmt, option, valid, tiny_args, capsys):
+    with pytest.raises(ConfigError, match=rf"unknown config key data\.options\.{option} for data\.format {fmt} "
+                                          rf"\({valid}"):
+        load_config(None, [f"data.format={fmt}", "data.path=x", f"data.options={{{option}: 5}}"])
+    run, args = tiny_args
+    from sidrec.cli import main
+
+    assert main(["prepare", "configs/ml-100k-demo.yaml", *args, "data.options.nam=toy"]) == 2
+    assert "data.options.nam" in capsys.readouterr().err

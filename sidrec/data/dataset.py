@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,14 +79,32 @@ class Dataset:
     def item_index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.item_keys)}
 
+    def digest(self) -> str:
+        """sha256 of what later stages read: items (keys, text, attributes), users and sequences.
+
+        The name and the provenance are left out, so re-reading unchanged files gives the same digest.
+        """
+        h = hashlib.sha256(json.dumps([self.item_keys, self.user_keys, self.item_text, self.item_attributes],
+                                      sort_keys=True).encode("utf-8"))
+        lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
+        h.update(lengths.tobytes())
+        for seq in self.sequences:
+            h.update(np.asarray(seq, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
     def stats(self) -> dict[str, Any]:
         lens = np.array([len(s) for s in self.sequences])
+        seen = np.zeros(self.num_items, dtype=bool)
+        for seq in self.sequences:
+            seen[seq] = True
         return {
             "users": self.num_users,
             "items": self.num_items,
             "interactions": self.num_interactions,
             "min_len": int(lens.min()) if len(lens) else 0,
             "avg_len": float(lens.mean()) if len(lens) else 0.0,
+            # items of the item files in no user's sequence: never a target; many hint at a cut interaction file
+            "items_without_interactions": int((~seen).sum()),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -103,7 +122,8 @@ class Dataset:
         items = {"item_keys": self.item_keys, "item_text": self.item_text, "item_attributes": self.item_attributes}
         atomic_write(d / "items.json", lambda p: p.write_text(json.dumps(items), encoding="utf-8"))
         atomic_write_json(d / "dataset.json", {"name": self.name, "user_keys": self.user_keys,
-                                              "source": self.source, "stats": self.stats()})
+                                              "source": self.source, "stats": self.stats(),
+                                              "digest": self.digest()})
         return d
 
     @classmethod

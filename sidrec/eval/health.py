@@ -3,7 +3,7 @@
 Three views of one code matrix ``(N, L)``:
 - per level usage, perplexity and dead codes, plus collisions (``codebook_health`` of the tokenizers);
 - semantic locality: how often an item and its nearest neighbour by cosine in the embeddings the tokenizer was
-  fit on share the first l codes, against random pairs (``prefix_sharing``); good SIDs share far more with
+  fit on share the first l codes, against random pairs (``prefix_sharing``, in ``sidrec.eval.locality``); good SIDs share far more with
   neighbours;
 - the fit trajectory from ``tokenizer/fit_log.jsonl`` (``fit_trajectory``): usage per epoch (per level for
   RQ-KMeans, which fits level after level), so a collapse during training shows.
@@ -20,67 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from sidrec.config import load_config
+from sidrec.config import load_config, resolve_embed
 from sidrec.data.dataset import Dataset
 from sidrec.data.embeddings import embed_items
+from sidrec.eval.locality import prefix_sharing
 from sidrec.pipeline import load_sids
 from sidrec.tokenizers.base import codebook_health
 from sidrec.utils import read_json
-
-
-def prefix_sharing(codes: Tensor, emb: Tensor, num_samples: int = 1000, seed: int = 0,
-                   chunk: int | None = None) -> dict[str, Any]:
-    """Share of items whose nearest neighbour (by cosine in ``emb``) has the same first l codes, l = 1..L, and
-    the same share for random pairs.
-
-    For a seeded sample of items, the neighbour of item i is ``argmax_{j != i} cos(emb_i, emb_j)`` and its
-    random partner a uniform ``j != i``.
-
-    Args:
-        codes: ``(N, L)`` long, the learned codes (without the dedup token).
-        emb: ``(N, D)`` float, the embeddings the tokenizer was fit on.
-        num_samples: items sampled (all N when larger).
-        seed: seeds the sample and the random partners.
-        chunk: sampled items scored against all N at once; default: a ``(chunk, N)`` similarity matrix of at
-            most 2^26 floats (256 MB), so that large catalogues fit in memory.
-
-    Returns:
-        ``{"num_samples": S, "neighbour": [L floats], "random": [L floats]}``; entry l - 1 is the share for
-        prefix length l.
-
-    Example:
-        >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-        >>> prefix_sharing(torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]]), emb)["neighbour"]
-        [1.0, 0.0]
-    """
-    if codes.dim() != 2 or emb.dim() != 2 or codes.shape[0] != emb.shape[0]:
-        raise ValueError(f"codes (N, L) and emb (N, D) must have the same N, got {tuple(codes.shape)} and "
-                         f"{tuple(emb.shape)}")
-    n = codes.shape[0]
-    if n < 2:
-        raise ValueError(f"prefix_sharing: needs at least 2 items, got {n}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
-    generator = torch.Generator().manual_seed(seed)
-    sample = torch.randperm(n, generator=generator)[:num_samples]  # (S,)
-    unit = F.normalize(emb.float(), dim=1)  # (N, D); a zero row stays zero: similarity 0 to everything
-    neighbours = []
-    chunk = chunk or max(1, min(1024, (1 << 26) // n))
-    for rows in sample.split(chunk):
-        sim = unit[rows] @ unit.T  # (c, N)
-        sim[torch.arange(len(rows)), rows] = -float("inf")  # an item is not its own neighbour
-        neighbours.append(sim.argmax(1))
-    neighbour = torch.cat(neighbours)  # (S,)
-    partner = (sample + torch.randint(1, n, (len(sample),), generator=generator)) % n  # uniform over j != i
-
-    def shared(other: Tensor) -> list[float]:
-        same = (codes[sample] == codes[other]).long()  # (S, L)
-        return same.cumprod(dim=1).double().mean(0).tolist()  # prefix l shared iff the first l codes agree
-
-    return {"num_samples": len(sample), "neighbour": shared(neighbour), "random": shared(partner)}
 
 
 def read_fit_log(path: str | Path) -> list[dict[str, Any]]:
@@ -173,7 +121,8 @@ def inspect_run(run_dir: str | Path, num_samples: int = 1000,
     if num_samples > 0:
         cfg = load_config(run / "config.yaml")
         ds = Dataset.load(run / "data")
-        emb = embed_items(ds, cfg.embed, Path(cfg.cache_dir) / "embeddings", device="cpu", progress=False)
+        emb = embed_items(ds, resolve_embed(cfg.embed, "embed"), Path(cfg.cache_dir) / "embeddings", device="cpu",
+                          progress=False)
         report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples,
                                                   seed)
     log_path = run / "tokenizer" / "fit_log.jsonl"

@@ -1,11 +1,12 @@
 """HTTP API for a trained run: FastAPI app with micro-batched decoding, plus ``serve`` to run it with uvicorn.
 
     POST /recommend        {"history": ["50", "172"], "k": 10, "exclude_history": true} -> {"items": [...]}
-    POST /recommend/batch  {"requests": [<recommend body>, ...]}                     -> {"results": [...]}
+    POST /recommend/batch  {"requests": [<recommend body>, ...]}      -> {"results": [{"items": [...], "error": null}]}
     GET  /items/{key}      title, SID and text fields of one item
     GET  /health           status, catalogue size, model info
 
-Every error is a 4xx with ``{"detail": "<message>"}``: unknown item keys 404 (naming them), a bad API key 401,
+In a batch, an entry with unknown item keys gets ``"items": []`` and its ``"error"``; the others are answered.
+Every other error is a 4xx with ``{"detail": "<message>"}``: unknown item keys 404 (naming them), a bad API key 401,
 malformed JSON 400, out-of-bounds fields 422, a body over ``max_body_bytes`` 413 (refused before it is read), a
 chunked body without ``Content-Length`` 411. Needs the ``serve`` extra (fastapi, uvicorn).
 """
@@ -36,8 +37,13 @@ class RecommendResponse(BaseModel):
     items: list[RecommendationOut]
 
 
+class BatchResult(BaseModel):
+    items: list[RecommendationOut]
+    error: str | None = None  # why this entry has no items (e.g. unknown item keys); the others are unaffected
+
+
 class BatchResponse(BaseModel):
-    results: list[RecommendResponse]
+    results: list[BatchResult]
 
 
 class ItemResponse(BaseModel):
@@ -57,11 +63,11 @@ def _response(recs: list[Recommendation]) -> RecommendResponse:
     return RecommendResponse(items=[RecommendationOut(**r.__dict__) for r in recs])
 
 
-def _unknown_message(unknown: list[str]) -> str:
+def _unknown_message(unknown: list[str], recommender: Recommender) -> str:
     # Keys come from the client: cap how many and how much of each is echoed back.
     names = ", ".join(repr(k[:100]) for k in unknown[:5])
     more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-    return f"unknown item key(s): {names}{more}"
+    return f"unknown item key(s): {names}{more}; {recommender.key_examples()}"
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,11 +175,6 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
             return await call_next(request)
 
     async def decode(requests: list[RecommendRequest]) -> list[list[Recommendation]]:
-        for i, r in enumerate(requests):
-            unknown = recommender.unknown_items(r.history)
-            if unknown:
-                prefix = f"requests[{i}]: " if len(requests) > 1 else ""
-                raise HTTPException(status_code=404, detail=prefix + _unknown_message(unknown))
         try:
             return await batcher.submit_many([(r.history, r.k, r.exclude_history) for r in requests])
         except ValueError as e:
@@ -181,16 +182,27 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> RecommendResponse:
+        unknown = recommender.unknown_items(body.history)
+        if unknown:
+            raise HTTPException(status_code=404, detail=_unknown_message(unknown, recommender))
         return _response((await decode([body]))[0])
 
     @app.post("/recommend/batch", response_model=BatchResponse)
     async def recommend_batch(body: BatchRequest) -> BatchResponse:
-        return BatchResponse(results=[_response(recs) for recs in await decode(body.requests)])
+        errors = []
+        for r in body.requests:
+            unknown = recommender.unknown_items(r.history)
+            errors.append(_unknown_message(unknown, recommender) if unknown else None)
+        known = [r for r, error in zip(body.requests, errors) if error is None]
+        answers = iter(await decode(known) if known else [])
+        return BatchResponse(results=[
+            BatchResult(items=[], error=error) if error is not None
+            else BatchResult(items=_response(next(answers)).items) for error in errors])
 
     @app.get("/items/{key:path}", response_model=ItemResponse)
     async def item(key: str) -> ItemResponse:
         if recommender.unknown_items([key]):
-            raise HTTPException(status_code=404, detail=_unknown_message([key]))
+            raise HTTPException(status_code=404, detail=_unknown_message([key], recommender))
         i = recommender.item_indices([key])[0]
         ds = recommender.dataset
         return ItemResponse(item=key, title=ds.title(i), sid=recommender.item_sids[i].tolist(),

@@ -56,10 +56,16 @@ class Recommender:
         """The keys in ``keys`` that are not in the catalogue, in order, without duplicates."""
         return list(dict.fromkeys(k for k in keys if k not in self._index))
 
+    def key_examples(self) -> str:
+        """What a valid item key looks like, for error messages: the first three keys and the catalogue size."""
+        keys = self.dataset.item_keys
+        return f"item keys look like {', '.join(map(repr, keys[:3]))} ({len(keys)} items)"
+
     def item_indices(self, history: list[str]) -> list[int]:
         unknown = self.unknown_items(history)
         if unknown:
-            raise KeyError(f"unknown item key(s): {', '.join(map(repr, unknown[:5]))}")
+            raise KeyError(f"unknown item key(s): {', '.join(repr(k[:100]) for k in unknown[:5])}; "
+                           f"{self.key_examples()}")
         return [self._index[k] for k in history]
 
     def info(self) -> dict:

@@ -167,7 +167,8 @@ class ImportedConfig:
     """``tokenizer.params`` of ``tokenizer.name: imported``: SIDs read from an LC-Rec/LETTER index file.
 
     Args:
-        path: the ``*.index.json`` file (absolute, or relative to the working directory).
+        path: the ``*.index.json`` file (in a run config: absolute or relative to ``$SIDREC_DATA``, see
+            ``sidrec.config.input_path``; here as given).
         keys: ``"index"`` (0-based item index, LC-Rec's item ids) or ``"item"`` (the dataset's item keys).
         codebook_size: the codebook size the file was made with; every code must be below it and it is the
             size of every level. None: each level's size is its largest code + 1.

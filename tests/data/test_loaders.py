@@ -49,7 +49,10 @@ def test_s3rec_full(tmp_path):
     assert ds.item_attributes == [[1, 2], [2], [], [3]]
     assert ds.item_text == {"brand": ["OPI", None, None, None], "categories": ["Makeup, Nails", None, None, None]}
     src = ds.source
-    assert src["loader"] == "s3rec" and src["options"] == {"name": "Toy"}
+    assert src["loader"] == "s3rec"
+    assert src["warnings"] == [f"{tmp_path / 'Toy_item_attributes_text.jsonl'}: no record for 2 of the 4 items "
+                               "(their text is empty)"]
+    assert src["options"] == {"name": "Toy", "text_file": None, "text_fields": None, "title_field": None}
     assert set(src["files"]) == {"Toy.txt", "Toy_datamaps.json", "Toy_item2attributes.json",
                                  "Toy_item_attributes_text.jsonl"}
     assert src["files"]["Toy.txt"] == hashlib.sha256((tmp_path / "Toy.txt").read_bytes()).hexdigest()
@@ -67,7 +70,9 @@ def test_s3rec_without_maps_uses_id_strings(tmp_path):
 def test_s3rec_picks_file_by_name(tmp_path):
     write(tmp_path / "A.txt", "1 1\n")
     write(tmp_path / "B.txt", "1 1 2\n")
-    with pytest.raises(FileNotFoundError, match="exactly one"):
+    with pytest.raises(FileNotFoundError, match=r"exactly one file matching \*.txt, found A.txt, B.txt; choose one "
+                                                r"with the config key data.options.name, e.g. data.options.name=A "
+                                                r"\(in Python: name='A'\)"):
         load_dataset("s3rec", tmp_path)
     assert load_dataset("s3rec", tmp_path, name="B").num_items == 2
     with pytest.raises(FileNotFoundError, match="C.txt"):
@@ -101,6 +106,20 @@ def test_s3rec_bad_side_files(tmp_path):
     write(tmp_path / "Toy_item_attributes_text.jsonl", '{"item_id": 1}\n{"item_id": 2, \n')
     with pytest.raises(ValueError, match="Toy_item_attributes_text.jsonl:2: invalid JSON"):
         load_dataset("s3rec", tmp_path)
+
+
+def test_several_datasets_named_through_the_config(tmp_path, tiny_args, capsys):
+    from sidrec.cli import main
+
+    write(tmp_path / "A.txt", "1 1 2 3\n")
+    write(tmp_path / "B.txt", "1 1 2 3\n")
+    run, args = tiny_args
+    args = [*args, "data.format=s3rec", f"data.path={tmp_path}", "eval.beam_size=3", "train.eval_beam_size=3",
+            "eval.ks=[1, 3]"]
+    assert main(["prepare", "configs/ml-100k-demo.yaml", *args, "--quiet"]) == 2
+    hint = capsys.readouterr().err.split("; ")[-1].strip()
+    assert hint.startswith("choose one with the config key data.options.name, e.g. data.options.name=A")
+    assert main(["prepare", "configs/ml-100k-demo.yaml", *args, "data.options.name=B", "--quiet"]) == 0
 
 
 def test_missing_directory():

@@ -117,8 +117,19 @@ def test_unknown_items_are_404_naming_them(url):
     assert status == 404 and "'nope'" in body["detail"]
     status, body = call(f"{url}/recommend", {"history": ["i1", "nope", "gone"]})
     assert status == 404 and "'nope'" in body["detail"] and "'gone'" in body["detail"]
-    status, body = call(f"{url}/recommend/batch", {"requests": [{"history": ["i1"]}, {"history": ["zz"]}]})
-    assert status == 404 and "requests[1]" in body["detail"] and "'zz'" in body["detail"]
+    assert "item keys look like 'i0', 'i1', 'i2' (40 items)" in body["detail"]
+
+
+def test_an_unknown_item_fails_only_its_batch_entry(url, rec):
+    requests = [{"history": ["i1"], "k": 3}, {"history": ["zz", "i2"]}, {"history": ["i5"], "k": 2}]
+    status, body = call(f"{url}/recommend/batch", {"requests": requests})
+    assert status == 200
+    first, bad, last = body["results"]
+    assert bad["items"] == [] and "'zz'" in bad["error"] and "item keys look like 'i0'" in bad["error"]
+    assert first["error"] is None and [x["item"] for x in first["items"]] == [x.item for x in rec.recommend(["i1"], 3)]
+    assert last["error"] is None and len(last["items"]) == 2
+    status, body = call(f"{url}/recommend/batch", {"requests": [{"history": ["zz"]}]})
+    assert status == 200 and body["results"][0]["items"] == [] and "'zz'" in body["results"][0]["error"]
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import generate_rankings, history_sids, model_inputs
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.pipeline import Run
-from sidrec.training.recommender import LossModule, bucket_by_length, epoch_order
+from sidrec.training.two_stage import LossModule, bucket_by_length, epoch_order
 from sidrec.utils import atomic_write_json, bf16_autocast, cpu_has_amx_bf16
 
 

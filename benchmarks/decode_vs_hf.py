@@ -37,7 +37,8 @@ from sidrec.decoding.hf_reference import dict_trie, hf_beam_search, tiger_to_hf
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import model_inputs
 from sidrec.models.tiger import Tiger, TigerConfig, load_model
-from sidrec.pipeline import Run, load_sids
+from sidrec.pipeline import Run
+from sidrec.tokenizers import load_sids
 from sidrec.utils import atomic_write_json
 
 

@@ -22,8 +22,9 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate
-from sidrec.models.recommenders import load_recommender
-from sidrec.pipeline import Run, load_sids
+from sidrec.models.registry import load_recommender
+from sidrec.pipeline import Run
+from sidrec.tokenizers import load_sids
 
 
 def cut_last(ex: Examples) -> Examples:

@@ -1,6 +1,6 @@
 """Training throughput of TIGER: samples/s, achieved TFLOP/s (FLOPs counted analytically) and share of bf16 peak.
 
-One training step is exactly the loop body of ``sidrec.training.recommender.train_recommender`` (the loss through
+One training step is exactly the loop body of ``sidrec.training.two_stage.train_recommender`` (the loss through
 ``LossModule``, AdamW, gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``) on random SID
 histories of full length, so every encoder row has ``1 + max_history * Lc`` tokens (real histories are shorter
 and padded: the FLOPs counted here are the ones executed).
@@ -24,7 +24,7 @@ import time
 import torch
 
 from sidrec.models.tiger import Tiger, TigerConfig
-from sidrec.training.recommender import LossModule
+from sidrec.training.two_stage import LossModule
 
 # dense bf16 tensor-core peak (TFLOP/s) by device-name substring (NVIDIA datasheets, SXM parts)
 BF16_PEAK = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}

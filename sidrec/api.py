@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sidrec.serve.recommender import Recommender
+from sidrec.serve.service import Recommender
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Recommender:

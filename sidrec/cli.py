@@ -116,7 +116,7 @@ def _add_interop_parsers(sub) -> None:
 
 
 def _stage(args: argparse.Namespace, argv: list[str]) -> int:
-    from sidrec.training import distributed as dist
+    from sidrec import distributed as dist
 
     nproc = getattr(args, "nproc", 1)
     if nproc < 1:
@@ -132,9 +132,9 @@ def _stage(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _run_stages(args: argparse.Namespace) -> int:
+    from sidrec import distributed as dist
     from sidrec.data.splits import leave_one_out
     from sidrec.pipeline import Run, model_label, results_table
-    from sidrec.training import distributed as dist
 
     cfg = load_config(args.config, args.overrides)
     quiet = args.quiet or not dist.is_main()  # one process reports
@@ -197,8 +197,9 @@ def _drop_nproc(argv: list[str]) -> list[str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from sidrec.data.dataset import Dataset
     from sidrec.data.splits import leave_one_out
-    from sidrec.models.recommenders import load_recommender
-    from sidrec.pipeline import Run, load_sids, model_label, results_table
+    from sidrec.models.registry import load_recommender
+    from sidrec.pipeline import Run, model_label, results_table
+    from sidrec.tokenizers import load_sids
 
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
     ds = Dataset.load(run.dir / "data")
@@ -210,7 +211,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from sidrec.serve.recommender import Recommender
+    from sidrec.serve.service import Recommender
 
     rec = Recommender.from_run(args.run_dir)
     recs = rec.recommend(args.history, k=args.k, exclude_history=not args.include_history)
@@ -241,7 +242,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from sidrec.eval.health import health_table, inspect_run, level_counts
+    from sidrec.eval.health import health_table, level_counts
+    from sidrec.report import inspect_run
     from sidrec.utils import atomic_write_json
 
     if args.samples < 0:
@@ -274,7 +276,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _export_sids(args: argparse.Namespace) -> int:
     from sidrec.data.dataset import Dataset
-    from sidrec.pipeline import load_sids
+    from sidrec.tokenizers import load_sids
     from sidrec.tokenizers.index import export_sids
 
     run = Path(args.run_dir)

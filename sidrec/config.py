@@ -7,7 +7,6 @@ as ``config.yaml`` next to every checkpoint. Unknown keys and wrong types are er
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -17,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from sidrec.data.embeddings import EmbedConfig
+from sidrec.embeddings import EmbedConfig
 from sidrec.models.sasrec import SASRecConfig
-from sidrec.training.losses import LossesConfig
+from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.sasrec import SASRecTrainConfig
 
 
@@ -107,32 +106,6 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Recommender training: AdamW + warm-up/cosine, early stopping on validation NDCG@10."""
-
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.035
-    warmup_steps: int = 1000
-    scheduler: str = "cosine"  # cosine | constant | inverse_sqrt
-    grad_clip: float = 1.0
-    patience: int = 10  # evaluations without improvement before stopping
-    eval_every: int = 1  # epochs
-    eval_batch_size: int = 512
-    eval_beam_size: int = 20  # beam used for validation during training
-    valid_users: int = 0  # 0 = all users; else a fixed seeded subset for faster validation
-    device: str = "auto"
-    bf16: bool = True  # bf16 autocast (fp32 weights) where it is fast: CUDA, or a CPU with AMX (run.json: cpu_amx_bf16)
-    length_buckets: bool = True  # batches of similar history length, each trimmed to its longest (same losses)
-    max_steps: int = 0  # 0 = no cap (a cap for quick smoke runs)
-    prefixes_per_user: int = 0  # 0 = every training prefix each epoch (METHODS 1.3); k > 0 = k random per user
-    log_every: int = 50  # a "step" record in recommender/metrics.jsonl every this many steps (0 = epochs only)
-    tensorboard: bool = False  # also write TensorBoard event files to <run_dir>/tensorboard (needs tensorboard)
-    compile: bool = False  # torch.compile the training step's model (GPU speed lever; same results)
-
-
-@dataclass
 class BaselineConfig:
     """The SASRec baseline (METHODS 7) trained by ``sidrec baseline``: model sizes, then its own training."""
 
@@ -157,81 +130,6 @@ class EvalConfig:
     bf16: bool = True  # decode under bf16 autocast where it is fast (CUDA, or a CPU with AMX)
 
 
-SCHEDULES = ("two_stage", "alternating", "joint")
-
-
-@dataclass
-class ScheduleConfig:
-    """How tokenizer and recommender are trained together (``RunConfig.schedule``).
-
-    Args:
-        name: ``"two_stage"``, ``"alternating"`` or ``"joint"``.
-        cycle_epochs: C, epochs per alternation cycle (1 tokenizer epoch + C - 1 recommender epochs); C >= 2.
-        tokenizer_lr: AdamW learning rate of the tokenizer's parameters (ETEGRec: 5e-5 .. 5e-4).
-        warmup_epochs: first epochs without the alignment losses (ETEGRec: 10).
-        finetune_epochs: last epochs with the tokenizer frozen (recommender fine-tuning).
-        soft_codes: the recommender embeds SID tokens from the tokenizer's ``onehot`` so that L_REC reaches the
-            tokenizer (needs a straight-through tokenizer such as DIGER to have any effect).
-        dedup_capacity: size of the recommender's last (dedup) level when the tokenizer trains: the largest group
-            of items sharing one code tuple that later codes may form. 0 = max(2 x the pre-trained tokenizer's
-            largest group, K) (our choice).
-        losses: extra losses (``soda``, ``sia``, ``psa``), off when absent.
-
-    Example:
-        >>> ScheduleConfig(name="alternating", cycle_epochs=2, losses=LossesConfig(soda=SODAConfig()))
-    """
-
-    name: str = "two_stage"
-    cycle_epochs: int = 2
-    tokenizer_lr: float = 1e-4
-    warmup_epochs: int = 0
-    finetune_epochs: int = 0
-    soft_codes: bool = False
-    dedup_capacity: int = 0
-    losses: LossesConfig = field(default_factory=LossesConfig)
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("name", self.name in SCHEDULES, f"must be one of {SCHEDULES}, got {self.name!r}"),
-            ("cycle_epochs", self.cycle_epochs >= 2, f"must be >= 2, got {self.cycle_epochs}"),
-            ("tokenizer_lr", self.tokenizer_lr > 0, f"must be > 0, got {self.tokenizer_lr}"),
-            ("warmup_epochs", self.warmup_epochs >= 0, f"must be >= 0, got {self.warmup_epochs}"),
-            ("finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}"),
-            ("dedup_capacity", self.dedup_capacity >= 0, f"must be >= 0, got {self.dedup_capacity}"),
-            ("soft_codes", not (self.soft_codes and self.name == "two_stage"),
-             "needs a schedule that trains the tokenizer (alternating or joint)"),
-        ]
-        for key, ok, message in checks:
-            if not ok:
-                raise ValueError(f"schedule.{key}: {message}")
-
-    @property
-    def trains_tokenizer(self) -> bool:
-        return self.name != "two_stage"
-
-    @property
-    def plain(self) -> bool:
-        """Two-stage without extra losses: today's ``train_recommender`` path."""
-        return self.name == "two_stage" and not self.losses.active
-
-    def phase(self, epoch: int, total_epochs: int) -> str:
-        """``"tokenizer"``, ``"recommender"`` or ``"joint"``: which side trains in ``epoch`` (0-based).
-
-        Example:
-            >>> [ScheduleConfig(name="alternating", cycle_epochs=2, finetune_epochs=1).phase(e, 5) for e in range(5)]
-            ['tokenizer', 'recommender', 'tokenizer', 'recommender', 'recommender']
-        """
-        if self.name == "two_stage" or epoch >= total_epochs - self.finetune_epochs:
-            return "recommender"
-        if self.name == "joint":
-            return "joint"
-        return "tokenizer" if epoch % self.cycle_epochs == 0 else "recommender"
-
-    def tokenizer_frozen_from(self, epoch: int, total_epochs: int) -> bool:
-        """Whether the tokenizer stays frozen from ``epoch`` on (early stopping may only trigger then)."""
-        return self.name == "two_stage" or epoch >= total_epochs - self.finetune_epochs
-
-
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,8 +146,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Reject impossible values before any work starts (``check_dataset`` adds the dataset-size checks)."""
-        from sidrec.data.embeddings import _check_config as check_embed
-        from sidrec.data.loaders import LOADERS
+        from sidrec.data.loaders import LOADERS, loader_options
         from sidrec.tokenizers import TOKENIZERS
         from sidrec.tokenizers.base import config_from_params
         from sidrec.tokenizers.index import IMPORTED, ImportedConfig
@@ -274,8 +171,7 @@ class RunConfig:
             ("model.logit_temperature", m.logit_temperature > 0, "must be > 0"),
             ("train.scheduler", t.scheduler in ("cosine", "constant", "inverse_sqrt"),
              "must be cosine, constant or inverse_sqrt"),
-            ("data.format", self.data.format in (*LOADERS, "movielens_pypi"),
-             f"must be one of {', '.join((*LOADERS, 'movielens_pypi'))}"),
+            ("data.format", self.data.format in LOADERS, f"must be one of {', '.join(LOADERS)}"),
             ("eval.ks", bool(self.eval.ks) and all(k >= 1 for k in self.eval.ks), "must be positive integers"),
             ("eval.ks", max(self.eval.ks or [1]) <= self.eval.beam_size, "largest K must be <= eval.beam_size"),
             ("model.name", m.name in ("tiger", "etegrec"), "must be tiger or etegrec"),
@@ -287,8 +183,7 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
         # data.options are the loader's keyword arguments: as strict as every other section.
-        loader = LOADERS["recbole" if self.data.format == "movielens_pypi" else self.data.format]
-        valid = [name for name in inspect.signature(loader).parameters if name != "path"]
+        valid = loader_options(self.data.format)
         unknown = sorted(set(self.data.options) - set(valid))
         if unknown:
             raise ConfigError(f"unknown config key data.options.{unknown[0]} for data.format {self.data.format} "
@@ -301,7 +196,7 @@ class RunConfig:
                               f"(known: {', '.join(tokenizer_configs)})")
         for what, check in (("tokenizer", lambda: config_from_params(tokenizer_configs[self.tokenizer.name],
                                                                       self.tokenizer.params, "tokenizer.params")),
-                            ("embed", lambda: check_embed(self.embed)),
+                            ("embed", self.embed.check),
                             ("sasrec", lambda: self.sasrec.model_config(num_items=2))):
             try:
                 check()

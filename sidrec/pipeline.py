@@ -38,26 +38,25 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from sidrec import distributed as dist
 from sidrec.config import ConfigError, RunConfig, dump_config, input_path, load_config, resolve_embed
 from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import EmbedConfig, embed_items, embedding_key
-from sidrec.data.loaders import load_dataset
-from sidrec.data.movielens import fetch_movielens_100k
+from sidrec.data.loaders import load_dataset, needs_path
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
+from sidrec.embeddings import EmbedConfig, embed_items, embedding_key
 from sidrec.eval.evaluate import evaluate
 from sidrec.eval.locality import misalignment, prefix_sharing
 from sidrec.eval.metrics import baseline_metrics
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
-from sidrec.models.recommenders import load_recommender
+from sidrec.models.registry import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
-from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from sidrec.tokenizers import Tokenizer, build_tokenizer, load_sids, load_tokenizer
 from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health, config_from_params
 from sidrec.tokenizers.index import IMPORTED, ImportedConfig, import_sids
-from sidrec.training import distributed as dist
-from sidrec.training.recommender import TrainResult, train_recommender
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.training.schedules import train_joint
+from sidrec.training.two_stage import TrainResult, train_recommender
 from sidrec.utils import (
     atomic_write,
     atomic_write_json,
@@ -155,7 +154,7 @@ class Run:
         """``data.path`` resolved by ``input_path`` (None: MovieLens-100K from PyPI); ``check``: it must exist."""
         d = self.cfg.data
         if d.path is None:
-            if d.format == "movielens_pypi":
+            if not needs_path(d.format):
                 return None
             raise ConfigError(f"data.path: required for format {d.format}")
         return input_path(d.path, "data.path" if check else None)
@@ -209,11 +208,7 @@ class Run:
             return ds
         d = self.cfg.data
         path = self.data_path(check=True)
-        if d.format == "movielens_pypi":
-            folder = fetch_movielens_100k(self.cache / "downloads", wheel=path)
-            ds = load_dataset("recbole", folder, **d.options)
-        else:
-            ds = load_dataset(d.format, path, **d.options)
+        ds = load_dataset(d.format, path, cache_dir=self.cache / "downloads", **d.options)
         ds.name = d.name
         self.cfg.check_dataset(ds.num_items, ds.name)  # before anything is written or computed
         meta = self.dir / "data" / "dataset.json"
@@ -538,20 +533,6 @@ def _file_stats(path: Path | None) -> list[tuple[str, int, int]]:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary path
         np.save(f, array, allow_pickle=False)
-
-
-def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:
-    """Item SIDs (N, Lc) and the level sizes (codebook size per learned level, max group for the dedup level).
-
-    Imported SIDs store their level sizes in ``tokenizer.json``.
-    """
-    tdir = Path(tokenizer_dir)
-    sids = np.load(tdir / "sids.npy", allow_pickle=False)
-    tok_meta = read_json(tdir / "tokenizer.json")
-    if "level_sizes" in tok_meta:
-        return sids, [int(s) for s in tok_meta["level_sizes"]]
-    k = int(tok_meta["config"]["codebook_size"])
-    return sids, [k] * (sids.shape[1] - 1) + [int(sids[:, -1].max()) + 1]
 
 
 def model_label(cfg: RunConfig) -> str:

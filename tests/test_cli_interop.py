@@ -8,7 +8,7 @@ import pytest
 
 from sidrec.cli import main
 from sidrec.data.dataset import Dataset
-from sidrec.pipeline import load_sids
+from sidrec.tokenizers import load_sids
 from sidrec.tokenizers.index import read_index_json
 
 

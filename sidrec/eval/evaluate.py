@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sidrec import distributed as dist
 from sidrec.data.splits import Examples
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.metrics import topk_metrics
-from sidrec.training import distributed as dist
 from sidrec.utils import bf16_autocast
 
 

@@ -8,8 +8,8 @@ Three views of one code matrix ``(N, L)``:
 - the fit trajectory from ``tokenizer/fit_log.jsonl`` (``fit_trajectory``): usage per epoch (per level for
   RQ-KMeans, which fits level after level), so a collapse during training shows.
 
-The statistics are pure functions; ``inspect_run`` gathers them from a run directory; plots live in
-``sidrec.eval.plots``.
+The statistics are pure functions; ``sidrec.report.inspect_run`` gathers them from a run directory; plots live
+in ``sidrec.eval.plots``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sidrec.config import load_config, resolve_embed
-from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import embed_items
-from sidrec.eval.locality import prefix_sharing
-from sidrec.pipeline import load_sids
-from sidrec.tokenizers.base import codebook_health
+from sidrec.tokenizers import load_sids
 from sidrec.utils import read_json
 
 
@@ -90,46 +85,6 @@ def learned_codes(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int], str
     # Fitted tokenizers always append the dedup token; imported SIDs record whether they did.
     num_levels = int(meta["num_levels"]) if "num_levels" in meta else sids.shape[1] - 1
     return sids[:, :num_levels], sizes[:num_levels], str(meta.get("name"))
-
-
-def inspect_run(run_dir: str | Path, num_samples: int = 1000,
-                seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
-    """Health report of a run's semantic IDs; returns ``(report, learned codes (N, L))``.
-
-    The embeddings for ``prefix_sharing`` are the run's own (``embed_items`` with the run's config: read from
-    the embedding cache, recomputed when the cache is gone); ``num_samples=0`` skips them. Nothing in the run
-    directory is written.
-
-    Example:
-        >>> report, codes = inspect_run("runs/ml-100k-demo")  # doctest: +SKIP
-        >>> report["codebook"]["collision_rate"]  # doctest: +SKIP
-        0.0101
-    """
-    run = Path(run_dir)
-    if not (run / "tokenizer" / "sids.npy").is_file():
-        raise FileNotFoundError(f"{run / 'tokenizer' / 'sids.npy'}: missing; has the run been tokenized?")
-    codes, sizes, name = learned_codes(run / "tokenizer")
-    report: dict[str, Any] = {
-        "run": str(run),
-        "tokenizer": name,
-        "num_items": int(codes.shape[0]),
-        "level_sizes": sizes,
-        "codebook": codebook_health(torch.as_tensor(codes), sizes),
-        "prefix_sharing": None,
-        "fit": None,
-    }
-    if num_samples > 0:
-        cfg = load_config(run / "config.yaml")
-        ds = Dataset.load(run / "data")
-        emb = embed_items(ds, resolve_embed(cfg.embed, "embed"), Path(cfg.cache_dir) / "embeddings", device="cpu",
-                          progress=False)
-        report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples,
-                                                  seed)
-    log_path = run / "tokenizer" / "fit_log.jsonl"
-    if log_path.is_file():
-        records = read_fit_log(log_path)
-        report["fit"] = fit_trajectory(records) if records else None
-    return report, codes
 
 
 def health_table(report: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sidrec.serve.batcher import MicroBatcher
-from sidrec.serve.recommender import Recommendation, Recommender
+from sidrec.serve.service import Recommendation, Recommender
 
 
 class RecommendationOut(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sidrec.serve.recommender import Recommendation, Recommender
+from sidrec.serve.service import Recommendation, Recommender
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -81,6 +82,20 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return tokenizer.eval()
 
 
+def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:
+    """Item SIDs (N, Lc) and the level sizes (codebook size per learned level, max group for the dedup level).
+
+    Imported SIDs store their level sizes in ``tokenizer.json``.
+    """
+    tdir = Path(tokenizer_dir)
+    sids = np.load(tdir / "sids.npy", allow_pickle=False)
+    tok_meta = read_json(tdir / CONFIG_FILE)
+    if "level_sizes" in tok_meta:
+        return sids, [int(s) for s in tok_meta["level_sizes"]]
+    k = int(tok_meta["config"]["codebook_size"])
+    return sids, [k] * (sids.shape[1] - 1) + [int(sids[:, -1].max()) + 1]
+
+
 __all__ = [
     "TOKENIZERS",
     "Assignment",
@@ -101,5 +116,6 @@ __all__ = [
     "build_tokenizer",
     "codebook_health",
     "config_from_params",
+    "load_sids",
     "load_tokenizer",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sidrec.data.dataset import Dataset
-from sidrec.data.loaders import _load_json
+from sidrec.data.loaders import load_json
 from sidrec.tokenizers.base import assign_semantic_ids, codebook_health, config_from_params, require
 from sidrec.utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 
@@ -100,7 +100,7 @@ def read_index_json(path: str | Path, dataset: Dataset, keys: Literal["index", "
         raise ValueError(f"keys: expected 'index' or 'item', got {keys!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    raw = _load_json(path)  # duplicate keys are errors: an item cannot be listed twice
+    raw = load_json(path)  # duplicate keys are errors: an item cannot be listed twice
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path}: expected a non-empty JSON object {{item: [\"<a_12>\", \"<b_7>\", ...]}}")
     n = dataset.num_items

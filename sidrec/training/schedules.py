@@ -1,7 +1,7 @@
 """Training schedules for a tokenizer and a generative recommender: two-stage, alternating and fully joint.
 
 - ``two_stage`` (default): the tokenizer is fitted first and frozen; the recommender trains on its fixed SIDs.
-  Without extra losses this is exactly ``sidrec.training.recommender.train_recommender``.
+  Without extra losses this is exactly ``sidrec.training.two_stage.train_recommender``.
 - ``alternating`` (ETEGRec, SODA): cycles of ``cycle_epochs`` epochs. The first epoch of a cycle is a tokenizer
   phase (recommender frozen), the others are recommender phases (tokenizer frozen); item codes are recomputed
   after every tokenizer phase. The last ``finetune_epochs`` epochs train the recommender only.
@@ -21,7 +21,7 @@ The best validation epoch's recommender and tokenizer are kept in ``best/`` (``m
 ``tokenizer/``); checkpoints hold both sides, the current SID table, the optimiser (safetensors + JSON) and the
 name of their best snapshot, from which ``best/`` is restored on resume.
 
-Under torchrun (``sidrec run CONFIG --nproc N``, see ``sidrec.training.distributed``) every process draws the same
+Under torchrun (``sidrec run CONFIG --nproc N``, see ``sidrec.distributed``) every process draws the same
 seeded epoch order and runs the recommender on its shard of each global batch, as two-stage training does; the
 losses are those of the whole batch (``joint_losses``) and one all-reduce averages the gradients of whichever side
 trains, so all processes stay identical and follow the single-process run step for step (up to float summation
@@ -40,17 +40,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sidrec.config import ScheduleConfig, TrainConfig
+from sidrec import distributed as dist
 from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs, trim_padding
 from sidrec.models.tiger import Tiger
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
-from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
+from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
-from sidrec.training.recommender import (
+from sidrec.training.two_stage import (
     TrainResult,
     bucket_by_length,
     epoch_order,

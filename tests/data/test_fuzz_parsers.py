@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from test_hostile_inputs import BASE, OPTIONS, _npy, gz
 
 from sidrec.config import ConfigError, load_config
-from sidrec.data.embeddings import load_npy_embeddings
 from sidrec.data.loaders import load_dataset
+from sidrec.embeddings import load_npy_embeddings
 
 FUZZ_EXAMPLES = 200
 SLOW_EXAMPLES = 5000

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from sidrec.config import ConfigError, load_config
-from sidrec.data.embeddings import load_npy_embeddings
 from sidrec.data.loaders import load_dataset
+from sidrec.embeddings import load_npy_embeddings
 
 BAD_UTF8 = b"\xff\xfe\xc3\x28"
 BOM = "\ufeff".encode()

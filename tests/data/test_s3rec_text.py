@@ -76,7 +76,7 @@ def test_title_field_and_bad_text_options(tmp_path):
 
 def test_titles_reach_recommend_and_the_report(tiny_args, tmp_path, capsys):
     from sidrec.report import render_report
-    from sidrec.serve.recommender import Recommender
+    from sidrec.serve.service import Recommender
 
     run, args = tiny_args
     data = write_s3rec(tmp_path / "shop")

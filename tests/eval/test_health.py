@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from sidrec.eval.health import fit_trajectory, health_table, level_counts, prefix_sharing, read_fit_log
+from sidrec.eval.health import fit_trajectory, health_table, level_counts, read_fit_log
+from sidrec.eval.locality import prefix_sharing
 
 
 def clustered(num_clusters: int = 8, per: int = 25, dim: int = 16, seed: int = 0):

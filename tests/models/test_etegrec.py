@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 
 from sidrec.cli import main
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
-from sidrec.models.recommenders import load_recommender
+from sidrec.models.registry import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
 from sidrec.training.metrics_log import read_jsonl
 

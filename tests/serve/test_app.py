@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from sidrec.serve.app import create_app, is_loopback, serve
-from sidrec.serve.recommender import Recommender
+from sidrec.serve.service import Recommender
 
 # Loopback only: never route the test traffic through a proxy from the environment.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -15,7 +15,7 @@ import pytest
 from test_app import running
 
 from sidrec.serve.app import create_app
-from sidrec.serve.recommender import Recommender
+from sidrec.serve.service import Recommender
 
 
 def hammer(base: str, clients: int, per_client: int, keys: list[str], headers: dict | None = None) -> list:

@@ -12,13 +12,12 @@ import torch
 from conftest import write_recbole
 from safetensors.torch import load_file, save_file
 
-from sidrec.config import ScheduleConfig, TrainConfig
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import RQVAE, RQVAEConfig
-from sidrec.training import recommender, schedules
+from sidrec.training import schedules, two_stage
 from sidrec.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -28,6 +27,7 @@ from sidrec.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from sidrec.training.config import ScheduleConfig, TrainConfig
 
 SMALL = dict(d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0,
              user_buckets=0)
@@ -51,7 +51,7 @@ def _setup(tmp_path):
 
 def _train(kind, tmp_path, out, monkeypatch, scores, kill_at_checkpoint=None):
     """One attempt: ``scores`` are the validation NDCG@10 of its epochs; ``Killed`` at that checkpoint."""
-    module = recommender if kind == "two_stage" else schedules
+    module = two_stage if kind == "two_stage" else schedules
     it = iter(scores)
     monkeypatch.setattr(module, "evaluate", lambda *a, **k: {"recall@10": 0.0, "ndcg@10": next(it)})
     calls, real_save = [], module.save_checkpoint
@@ -67,8 +67,8 @@ def _train(kind, tmp_path, out, monkeypatch, scores, kill_at_checkpoint=None):
     try:
         if kind == "two_stage":
             sids = schedules.semantic_ids_for(tok, emb, model)
-            recommender.train_recommender(model, split, sids, SidTrie(sids, model.cfg.level_sizes), CFG, out,
-                                          seed=0, progress=False)
+            two_stage.train_recommender(model, split, sids, SidTrie(sids, model.cfg.level_sizes), CFG, out,
+                                        seed=0, progress=False)
         else:
             schedules.train_joint(model, tok, emb, split, CFG, ScheduleConfig(name="joint"), out, seed=0,
                                   progress=False)

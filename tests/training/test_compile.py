@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sidrec.models.tiger import Tiger, TigerConfig
-from sidrec.training.recommender import LossModule
+from sidrec.training.two_stage import LossModule
 
 LEVELS = [8, 8, 4]
 

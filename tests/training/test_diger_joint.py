@@ -6,12 +6,12 @@ from conftest import write_recbole
 from safetensors.torch import load_file
 
 from sidrec.cli import main
-from sidrec.config import ScheduleConfig, TrainConfig
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import DIGER, DIGERConfig, load_tokenizer
 from sidrec.training import schedules
+from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.metrics_log import read_jsonl
 from sidrec.training.schedules import joint_losses, semantic_ids_for, train_joint
 

@@ -12,18 +12,18 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from sidrec.config import ScheduleConfig, TrainConfig
+from sidrec import distributed as dist
 from sidrec.data.dataset import Dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import RQVAE, RQVAEConfig
-from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import latest_checkpoint
+from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.losses import LossesConfig, SODAConfig
 from sidrec.training.metrics_log import read_jsonl
-from sidrec.training.recommender import train_recommender
 from sidrec.training.schedules import train_joint
+from sidrec.training.two_stage import train_recommender
 
 LEVELS = [4, 4, 3]
 

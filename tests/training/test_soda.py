@@ -4,11 +4,11 @@ import pytest
 import torch
 from conftest import write_recbole
 
-from sidrec.config import ScheduleConfig
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import RQVAE, RQVAEConfig
+from sidrec.training.config import ScheduleConfig
 from sidrec.training.losses import (
     LossesConfig,
     SIAConfig,

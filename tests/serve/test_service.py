@@ -2,7 +2,7 @@
 
 import pytest
 
-from sidrec.serve.recommender import Recommender
+from sidrec.serve.service import Recommender
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,22 @@ class EmbedConfig:
     sasrec_dim: int = 64
     seed: int = 0
 
+    def check(self) -> None:
+        """Raise ``ValueError`` for impossible options (called before any embedding work)."""
+        if not self.sources:
+            raise ValueError("EmbedConfig.sources is empty")
+        for s in self.sources:
+            if s not in SOURCES:
+                raise ValueError(f"EmbedConfig.sources: unknown source {s!r}; valid: {', '.join(SOURCES)}")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"EmbedConfig.sources has a repeated source: {self.sources}")
+        if "npy" in self.sources and not self.npy_path:
+            raise ValueError("EmbedConfig.npy_path is required for the 'npy' source")
+        if self.batch_size < 1:
+            raise ValueError(f"EmbedConfig.batch_size must be >= 1, got {self.batch_size}")
+        if "sasrec" in self.sources and (self.sasrec_dim < 2 or self.sasrec_dim % 2):
+            raise ValueError(f"EmbedConfig.sasrec_dim must be a positive even number, got {self.sasrec_dim}")
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # text
@@ -246,22 +262,6 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _check_config(cfg: EmbedConfig) -> None:
-    if not cfg.sources:
-        raise ValueError("EmbedConfig.sources is empty")
-    for s in cfg.sources:
-        if s not in SOURCES:
-            raise ValueError(f"EmbedConfig.sources: unknown source {s!r}; valid: {', '.join(SOURCES)}")
-    if len(set(cfg.sources)) != len(cfg.sources):
-        raise ValueError(f"EmbedConfig.sources has a repeated source: {cfg.sources}")
-    if "npy" in cfg.sources and not cfg.npy_path:
-        raise ValueError("EmbedConfig.npy_path is required for the 'npy' source")
-    if cfg.batch_size < 1:
-        raise ValueError(f"EmbedConfig.batch_size must be >= 1, got {cfg.batch_size}")
-    if "sasrec" in cfg.sources and (cfg.sasrec_dim < 2 or cfg.sasrec_dim % 2):
-        raise ValueError(f"EmbedConfig.sasrec_dim must be a positive even number, got {cfg.sasrec_dim}")
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -273,7 +273,7 @@ def _inputs(ds: Dataset, cfg: EmbedConfig) -> tuple[dict[str, Any], list[str] | 
     The key covers the options and, per source, what the matrix depends on: the rendered texts and the encoder's
     identity (its directory name and file sizes), the attribute tokens, the npy file's sha256, the sequences.
     """
-    _check_config(cfg)
+    cfg.check()
     key: dict[str, Any] = {"version": 1, "num_items": ds.num_items, "sources": cfg.sources, "normalize": cfg.normalize}
     texts = model_path = tokens = None
     if "text" in cfg.sources:

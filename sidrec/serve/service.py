@@ -12,8 +12,8 @@ from sidrec.data.dataset import Dataset
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import model_inputs
-from sidrec.models.recommenders import load_recommender
-from sidrec.pipeline import load_sids
+from sidrec.models.registry import load_recommender
+from sidrec.tokenizers import load_sids
 from sidrec.utils import resolve_device
 
 

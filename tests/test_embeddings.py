@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidrec.data import embeddings
+from sidrec import embeddings
 from sidrec.data.dataset import Dataset
-from sidrec.data.embeddings import (
+from sidrec.embeddings import (
     EmbedConfig,
     attribute_embeddings,
     default_model_path,

@@ -8,7 +8,7 @@ from the best snapshot that checkpoint names (``sidrec.training.checkpoint.save_
 records the loss, learning rate and throughput every ``log_every`` steps and each epoch's summary with its
 validation metrics (``sidrec.training.metrics_log``).
 
-Under torchrun (see ``sidrec.training.distributed``) the same loop runs data-parallel: every process draws the
+Under torchrun (see ``sidrec.distributed``) the same loop runs data-parallel: every process draws the
 same seeded epoch order, takes its slice of each global batch and DDP averages the gradients; only rank 0 writes.
 """
 
@@ -27,13 +27,13 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from sidrec.config import TrainConfig
+from sidrec import distributed as dist
 from sidrec.data.splits import Examples, LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.tokenizers.base import Tokenizer
-from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
+from sidrec.training.config import TrainConfig
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.utils import atomic_write, atomic_write_json, bf16_autocast, crash_point
 

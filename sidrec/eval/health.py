@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sidrec.tokenizers import load_sids
+from sidrec.tokenizers import CONFIG_FILE, load_sids
 from sidrec.utils import read_json
 
 
@@ -81,7 +81,7 @@ def learned_codes(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int], str
     """A run's learned codes ``(N, L)`` (SIDs without the dedup token), their level sizes, the tokenizer name."""
     tdir = Path(tokenizer_dir)
     sids, sizes = load_sids(tdir)
-    meta = read_json(tdir / "tokenizer.json")
+    meta = read_json(tdir / CONFIG_FILE)
     # Fitted tokenizers always append the dedup token; imported SIDs record whether they did.
     num_levels = int(meta["num_levels"]) if "num_levels" in meta else sids.shape[1] - 1
     return sids[:, :num_levels], sizes[:num_levels], str(meta.get("name"))

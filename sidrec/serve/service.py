@@ -13,6 +13,7 @@ from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import model_inputs
 from sidrec.models.registry import load_recommender
+from sidrec.rundir import RunDir
 from sidrec.tokenizers import load_sids
 from sidrec.utils import resolve_device
 
@@ -44,13 +45,13 @@ class Recommender:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> Recommender:
-        run = Path(run_dir)
-        for need in ("data/dataset.json", "tokenizer/sids.npy", "model/model.json"):
-            if not (run / need).exists():
-                raise FileNotFoundError(f"{run / need}: missing; is {run} a finished run directory?")
-        sids, _ = load_sids(run / "tokenizer")
-        model = load_recommender(run / "model")  # its level sizes: a joint run widens the dedup level
-        return cls(Dataset.load(run / "data"), model, sids, model.cfg.level_sizes, str(resolve_device(device)))
+        run = RunDir(run_dir)
+        for need in (run.data / "dataset.json", run.sids_file(run.sids_dir), run.model_json):
+            if not need.exists():
+                raise FileNotFoundError(f"{need}: missing; is {run.root} a finished run directory?")
+        sids, _ = load_sids(run.sids_dir)
+        model = load_recommender(run.model)  # its level sizes: a joint run widens the dedup level
+        return cls(Dataset.load(run.data), model, sids, model.cfg.level_sizes, str(resolve_device(device)))
 
     def unknown_items(self, keys: list[str]) -> list[str]:
         """The keys in ``keys`` that are not in the catalogue, in order, without duplicates."""

@@ -14,6 +14,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from sidrec.rundir import SIDS_FILE
 from sidrec.tokenizers.base import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -88,7 +89,7 @@ def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:
     Imported SIDs store their level sizes in ``tokenizer.json``.
     """
     tdir = Path(tokenizer_dir)
-    sids = np.load(tdir / "sids.npy", allow_pickle=False)
+    sids = np.load(tdir / SIDS_FILE, allow_pickle=False)
     tok_meta = read_json(tdir / CONFIG_FILE)
     if "level_sizes" in tok_meta:
         return sids, [int(s) for s in tok_meta["level_sizes"]]

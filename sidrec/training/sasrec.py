@@ -33,6 +33,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, LeaveOneOut, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
+from sidrec.rundir import BaselineDir
 from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.utils import atomic_write_json
@@ -284,18 +285,18 @@ def sasrec_baseline(
     if model_cfg.num_items != ds.num_items:
         raise ValueError(f"SASRecConfig.num_items is {model_cfg.num_items}; "
                          f"dataset {ds.name!r} has {ds.num_items} items")
-    out = Path(out_dir)
+    out = BaselineDir(out_dir)
     torch.manual_seed(seed)
     model = SASRec(model_cfg)
     split = leave_one_out(ds, model_cfg.max_len)
-    res = train_sasrec(model, split, train_cfg, out / "train", seed, device, progress, resume, log,
-                       log_path=out / "metrics.jsonl")
-    save_sasrec(model, out / "model")
+    res = train_sasrec(model, split, train_cfg, out.training.root, seed, device, progress, resume, log,
+                       log_path=out.training.log)
+    save_sasrec(model, out.model)
     metrics: dict[str, float] = {}
     for part, examples in (("valid", split.valid), ("test", split.test)):
         m = evaluate_sasrec(model, examples, ks, train_cfg.eval_batch_size)
         metrics.update({f"sasrec.{part}.{k}": v for k, v in m.items()})
     protocol = {"split": "leave-one-out", "ranking": "full, all items", "max_history": model_cfg.max_len}
     record = {**metrics, "best_epoch": res["best_epoch"], "protocol": protocol}
-    atomic_write_json(out / "metrics.json", record)
+    atomic_write_json(out.metrics, record)
     return metrics

@@ -71,8 +71,8 @@ def test_joint_schedule_trains_diger_sdud_end_to_end(tiny_args):
     assert [r["phase"] for r in log] == ["joint", "recommender"]
     assert log[0]["usage"][0] > 0 and "valid.ndcg@10" in log[-1]
     assert len(log[0]["noise.sigma"]) == 2 and "noise.sigma" not in log[1]  # logged after tokenizer epochs
-    pretrained = load_tokenizer(run / "tokenizer" / "pretrained")
-    trained = load_tokenizer(run / "tokenizer")
+    pretrained = load_tokenizer(run / "tokenizer")
+    trained = load_tokenizer(run / "model" / "tokenizer")
     assert isinstance(trained, DIGER) and trained.config.decay == "sdud"
     assert not torch.equal(trained.quantizer.codebooks, pretrained.quantizer.codebooks)
     assert not torch.equal(trained.sigma, pretrained.sigma)  # SDUD's sigma learned from the wrapped L_REC

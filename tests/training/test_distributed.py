@@ -209,7 +209,7 @@ def test_cli_nproc_2_etegrec_alternating_matches_one_process(tmp_path):
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())
     tests = [k for k in one if k.startswith("test.")]
     assert tests and all(ddp[k] == pytest.approx(one[k], abs=1e-9) for k in tests)
-    sids = [np.load(r / "tokenizer" / "sids.npy") for r in (run, tmp_path / "single")]
+    sids = [np.load(r / "model" / "tokenizer" / "sids.npy") for r in (run, tmp_path / "single")]
     assert np.array_equal(*sids)  # the same tokenizer update, and codes recomputed the same way
     epochs = [r for r in read_jsonl(run / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
     single = [r for r in read_jsonl(tmp_path / "single" / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]

@@ -9,13 +9,15 @@ from conftest import tiny_overrides, write_recbole
 from safetensors.torch import load_file
 
 from sidrec.cli import main
-from sidrec.config import ConfigError, ScheduleConfig, TrainConfig, load_config
+from sidrec.config import ConfigError, load_config
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.models.tiger import Tiger, TigerConfig
+from sidrec.serve.service import Recommender
 from sidrec.tokenizers import RQVAE, RQVAEConfig, assign_semantic_ids
 from sidrec.tokenizers.base import Assignment
 from sidrec.training import schedules
+from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.losses import LossesConfig, SODAConfig
 from sidrec.training.metrics_log import read_jsonl
 from sidrec.training.schedules import joint_losses, semantic_ids_for, train_joint
@@ -192,15 +194,18 @@ def test_cli_alternating_soda_on_tiger(tmp_path):
     assert 0.0 <= metrics["test.ndcg@10"] <= 1.0
     log = [r for r in read_jsonl(run / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["phase"] for r in log] == ["tokenizer", "recommender", "recommender"]
-    # tokenizer/ holds the updated tokenizer and its SIDs; the tokenize stage's fit is kept beside it
-    assert (run / "tokenizer" / "pretrained" / "sids.npy").exists()
-    assert metrics["tokenizer.health"] == json.loads((run / "tokenizer" / "health.json").read_text())
-    pretrained = np.load(run / "tokenizer" / "pretrained" / "sids.npy")
-    assert not np.array_equal(np.load(run / "tokenizer" / "sids.npy"), pretrained)  # the tokenizer epoch moved codes
-    # switching back to two-stage restores the tokenize stage's tokenizer instead of reusing the updated one
-    assert main(["run", "configs/ml-100k-demo.yaml", *args, "train.epochs=1", "--quiet"]) == 0
-    assert np.array_equal(np.load(run / "tokenizer" / "sids.npy"), pretrained)
+    # model/tokenizer/ holds the updated tokenizer and its SIDs beside the model; tokenizer/ stays the fit
+    trained = run / "model" / "tokenizer"
+    assert metrics["tokenizer.health"] == json.loads((trained / "health.json").read_text())
+    fitted = np.load(run / "tokenizer" / "sids.npy")
+    assert not np.array_equal(np.load(trained / "sids.npy"), fitted)  # the tokenizer epoch moved codes
     assert not (run / "tokenizer" / "pretrained").exists()
+    assert Recommender.from_run(run).item_sids.tolist() == np.load(trained / "sids.npy").tolist()
+    # switching back to two-stage trains on the tokenize stage's SIDs, and the model no longer has its own
+    assert main(["run", "configs/ml-100k-demo.yaml", *args, "train.epochs=1", "--quiet"]) == 0
+    assert np.array_equal(np.load(run / "tokenizer" / "sids.npy"), fitted)
+    assert not trained.exists()
+    assert Recommender.from_run(run).item_sids.tolist() == fitted.tolist()
 
 
 def test_assignment_contract_fields():

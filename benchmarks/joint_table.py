@@ -80,8 +80,8 @@ SMOKE = [
     "data.max_history=10", "embed.sources=[cooccurrence]", "embed.cooccurrence_dim=32",
     "tokenizer.params.codebook_size=16", "tokenizer.params.latent_dim=8", "tokenizer.params.hidden_dims=[32]",
     "tokenizer.params.epochs=2",
-    "model.d_model=16", "model.num_heads=2", "model.d_kv=8", "model.d_ff=32", "model.num_encoder_layers=1",
-    "model.num_decoder_layers=1", "train.epochs=3", "train.prefixes_per_user=1", "train.valid_users=200",
+    "model.params.d_model=16", "model.params.num_heads=2", "model.params.d_kv=8", "model.params.d_ff=32", "model.params.num_encoder_layers=1",
+    "model.params.num_decoder_layers=1", "train.epochs=3", "train.prefixes_per_user=1", "train.valid_users=200",
     "train.warmup_steps=10", "train.device=cpu", "eval.beam_size=10", "eval.ks=[5, 10]",
     "schedule.warmup_epochs=1", "schedule.finetune_epochs=1",
 ]

@@ -46,9 +46,9 @@ LABELS = {"sasrec": "SASRec", "tiger-rqvae": "TIGER (RQ-VAE)", "tiger-rqkmeans":
 # Everything shrunk for --smoke: a few optimiser steps, tiny models, small tokenizers. The point is to run every
 # code path of the script on the real data, not to get numbers.
 SMOKE = [
-    "model.d_model=16", "model.num_heads=2", "model.d_kv=8", "model.d_ff=32", "model.num_encoder_layers=1",
-    "model.num_decoder_layers=1", "train.epochs=1", "train.max_steps=5", "train.valid_users=200",
-    "train.device=cpu", "eval.beam_size=10", "eval.ks=[5, 10]", "sasrec.d_model=16", "sasrec.train.epochs=1",
+    "model.params.d_model=16", "model.params.num_heads=2", "model.params.d_kv=8", "model.params.d_ff=32", "model.params.num_encoder_layers=1",
+    "model.params.num_decoder_layers=1", "train.epochs=1", "train.max_steps=5", "train.valid_users=200",
+    "train.device=cpu", "eval.beam_size=10", "eval.ks=[5, 10]", "sasrec.params.d_model=16", "sasrec.train.epochs=1",
     "sasrec.train.max_steps=5",
 ]
 SMOKE_TOKENIZER = {  # smaller codebooks and 2 epochs; method defaults otherwise

@@ -3,7 +3,8 @@
 The package is layered; a module imports only from its own layer or the layers before it (``tests/test_layers.py``
 walks every import, and also refuses another package's private ``_names``):
 
-1. core: ``sidrec.utils``, ``sidrec.distributed`` (torchrun process helpers), ``sidrec.rundir`` (run layout)
+1. core: ``sidrec.utils``, ``sidrec.distributed`` (torchrun process helpers), ``sidrec.rundir`` (run layout),
+   ``sidrec.schema`` (the one config schema: YAML -> dataclasses)
 2. data: ``sidrec.data`` (loaders, datasets, splits)
 3. tokenizers / models: ``sidrec.tokenizers`` (embeddings -> SIDs), ``sidrec.models`` (recommenders, SASRec);
    neither imports the other

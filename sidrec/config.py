@@ -1,15 +1,14 @@
 """Typed run configuration: dataclasses loaded from YAML, overridable with ``key.sub=value``, strict on keys.
 
 One ``RunConfig`` describes a whole run (data -> embeddings -> tokenizer -> recommender -> evaluation). It is saved
-as ``config.yaml`` next to every checkpoint. Unknown keys and wrong types are errors naming the offending key.
+as ``config.yaml`` next to every checkpoint. It is read by the one schema of ``sidrec.schema``: unknown keys and
+wrong types are errors naming the offending key; the tokenizer's and the model's ``params`` are checked against
+their own config classes, whose defaults apply.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,49 +16,13 @@ from typing import Any
 import yaml
 
 from sidrec.embeddings import EmbedConfig
+from sidrec.models.registry import DERIVED, recommender_spec
 from sidrec.models.sasrec import SASRecConfig
+from sidrec.schema import ConfigError, apply_overrides, from_dict, read_yaml_mapping
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.sasrec import SASRecTrainConfig
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key."""
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also refuses duplicate keys (plain YAML silently keeps the last one) and aliases
-    (``*name``: a few nested aliases expand to billions of values once the config is hashed or dumped)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in configs", mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    """Parse YAML strictly; errors name ``where`` and the line."""
-    try:
-        return yaml.load(text, Loader=_StrictSafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: invalid YAML: {e.problem or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: invalid YAML: {e}") from None
+__all__ = ["ConfigError", "RunConfig", "dump_config", "input_path", "load_config", "resolve_embed"]
 
 
 @dataclass
@@ -88,38 +51,43 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """The recommender: ``name`` (``tiger`` or ``etegrec``) and its T5 sizes (TIGER's defaults, METHODS 1.3).
+    """The recommender: ``name``, a key of ``sidrec.models.registry.RECOMMENDERS``, and ``params``, fields of that
+    model's own config class (``TigerConfig``, ``ETEGRecConfig``) whose defaults fill the rest.
 
-    The SID level sizes come from the tokenizer; ETEGRec's head sizes from the tokenizer and the embeddings.
+    The run sets the fields in ``sidrec.models.registry.DERIVED``: the SID level sizes from the tokenizer, the
+    history length from ``data.max_history``, the alignment heads' sizes from the tokenizer.
     """
 
     name: str = "tiger"
-    d_model: int = 128
-    num_heads: int = 6
-    d_kv: int = 64
-    d_ff: int = 1024
-    num_encoder_layers: int = 4
-    num_decoder_layers: int = 4
-    dropout: float = 0.1
-    user_buckets: int = 2000
-    logit_temperature: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, **derived: Any) -> Any:
+        """The model's config: ``params`` over its defaults, with the ``derived`` fields (those it has)."""
+        spec = recommender_spec(self.name)
+        given = sorted(set(self.params) & set(DERIVED))
+        if given:
+            raise ConfigError(f"model.params.{given[0]}: set by the run, not by the config (from the tokenizer, "
+                              "data.max_history and the embeddings)")
+        unknown = [k for k in self.params if k not in spec.params]
+        if unknown:
+            raise ConfigError(f"model.params.{unknown[0]}: unknown parameter of model.name {self.name} "
+                              f"(valid: {', '.join(spec.params)})")
+        sizes = {k: v for k, v in derived.items() if k in spec.fields}
+        return from_dict(spec.config, {**self.params, **sizes}, "model.params")
 
 
 @dataclass
 class BaselineConfig:
-    """The SASRec baseline (METHODS 7) trained by ``sidrec baseline``: model sizes, then its own training."""
+    """The SASRec baseline (METHODS 7) trained by ``sidrec baseline``: ``params``, fields of ``SASRecConfig``
+    (its defaults fill the rest; ``num_items`` comes from the dataset), and its own training."""
 
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
-    loss: str = "ce"  # ce | bce
+    params: dict[str, Any] = field(default_factory=dict)
     train: SASRecTrainConfig = field(default_factory=SASRecTrainConfig)
 
     def model_config(self, num_items: int) -> SASRecConfig:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
-        return SASRecConfig(num_items=num_items, **fields)
+        if "num_items" in self.params:
+            raise ConfigError("sasrec.params.num_items: set by the run from the dataset, not by the config")
+        return from_dict(SASRecConfig, {**self.params, "num_items": num_items}, "sasrec.params")
 
 
 @dataclass
@@ -145,39 +113,32 @@ class RunConfig:
     cache_dir: str = ".sidrec/cache"
 
     def validate(self) -> RunConfig:
-        """Reject impossible values before any work starts (``check_dataset`` adds the dataset-size checks)."""
-        from sidrec.data.loaders import LOADERS, loader_options
-        from sidrec.tokenizers import TOKENIZERS
-        from sidrec.tokenizers.base import config_from_params
-        from sidrec.tokenizers.index import IMPORTED, ImportedConfig
+        """Reject impossible values before any work starts (``check_dataset`` adds the dataset-size checks).
 
-        t, m = self.train, self.model
+        Each section's own class checks its values; here are the checks across sections and of the registries'
+        parameters (the loader's ``data.options``, the tokenizer's and the model's ``params``).
+        """
+        from sidrec.data.loaders import LOADERS, loader_options
+        from sidrec.tokenizers import tokenizer_config
+
+        t = self.train
         positive = {"data.max_history": self.data.max_history, "train.epochs": t.epochs,
                     "train.batch_size": t.batch_size, "train.patience": t.patience,
                     "train.eval_every": t.eval_every,
                     "train.eval_batch_size": t.eval_batch_size, "train.eval_beam_size": t.eval_beam_size,
-                    "eval.beam_size": self.eval.beam_size, "eval.batch_size": self.eval.batch_size,
-                    "model.d_model": m.d_model, "model.num_heads": m.num_heads, "model.d_kv": m.d_kv,
-                    "model.d_ff": m.d_ff, "model.num_encoder_layers": m.num_encoder_layers,
-                    "model.num_decoder_layers": m.num_decoder_layers}
+                    "eval.beam_size": self.eval.beam_size, "eval.batch_size": self.eval.batch_size}
         non_negative = {"train.prefixes_per_user": t.prefixes_per_user, "train.valid_users": t.valid_users,
                         "train.max_steps": t.max_steps, "train.log_every": t.log_every, "train.warmup_steps": t.warmup_steps,
-                        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
-                        "model.user_buckets": m.user_buckets}
+                        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip}
         checks = [(k, v >= 1, "must be >= 1") for k, v in positive.items()]
         checks += [(k, v >= 0, "must be >= 0") for k, v in non_negative.items()]
         checks += [
             ("train.lr", t.lr > 0, "must be > 0"),
-            ("model.logit_temperature", m.logit_temperature > 0, "must be > 0"),
             ("train.scheduler", t.scheduler in ("cosine", "constant", "inverse_sqrt"),
              "must be cosine, constant or inverse_sqrt"),
             ("data.format", self.data.format in LOADERS, f"must be one of {', '.join(LOADERS)}"),
             ("eval.ks", bool(self.eval.ks) and all(k >= 1 for k in self.eval.ks), "must be positive integers"),
             ("eval.ks", max(self.eval.ks or [1]) <= self.eval.beam_size, "largest K must be <= eval.beam_size"),
-            ("model.name", m.name in ("tiger", "etegrec"), "must be tiger or etegrec"),
-            ("schedule.losses.psa", self.schedule.losses.psa is None or m.name == "etegrec",
-             "needs model.name etegrec (its preference head)"),
-            ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
         ]
         for key, ok, msg in checks:
             if not ok:
@@ -188,16 +149,17 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown config key data.options.{unknown[0]} for data.format {self.data.format} "
                               f"(valid: {', '.join(valid)})")
-        # ``imported`` reads SIDs from another tool's file instead of fitting (sidrec.tokenizers.index).
-        tokenizer_configs = {name: config_cls for name, (_, config_cls) in TOKENIZERS.items()}
-        tokenizer_configs[IMPORTED] = ImportedConfig
-        if self.tokenizer.name not in tokenizer_configs:
-            raise ConfigError(f"tokenizer.name: unknown tokenizer {self.tokenizer.name!r} "
-                              f"(known: {', '.join(tokenizer_configs)})")
-        for what, check in (("tokenizer", lambda: config_from_params(tokenizer_configs[self.tokenizer.name],
-                                                                      self.tokenizer.params, "tokenizer.params")),
-                            ("embed", self.embed.check),
-                            ("sasrec", lambda: self.sasrec.model_config(num_items=2))):
+        try:
+            from_dict(tokenizer_config(self.tokenizer.name), self.tokenizer.params, "tokenizer.params")
+            # placeholders for the derived sizes: the params are checked, the sizes come with the data
+            self.model.model_config(level_sizes=[2], max_history=self.data.max_history, latent_dim=1, recon_dim=1)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.schedule.losses.psa is not None and not hasattr(recommender_spec(self.model.name).model,
+                                                                 "preference"):
+            raise ConfigError(f"schedule.losses.psa: needs a recommender with a preference head (etegrec), not "
+                              f"model.name {self.model.name}")
+        for what, check in (("embed", self.embed.check), ("sasrec", lambda: self.sasrec.model_config(num_items=2))):
             try:
                 check()
             except ValueError as e:
@@ -254,98 +216,6 @@ def resolve_embed(cfg: EmbedConfig, key: str) -> EmbedConfig:
     return dataclasses.replace(cfg, npy_path=npy, model_path=model)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; build nested dataclasses. Errors name ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            value = float(value)
-        except OverflowError:
-            value = math.inf
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-        return value
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ``ConfigError``.
-
-    Example:
-        >>> from_dict(DataConfig, {"name": "beauty", "max_history": 20}).max_history
-        20
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (valid: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as e:  # value checks of a section's own __post_init__ name their full key
-        raise ConfigError(str(e)) from None
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, in place."""
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key=value")
-        key, raw = ov.split("=", 1)
-        value = _parse_yaml(raw, f"override {key}") if raw != "" else ""
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {p} is not a section")
-        node[parts[-1]] = value
-    return data
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML preset (or the defaults), apply overrides, validate.
 
@@ -353,21 +223,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         >>> load_config(None, ["train.epochs=3", "data.name=beauty"]).train.epochs
         3
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: config file not found")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        data = _parse_yaml(text, str(p)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+    data = read_yaml_mapping(path) if path is not None else {}
     apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

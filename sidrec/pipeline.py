@@ -33,12 +33,12 @@ from sidrec.embeddings import EmbedConfig, embed_items, embedding_key
 from sidrec.eval.evaluate import evaluate
 from sidrec.eval.locality import misalignment, prefix_sharing
 from sidrec.eval.metrics import baseline_metrics
-from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
-from sidrec.models.registry import load_recommender
-from sidrec.models.tiger import Tiger, TigerConfig, save_model
+from sidrec.models.registry import load_recommender, recommender_spec
+from sidrec.models.tiger import Tiger, save_model
 from sidrec.rundir import RunDir
+from sidrec.schema import from_dict
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_sids, load_tokenizer
-from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health, config_from_params
+from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
 from sidrec.tokenizers.index import IMPORTED, ImportedConfig, import_sids
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.training.schedules import train_joint
@@ -163,7 +163,7 @@ class Run:
     def imported_params(self) -> dict[str, Any]:
         """``tokenizer.params`` of imported SIDs with ``path`` resolved like ``data.path`` (and checked)."""
         params = dict(self.cfg.tokenizer.params)
-        config_from_params(ImportedConfig, params, "tokenizer.params")  # wrong keys or values, named first
+        from_dict(ImportedConfig, params, "tokenizer.params")  # wrong keys or values, named first
         params["path"] = str(input_path(params["path"], "tokenizer.params.path"))
         return params
 
@@ -327,22 +327,22 @@ class Run:
         return health
 
     def _new_model(self, level_sizes: list[int], max_history: int) -> Tiger:
-        """The recommender named by ``model.name``; its alignment heads are sized from the tokenizer and embeddings."""
-        sizes = asdict(self.cfg.model)
-        name = sizes.pop("name")
-        losses = self.cfg.schedule.losses
+        """The recommender of ``model`` (``sidrec.models.registry``); its alignment heads are sized from the
+        tokenizer (latent space, input dimension)."""
+        name, losses = self.cfg.model.name, self.cfg.schedule.losses
+        spec = recommender_spec(name)
         tok_meta = read_json(self.run.tokenizer / CONFIG_FILE)
         latent_dim = tok_meta["config"].get("latent_dim")
-        needs_latent = name == "etegrec" or losses.sia is not None or (
+        needs_latent = spec.latent or losses.sia is not None or (
             losses.soda is not None and losses.soda.user_source == "latent")
         if needs_latent and latent_dim is None:
             raise ValueError(f"tokenizer.name: {tok_meta['name']} has no latent space, which model.name {name} "
                              "and the sia / soda latent losses need (use rqvae, letter or diger)")
-        if name == "etegrec":
-            return ETEGRec(ETEGRecConfig(level_sizes=level_sizes, max_history=max_history, latent_dim=latent_dim,
-                                         recon_dim=tok_meta["input_dim"], **sizes))
-        return Tiger(TigerConfig(level_sizes=level_sizes, max_history=max_history,
-                                 latent_dim=latent_dim if needs_latent else 0, **sizes))
+        sizes = {"level_sizes": level_sizes, "max_history": max_history, "latent_dim": latent_dim if needs_latent else 0}
+        if "input_dim" in tok_meta:  # a fitted tokenizer's input space (imported SIDs have none)
+            sizes["recon_dim"] = tok_meta["input_dim"]
+        cfg = self.cfg.model.model_config(**sizes)
+        return spec.model(cfg)
 
     def stage_train(self, split: LeaveOneOut, sids: np.ndarray, level_sizes: list[int], resume: bool = True,
                     deadline: float | None = None):
@@ -520,7 +520,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def model_label(cfg: RunConfig) -> str:
     """The results-table name of a run's model, e.g. ``TIGER (rqvae)`` or ``ETEGRec (rqvae, alternating)``."""
-    name = {"tiger": "TIGER", "etegrec": "ETEGRec"}.get(cfg.model.name, cfg.model.name)
+    name = recommender_spec(cfg.model.name).label
     parts = [cfg.tokenizer.name] + ([] if cfg.schedule.plain else [cfg.schedule.name])
     return f"{name} ({', '.join(parts)})"
 

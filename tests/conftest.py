@@ -31,8 +31,8 @@ def tiny_overrides(root: Path) -> tuple[Path, list[str]]:
         "embed.sources=[cooccurrence]", "embed.cooccurrence_dim=8",
         "tokenizer.name=rqvae",  # the demo preset uses rqkmeans; the tiny runs keep a small RQ-VAE
         "tokenizer.params={num_levels: 2, codebook_size: 8, epochs: 3, hidden_dims: [16], latent_dim: 8}",
-        "model.d_model=16", "model.num_heads=2", "model.d_kv=8", "model.d_ff=32", "model.num_encoder_layers=1",
-        "model.num_decoder_layers=1", "model.user_buckets=0", "train.epochs=2", "train.batch_size=32",
+        "model.params={d_model: 16, num_heads: 2, d_kv: 8, d_ff: 32, num_encoder_layers: 1, num_decoder_layers: 1, "
+        "user_buckets: 0}", "train.epochs=2", "train.batch_size=32",
         "train.prefixes_per_user=24",  # pinned: the tiny runs (step counts, kill points) predate the demo's 36
         "train.warmup_steps=2", "train.patience=5", "train.device=cpu", "eval.beam_size=10", "eval.ks=[5, 10]",
         f"run_dir={run}", f"cache_dir={root / 'cache'}",

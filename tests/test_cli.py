@@ -101,7 +101,7 @@ def test_every_preset_prepares_its_real_dataset(preset, tmp_path, capsys):
 
 def test_sasrec_baseline_subcommand(tiny_args, capsys):
     run, args = tiny_args
-    extra = ["sasrec.d_model=16", "sasrec.train.epochs=2", "sasrec.train.batch_size=32"]
+    extra = ["sasrec.params.d_model=16", "sasrec.train.epochs=2", "sasrec.train.batch_size=32"]
     assert main(["baseline", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads(out[: out.index("\n}") + 2])

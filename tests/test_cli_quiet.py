@@ -29,7 +29,7 @@ def test_quiet_prints_only_the_results(tiny_args, capsys):
         assert len(out.splitlines()) == lines, (command, out, err)
     assert out.splitlines()[2].startswith("TIGER")
 
-    sasrec = ["sasrec.d_model=16", "sasrec.train.epochs=1"]
+    sasrec = ["sasrec.params.d_model=16", "sasrec.train.epochs=1"]
     assert main(["baseline", CONFIG, *args, *sasrec, "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and json.loads(out[: out.index("\n}") + 2])  # the metrics JSON, then the run directory

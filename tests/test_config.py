@@ -4,8 +4,8 @@ from sidrec.config import ConfigError, RunConfig, dump_config, load_config
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["train.epochs=3", "data.name=beauty", "model.dropout=0.2", "eval.ks=[5, 10]"])
-    assert cfg.train.epochs == 3 and cfg.data.name == "beauty" and cfg.model.dropout == 0.2
+    cfg = load_config(None, ["train.epochs=3", "data.name=beauty", "model.params.dropout=0.2", "eval.ks=[5, 10]"])
+    assert cfg.train.epochs == 3 and cfg.data.name == "beauty" and cfg.model.params["dropout"] == 0.2
     assert cfg.eval.ks == [5, 10]
     assert isinstance(cfg, RunConfig)
 
@@ -19,7 +19,7 @@ def test_int_is_accepted_for_float():
     [
         ("train.epoch=3", "train.epoch"),
         ("bogus=1", "bogus"),
-        ("model.d_model=abc", "model.d_model"),
+        ("model.params.d_model=abc", "model.params.d_model"),
         ("train.bf16=3", "train.bf16"),
         ("train.epochs=0", "train.epochs"),
         ("data.max_history=0", "data.max_history"),
@@ -58,10 +58,10 @@ def test_presets_load():
 
 
 def test_sasrec_section():
-    cfg = load_config(None, ["sasrec.d_model=32", "sasrec.train.epochs=5"])
+    cfg = load_config(None, ["sasrec.params.d_model=32", "sasrec.train.epochs=5"])
     assert cfg.sasrec.model_config(num_items=10).d_model == 32 and cfg.sasrec.train.epochs == 5
     with pytest.raises(ConfigError, match="sasrec"):
-        load_config(None, ["sasrec.loss=bpr"])
+        load_config(None, ["sasrec.params.loss=bpr"])
     with pytest.raises(ConfigError, match="sasrec.train.epoch"):
         load_config(None, ["sasrec.train.epoch=5"])
 
@@ -78,13 +78,13 @@ def test_sasrec_section():
         ("train.eval_beam_size=0", "train.eval_beam_size"),
         ("train.weight_decay=-1", "train.weight_decay"),
         ("train.lr=.inf", "train.lr"),
-        ("model.dropout=.nan", "model.dropout"),
-        ("model.num_encoder_layers=0", "model.num_encoder_layers"),
-        ("model.logit_temperature=0", "model.logit_temperature"),
+        ("model.params.dropout=.nan", "model.params.dropout"),
+        ("model.params.num_encoder_layers=0", "model.params.num_encoder_layers"),
+        ("model.params.logit_temperature=0", "model.params.logit_temperature"),
         ("eval.batch_size=0", "eval.batch_size"),
         ("embed.sources=[words]", "embed"),
         ("embed.batch_size=0", "embed"),
-        ("sasrec.num_heads=3", "sasrec"),
+        ("sasrec.params.num_heads=3", "sasrec"),
         ("seed={a: &x 1, b: *x}", "aliases"),
     ],
 )
@@ -119,3 +119,32 @@ def test_unknown_data_options_are_config_errors(fmt, option, valid, tiny_args, c
 
     assert main(["prepare", "configs/ml-100k-demo.yaml", *args, "data.options.nam=toy"]) == 2
     assert "data.options.nam" in capsys.readouterr().err
+
+
+def test_model_params_are_checked_against_the_models_own_config_with_its_defaults():
+    from sidrec.models.etegrec import ETEGRecConfig
+
+    cfg = load_config(None, ["model.name=etegrec", "model.params.dropout=0.0"])
+    built = cfg.model.model_config(level_sizes=[4, 4, 2], max_history=20, latent_dim=8, recon_dim=6)
+    defaults = ETEGRecConfig(level_sizes=[4, 4, 2])
+    assert isinstance(built, ETEGRecConfig) and built.dropout == 0.0
+    assert (built.num_encoder_layers, built.d_ff, built.user_buckets) == (defaults.num_encoder_layers, defaults.d_ff,
+                                                                          defaults.user_buckets)
+    with pytest.raises(ConfigError, match=r"model\.params\.d_modle: unknown parameter of model\.name tiger "
+                                          r"\(valid: d_model, "):
+        load_config(None, ["model.params.d_modle=3"])
+    with pytest.raises(ConfigError, match=r"model\.params\.level_sizes: set by the run"):
+        load_config(None, ["model.params.level_sizes=[4, 4]"])
+    with pytest.raises(ConfigError, match=r"model\.name: unknown recommender 'bert4rec' \(known: tiger, etegrec\)"):
+        load_config(None, ["model.name=bert4rec"])
+    with pytest.raises(ConfigError, match=r"schedule\.losses\.psa: needs a recommender with a preference head"):
+        load_config(None, ["schedule.name=alternating", "schedule.losses={psa: {weight: 1.0}}"])
+
+
+def test_etegrec_presets_restate_no_defaults():
+    from pathlib import Path
+
+    for p in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+        cfg = load_config(p)
+        if cfg.model.name == "etegrec":
+            assert cfg.model.params == {}, p

@@ -9,7 +9,7 @@ import sidrec
 ROOT = Path(sidrec.__file__).parent
 # The unit (first name under sidrec) -> its layer, lowest first; units of one layer must not import each other.
 LAYERS = [
-    {"utils", "distributed", "rundir"},
+    {"utils", "distributed", "rundir", "schema"},
     {"data"},
     {"tokenizers", "models"},
     {"decoding"},

@@ -138,7 +138,7 @@ def test_report_without_a_model_says_what_is_missing(tiny_run, tmp_path, capsys)
 def test_report_shows_the_sasrec_training_curves(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    sasrec = ["sasrec.d_model=16", "sasrec.train.epochs=2", "sasrec.train.batch_size=32", "sasrec.train.log_every=3"]
+    sasrec = ["sasrec.params.d_model=16", "sasrec.train.epochs=2", "sasrec.train.batch_size=32", "sasrec.train.log_every=3"]
     assert main(["baseline", str(run / "config.yaml"), f"run_dir={run}", *sasrec, "--quiet"]) == 0
     records = read_jsonl(run / "sasrec" / "metrics.jsonl")
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1] and records[0]["kind"] == "step"

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sidrec.rundir import SIDS_FILE
+from sidrec.schema import from_dict
 from sidrec.tokenizers.base import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -23,10 +24,10 @@ from sidrec.tokenizers.base import (
     Tokenizer,
     assign_semantic_ids,
     codebook_health,
-    config_from_params,
 )
 from sidrec.tokenizers.cost import CoST, CoSTConfig
 from sidrec.tokenizers.diger import DIGER, DIGERConfig
+from sidrec.tokenizers.index import IMPORTED, ImportedConfig
 from sidrec.tokenizers.letter import Letter, LetterConfig
 from sidrec.tokenizers.residual import ResidualQuantizer
 from sidrec.tokenizers.rqkmeans import RQKMeans, RQKMeansConfig
@@ -54,8 +55,22 @@ def build_tokenizer(name: str, params: Mapping[str, Any], input_dim: int) -> Tok
     if name not in TOKENIZERS:
         raise ValueError(f"tokenizer.name: unknown tokenizer {name!r} (known: {', '.join(TOKENIZERS)})")
     tokenizer_cls, config_cls = TOKENIZERS[name]
-    config = config_from_params(config_cls, params, "tokenizer.params")
-    return tokenizer_cls(config, input_dim)
+    return tokenizer_cls(from_dict(config_cls, params, "tokenizer.params"), input_dim)
+
+
+def tokenizer_config(name: str) -> type:
+    """The config class that ``tokenizer.params`` of tokenizer ``name`` is read into: a ``TOKENIZERS`` entry's, or
+    ``ImportedConfig`` for ``imported`` (SIDs read from another tool's file, ``sidrec.tokenizers.index``).
+
+    Example:
+        >>> tokenizer_config("rqvae").__name__, tokenizer_config("imported").__name__
+        ('RQVAEConfig', 'ImportedConfig')
+    """
+    if name == IMPORTED:
+        return ImportedConfig
+    if name not in TOKENIZERS:
+        raise ValueError(f"tokenizer.name: unknown tokenizer {name!r} (known: {', '.join([*TOKENIZERS, IMPORTED])})")
+    return TOKENIZERS[name][1]
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
@@ -116,7 +131,7 @@ __all__ = [
     "assign_semantic_ids",
     "build_tokenizer",
     "codebook_health",
-    "config_from_params",
     "load_sids",
     "load_tokenizer",
+    "tokenizer_config",
 ]

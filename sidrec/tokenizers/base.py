@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -158,75 +156,6 @@ def require(ok: bool, field: str, message: str) -> None:
     """Raise ``ValueError("<field>: <message>")`` when a config value is invalid."""
     if not ok:
         raise ValueError(f"{field}: {message}")
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) is list:
-        return f"list[{_type_name(typing.get_args(hint)[0])}]"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: whether ``value`` fits the annotation, and the value converted (int -> float)."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint), value
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            return False, value
-        items = [_coerce(v, inner) for v in value]
-        return all(ok for ok, _ in items), [v for _, v in items]
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            ok, converted = (value is None, None) if option is type(None) else _coerce(value, option)
-            if ok:
-                return True, converted
-        return False, value
-    # bool is a subclass of int in Python: a YAML `true` must not pass as a count, nor 1 as a flag.
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if origin is not None:  # other generics (dict[str, float], ...): check the container type only
-        return isinstance(value, origin), value
-    return isinstance(value, hint), value
-
-
-def config_from_params(config_cls: type, params: Mapping[str, Any], prefix: str) -> Any:
-    """Build a config dataclass from a plain mapping, strictly.
-
-    Unknown keys and values of the wrong type raise ``ValueError`` naming ``<prefix>.<key>``; value checks in
-    the config's ``__post_init__`` are re-raised with the same prefix.
-
-    Example:
-        >>> from sidrec.tokenizers import RQVAEConfig
-        >>> config_from_params(RQVAEConfig, {"lr": 1}, "tokenizer.params").lr
-        1.0
-    """
-    if not isinstance(params, Mapping):
-        raise ValueError(f"{prefix}: expected a mapping of parameters, got {type(params).__name__}")
-    hints = typing.get_type_hints(config_cls)
-    known = [f.name for f in dataclasses.fields(config_cls)]
-    kwargs = {}
-    for key, value in params.items():
-        if key not in known:
-            raise ValueError(f"{prefix}.{key}: unknown parameter (known: {', '.join(known)})")
-        ok, converted = _coerce(value, hints[key])
-        if not ok:
-            raise ValueError(
-                f"{prefix}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
-            )
-        kwargs[key] = converted
-    try:
-        return config_cls(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{prefix}.{e}") from None
 
 
 class Tokenizer(nn.Module, ABC):

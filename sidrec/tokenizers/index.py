@@ -27,7 +27,8 @@ import torch
 
 from sidrec.data.dataset import Dataset
 from sidrec.data.loaders import load_json
-from sidrec.tokenizers.base import assign_semantic_ids, codebook_health, config_from_params, require
+from sidrec.schema import from_dict
+from sidrec.tokenizers.base import assign_semantic_ids, codebook_health, require
 from sidrec.utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 
 IMPORTED = "imported"  # the tokenizer.name that reads SIDs from an index file instead of fitting a tokenizer
@@ -205,7 +206,7 @@ class ImportedSids(NamedTuple):
 
 def imported_config(params: Mapping[str, Any]) -> ImportedConfig:
     """The checked ``ImportedConfig``; errors name ``tokenizer.params.<key>``, a missing file its path."""
-    cfg = config_from_params(ImportedConfig, params, "tokenizer.params")
+    cfg = from_dict(ImportedConfig, params, "tokenizer.params")
     if not Path(cfg.path).is_file():
         raise FileNotFoundError(f"tokenizer.params.path: {cfg.path}: file not found")
     return cfg

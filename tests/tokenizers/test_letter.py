@@ -224,7 +224,7 @@ def test_tiny_run_with_letter_and_cooccurrence_collab(tiny_args, capsys):
         "tokenizer.params={num_levels: 2, codebook_size: 8, epochs: 3, hidden_dims: [16], latent_dim: 8, "
         "div_clusters: 2}",
         "tokenizer.collab={sources: [cooccurrence], cooccurrence_dim: 8}",
-        "model.logit_temperature=0.8",
+        "model.params.logit_temperature=0.8",
     ]
     assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from sidrec.schema import from_dict
 from sidrec.tokenizers import RQVAEConfig, assign_semantic_ids, build_tokenizer, codebook_health
-from sidrec.tokenizers.base import config_from_params
 
 
 def brute_force_dedup(codes: torch.Tensor) -> list[int]:
@@ -66,19 +66,19 @@ def test_codebook_health_is_json_serialisable_and_handles_empty():
 
 
 def test_config_from_params_converts_and_checks_types():
-    cfg = config_from_params(RQVAEConfig, {"lr": 1, "hidden_dims": [64, 32], "optimizer": "adagrad"}, "p")
+    cfg = from_dict(RQVAEConfig, {"lr": 1, "hidden_dims": [64, 32], "optimizer": "adagrad"}, "p")
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     assert cfg.hidden_dims == [64, 32] and cfg.optimizer == "adagrad"
     with pytest.raises(ValueError, match=r"p\.epochs: expected int, got bool"):
-        config_from_params(RQVAEConfig, {"epochs": True}, "p")
+        from_dict(RQVAEConfig, {"epochs": True}, "p")
     with pytest.raises(ValueError, match=r"p\.standardize: expected bool, got int"):
-        config_from_params(RQVAEConfig, {"standardize": 1}, "p")
+        from_dict(RQVAEConfig, {"standardize": 1}, "p")
     with pytest.raises(ValueError, match=r"p\.hidden_dims: expected list\[int\]"):
-        config_from_params(RQVAEConfig, {"hidden_dims": [64, "32"]}, "p")
+        from_dict(RQVAEConfig, {"hidden_dims": [64, "32"]}, "p")
     with pytest.raises(ValueError, match=r"p\.optimizer: expected one of 'adagrad', 'adamw'"):
-        config_from_params(RQVAEConfig, {"optimizer": "sgd"}, "p")
+        from_dict(RQVAEConfig, {"optimizer": "sgd"}, "p")
     with pytest.raises(ValueError, match=r"p: expected a mapping"):
-        config_from_params(RQVAEConfig, [1, 2], "p")
+        from_dict(RQVAEConfig, [1, 2], "p")
 
 
 def test_config_from_params_optional_and_generic_fields():
@@ -89,13 +89,13 @@ def test_config_from_params_optional_and_generic_fields():
         temperature: float | None = None
         weights: dict[str, float] = field(default_factory=dict)
 
-    assert config_from_params(Cfg, {"temperature": None}, "p").temperature is None
-    assert config_from_params(Cfg, {"temperature": 2}, "p").temperature == 2.0
-    assert config_from_params(Cfg, {"weights": {"a": 1.0}}, "p").weights == {"a": 1.0}
+    assert from_dict(Cfg, {"temperature": None}, "p").temperature is None
+    assert from_dict(Cfg, {"temperature": 2}, "p").temperature == 2.0
+    assert from_dict(Cfg, {"weights": {"a": 1.0}}, "p").weights == {"a": 1.0}
     with pytest.raises(ValueError, match=r"p\.temperature: expected float \| None, got str"):
-        config_from_params(Cfg, {"temperature": "hot"}, "p")
+        from_dict(Cfg, {"temperature": "hot"}, "p")
     with pytest.raises(ValueError, match=r"p\.weights: expected dict"):
-        config_from_params(Cfg, {"weights": [1.0]}, "p")
+        from_dict(Cfg, {"weights": [1.0]}, "p")
 
 
 def test_build_tokenizer_rejects_bad_params_naming_the_key():

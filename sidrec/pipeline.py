@@ -40,9 +40,10 @@ from sidrec.schema import from_dict
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_sids, load_tokenizer
 from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
 from sidrec.tokenizers.index import IMPORTED, ImportedConfig, import_sids
+from sidrec.training.loop import TrainResult
 from sidrec.training.sasrec import sasrec_baseline
 from sidrec.training.schedules import train_joint
-from sidrec.training.two_stage import TrainResult, train_recommender
+from sidrec.training.two_stage import train_recommender
 from sidrec.utils import (
     atomic_write,
     atomic_write_json,

@@ -1,12 +1,11 @@
 """Train and evaluate SASRec on a leave-one-out split, with full ranking over all items (METHODS 1.4, 7).
 
-The same plain loop as the TIGER trainer: the training examples live as tensors on the device and each step
-gathers a batch by index from a per-epoch seeded permutation. After every epoch, validation NDCG@10 over all
-items selects the best weights (``best/``); training stops after ``patience`` epochs without improvement. A
-checkpoint is written every epoch and a run resumes from the last one, restoring ``best/`` from the best snapshot
-that checkpoint names (``sidrec.training.checkpoint.save_best``). ``metrics.jsonl`` has the same records as the
-recommender's (``sidrec.training.metrics_log``): loss, learning rate and throughput every ``log_every`` steps,
-and each epoch's summary with its validation metrics.
+``SASRecStep`` is trained by the same loop as the recommenders (``sidrec.training.loop``): AdamW at a constant
+rate, a per-epoch seeded permutation of the training examples, validation NDCG@10 over all items after every epoch
+selecting ``best/``, early stopping after ``patience`` epochs without improvement, a checkpoint every epoch to
+resume from, and the same ``metrics.jsonl`` records (``sidrec.training.metrics_log``). Length-bucketed batches and
+bf16 are not used here: SASRec reads histories of any padding width the same way, but batches of other examples
+or another precision would change its results.
 
 Ranking does not remove the user's history items, the same protocol as TIGER's beam search.
 
@@ -16,9 +15,6 @@ row of a run) wrap the two for a whole dataset.
 
 from __future__ import annotations
 
-import math
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, LeaveOneOut, leave_one_out
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
-from sidrec.rundir import BaselineDir
-from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
-from sidrec.training.metrics_log import MetricsLog
+from sidrec.rundir import BaselineDir, TrainingDir
+from sidrec.training.loop import LoopConfig, TrainStep, train_epochs
 from sidrec.utils import atomic_write_json
 
 
@@ -144,90 +139,44 @@ def train_sasrec(
         >>> model = SASRec(SASRecConfig(num_items=ds.num_items))
         >>> res = train_sasrec(model, leave_one_out(ds), SASRecTrainConfig(), "runs/sasrec", 0, "cuda")
     """
-    out = Path(out_dir)
-    device = torch.device(device)
-    model.to(device)
-    hist = torch.as_tensor(split.train.history, device=device)  # (S, H)
-    target = torch.as_tensor(split.train.target, device=device)  # (S,)
-    if len(target) == 0:
-        raise ValueError("split.train has no examples to train SASRec on")
-    steps_per_epoch = math.ceil(len(target) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = SASRecStep(model, split, cfg, seed, torch.device(device))
+    res = train_epochs(step, LoopConfig.of(cfg), TrainingDir(out_dir, log=log_path), seed, resume=resume,
+                       progress=progress, log=log)
+    model.load_state_dict(load_file(str(TrainingDir(out_dir).best_model)))
+    return {"best_epoch": res.best_epoch, "best_valid": res.best_valid, "epochs_run": res.epochs_run,
+            "steps": res.steps, "history": res.history}
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_epoch": -1, "best_valid": {}, "bad_evals": 0,
-                             "history": [], BEST_KEY: None}
-    ckpt_dir = out / "checkpoints"
-    saved = resume_checkpoint(ckpt_dir, model, opt) if resume else None
-    publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
-    if saved is not None:
-        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
-    else:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        torch.manual_seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    # Resuming drops the records written after the checkpoint (steps that will run again); a new run starts empty.
-    metrics_log = MetricsLog(log_path or out / "metrics.jsonl", state["step"] if saved is not None else None)
 
-    stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
-    while not stopped and state["epoch"] < cfg.epochs:
-        epoch = state["epoch"]
-        model.train()
-        order = torch.randperm(len(target), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        order = order.to(device)
-        negatives = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
-        t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
-        # The window of steps since the last "step" record (reset each epoch: validation time is not training).
-        win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"sasrec epoch {epoch}", disable=not progress, leave=False)
-        for b in bar:
-            if state["step"] >= total_steps:
-                break
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            loss = model.loss(hist[idx], target[idx], generator=negatives)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state["step"] += 1
-            loss_sum += loss.detach()  # summed on the device: no host sync per step
-            n_batches += 1
-            win_loss += loss.detach()
-            win_steps, win_samples = win_steps + 1, win_samples + len(idx)
-            if cfg.log_every and state["step"] % cfg.log_every == 0:
-                now = time.perf_counter()
-                metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch,
-                                   "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
-                                   "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
-                win_t0, win_loss, win_steps, win_samples = now, torch.zeros((), device=device), 0, 0
-        train_time = time.perf_counter() - t0
-        state["epoch"] = epoch + 1
-        metrics = evaluate_sasrec(model, split.valid, ks=[10], batch_size=cfg.eval_batch_size)
-        mean_loss = loss_sum.item() / max(n_batches, 1)
-        samples = min(len(order), n_batches * cfg.batch_size)
-        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": state["step"], "loss": mean_loss,
-                               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
-                               "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
-        rec.update({f"valid.{k}": v for k, v in metrics.items()})
-        improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
-        if improved:
-            state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
-            state[BEST_KEY] = save_best(ckpt_dir, state["step"], lambda d: save_sasrec(model, d))
-        else:
-            state["bad_evals"] += 1
-        state["history"].append(rec)
-        metrics_log.write(rec)
-        if log is not None:
-            log(rec)
-        save_checkpoint(ckpt_dir, state["step"], model, opt, state)
-        if improved:
-            publish_best(ckpt_dir, state, out / "best")
-        stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
-    metrics_log.close()
-    model.load_state_dict(load_file(str(out / "best" / "model.safetensors")))
-    return {"best_epoch": state["best_epoch"], "best_valid": state["best_valid"],
-            "epochs_run": state["epoch"], "steps": state["step"], "history": state["history"]}
+class SASRecStep(TrainStep):
+    """SASRec on item IDs: next-item loss over all items (``ce``) or against sampled negatives (``bce``, drawn from
+    a generator seeded per epoch); validation ranks all items."""
+
+    desc = "sasrec epoch"
+
+    def __init__(self, model: SASRec, split: LeaveOneOut, cfg: SASRecTrainConfig, seed: int, device: torch.device):
+        self.device, self.seed, self.cfg, self.split = device, seed, cfg, split
+        self.module = model.to(device)
+        self.history = torch.as_tensor(split.train.history, device=device)  # (S, H)
+        self.target = torch.as_tensor(split.train.target, device=device)  # (S,)
+        if len(self.target) == 0:
+            raise ValueError("split.train has no examples to train SASRec on")
+        self.users = split.train.user
+        self.lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.module.train()
+        self.negatives = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
+        return {}
+
+    def losses(self, idx: Tensor, step: int) -> dict[str, Tensor]:
+        return {"total": self.module.loss(self.history[idx], self.target[idx], generator=self.negatives)}
+
+    def validate(self) -> dict[str, float]:
+        return evaluate_sasrec(self.module, self.split.valid, ks=[10], batch_size=self.cfg.eval_batch_size)
+
+    def write_best(self, folder: Path, epoch: int, metrics: dict[str, float]) -> None:
+        save_sasrec(self.module, folder)
 
 
 def sasrec_item_embeddings(

@@ -30,35 +30,24 @@ order; with dropout on, each process draws its own masks). Only rank 0 writes; v
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sidrec import distributed as dist
 from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs, trim_padding
 from sidrec.models.tiger import Tiger
+from sidrec.rundir import TrainingDir
 from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
-from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.config import ScheduleConfig, TrainConfig
+from sidrec.training.loop import LoopConfig, TrainResult, TrainStep, train_epochs, write_best
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
-from sidrec.training.metrics_log import MetricsLog
-from sidrec.training.two_stage import (
-    TrainResult,
-    bucket_by_length,
-    epoch_order,
-    lr_factor,
-    training_plan,
-    write_best,
-)
-from sidrec.utils import bf16_autocast
+from sidrec.training.two_stage import training_data
 
 
 class JointState(nn.Module):
@@ -209,6 +198,93 @@ def joint_losses(
     return out
 
 
+class JointStep(TrainStep):
+    """Recommender and tokenizer under a schedule: its checkpoint holds both and the current SID table
+    (``JointState``); each epoch's phase chooses which side trains, and the codes are recomputed after every epoch
+    that trained the tokenizer."""
+
+    loss_is_global = True  # every process computes the whole batch's losses (joint_losses)
+    step_record = ("phase",)
+
+    def __init__(self, model: Tiger, tokenizer: Tokenizer, item_emb: Tensor, split: LeaveOneOut, cfg: TrainConfig,
+                 schedule: ScheduleConfig, seed: int, progress: bool):
+        if not hasattr(tokenizer, "assign"):
+            raise ValueError(f"schedule: tokenizer {tokenizer.name!r} has no assign(); use rqvae, letter or diger")
+        self.device = item_emb.device
+        model.to(self.device)
+        tokenizer.to(self.device)
+        self.model, self.tokenizer, self.item_emb = model, tokenizer, item_emb
+        self.cfg, self.schedule, self.seed, self.progress = cfg, schedule, seed, progress
+        self.data = training_data(split, cfg, seed, self.device)
+        self.users = split.train.user
+        self.lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,) items per training history
+        self.module = JointState(model, tokenizer, semantic_ids_for(tokenizer, item_emb, model))
+        self.optimizer = torch.optim.AdamW([
+            {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
+            *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
+        ])
+
+    def after_resume(self) -> None:
+        # Every process built or resumed the same state; rank 0's copy makes sure (as DDP does when it wraps a model).
+        dist.broadcast_from_main(list(self.module.state_dict().values()))
+        self.trie = SidTrie(self.module.item_sids, self.model.cfg.level_sizes).to(self.device)
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.phase = self.schedule.phase(epoch, self.cfg.epochs)
+        self.aligned = epoch >= self.schedule.warmup_epochs
+        set_phase(self.model, self.tokenizer, self.phase)
+        return {"phase": self.phase, "aligned": self.aligned}
+
+    def clipped(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def losses(self, idx: Tensor, step: int) -> dict[str, Tensor]:
+        # Data-parallel: this process runs the recommender on its shard of the global batch and gets the whole
+        # batch's loss (see joint_losses), with the batch's random draws seeded by the step so that all processes
+        # (and a single-process run) draw the same. Then one all-reduce averages the gradients (sync_gradients).
+        # Why not DDP: it syncs the parameters that required a gradient when it wrapped the module, but each phase
+        # freezes another side (a wrapper per phase, or find_unused_parameters, would be needed), and a step is not
+        # one module's forward (recommender on a shard, tokenizer on the whole batch, losses on rows gathered from
+        # every process). A manual all-reduce after backward is exact whatever trains, and a parameter no process
+        # gave a gradient keeps grad None, so AdamW leaves it alone as in one process.
+        d = self.data
+        return joint_losses(self.model, self.tokenizer, self.item_emb, self.module.item_sids, d.history[idx],
+                            d.user[idx], d.target[idx], self.schedule, self.aligned, rows=dist.shard(len(idx)),
+                            draw_seed=self.seed * 1_000_003 + step)
+
+    def sync_gradients(self, params: list[nn.Parameter]) -> None:
+        dist.average_gradients(params)
+
+    def end_epoch(self, epoch: int, rec: dict[str, Any]) -> None:
+        if self.phase == "recommender":
+            return
+        # The tokenizer moved: recompute every item's codes (METHODS 3, 6). Every process computed the same table
+        # from the same weights; rank 0's guards against a GPU kernel breaking a near-tie differently, which would
+        # give the processes different tries.
+        item_sids = self.module.item_sids
+        item_sids.copy_(semantic_ids_for(self.tokenizer, self.item_emb, self.model))
+        dist.broadcast_from_main([item_sids])
+        self.trie = SidTrie(item_sids, self.model.cfg.level_sizes).to(self.device)
+        health = codebook_health(item_sids[:, :-1], self.tokenizer.codebook_size)
+        rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
+        rec.update(self.tokenizer.joint_stats())
+
+    def validate(self) -> dict[str, float]:
+        c = self.cfg
+        return evaluate(self.model, self.data.valid, self.module.item_sids, self.trie, beam_size=c.eval_beam_size,
+                        ks=[10], batch_size=c.eval_batch_size, progress=self.progress, desc="validate", bf16=c.bf16)
+
+    def write_best(self, folder: Path, epoch: int, metrics: dict[str, float]) -> None:
+        write_best(folder, self.model, epoch, metrics, tokenizer=self.tokenizer)
+
+    def counts_for_patience(self, epoch: int) -> bool:
+        return self.schedule.tokenizer_frozen_from(epoch, self.cfg.epochs)
+
+    def finish(self) -> None:
+        set_phase(self.model, self.tokenizer, "joint")  # hand both back trainable
+
+
 def train_joint(
     model: Tiger,
     tokenizer: Tokenizer,
@@ -242,151 +318,6 @@ def train_joint(
         >>> res = train_joint(model, tok, emb, split, TrainConfig(epochs=4), ScheduleConfig(name="alternating"),
         ...                   "runs/x/recommender", seed=0)  # doctest: +SKIP
     """
-    if not hasattr(tokenizer, "assign"):
-        raise ValueError(f"schedule: tokenizer {tokenizer.name!r} has no assign(); use rqvae, letter or diger")
-    out = Path(out_dir)
-    device = item_emb.device
-    model.to(device)
-    tokenizer.to(device)
-    hist, target, users, valid, steps_per_epoch, total_steps = training_plan(split, cfg, seed, device)
-    joint = JointState(model, tokenizer, semantic_ids_for(tokenizer, item_emb, model))
-    opt = torch.optim.AdamW([
-        {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
-        *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
-    ])
-    use_bf16 = bf16_autocast(device, cfg.bf16)
-    lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,) items per training history
-
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_valid": {},
-                             "bad_evals": 0, "history": [], BEST_KEY: None}
-    ckpt_dir = out / "checkpoints"
-    saved = resume_checkpoint(ckpt_dir, joint, opt) if resume else None  # the newest intact checkpoint
-    resumed = saved is not None
-    if dist.is_main():
-        publish_best(ckpt_dir, saved, out / "best")  # best/ as of that checkpoint, not of a killed attempt
-    if resumed:
-        state = {k: saved.get(k, v) for k, v in state.items()}  # checkpoints of older versions lack BEST_KEY
-    else:
-        torch.manual_seed(seed)
-    # Every process built or resumed the same state; rank 0's copy makes sure (as DDP does when it wraps a model).
-    dist.broadcast_from_main(list(joint.state_dict().values()))
-    trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
-
-    out.mkdir(parents=True, exist_ok=True)
-    tb_dir = (tensorboard_dir or out / "tensorboard") if cfg.tensorboard else None
-    metrics_log = None  # rank 0 alone logs
-    if dist.is_main():
-        metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resumed else None, tb_dir)
-
-    def emit(rec: dict[str, Any]) -> None:
-        if metrics_log is None:
-            return
-        metrics_log.write(rec)
-        if log is not None:
-            log(rec)
-
-    def finish(done: bool) -> TrainResult:
-        if metrics_log is not None:
-            metrics_log.close()
-        dist.barrier()  # the other processes may read what rank 0 wrote (best/) once this returns
-        set_phase(model, tokenizer, "joint")  # hand both back trainable
-        return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], done)
-
-    stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
-    while not stopped and state["epoch"] < cfg.epochs:
-        epoch = state["epoch"]
-        phase = schedule.phase(epoch, cfg.epochs)
-        aligned = epoch >= schedule.warmup_epochs
-        set_phase(model, tokenizer, phase)
-        trainable = [p for p in joint.parameters() if p.requires_grad]
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = epoch_order(split.train.user, cfg.prefixes_per_user, gen)
-        if cfg.length_buckets:
-            order = bucket_by_length(order, lengths, cfg.batch_size, gen)
-        order = order.to(device)
-        t0, sums, n_batches = time.perf_counter(), {}, 0
-        # The window of steps since the last "step" record (reset each epoch: validation time is not training).
-        win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
-        bar = tqdm(range(state["batch"], steps_per_epoch), desc=f"epoch {epoch} ({phase})", disable=not progress,
-                   leave=False)
-        for b in bar:
-            if state["step"] >= total_steps:
-                break
-            if deadline is not None and dist.any_process(time.time() > deadline):
-                state["batch"] = b
-                if dist.is_main():
-                    save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
-                return finish(False)
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            opt.param_groups[0]["lr"] = cfg.lr * lr_factor(state["step"], total_steps, cfg.warmup_steps,
-                                                           cfg.scheduler)
-            # Data-parallel: this process runs the recommender on its shard of the global batch and gets the
-            # whole batch's loss (see joint_losses), with the batch's random draws seeded by the step so that all
-            # processes (and a single-process run) draw the same. Then one all-reduce averages the gradients.
-            # Why not DDP: it syncs the parameters that required a gradient when it wrapped the module, but each
-            # phase freezes another side (a wrapper per phase, or find_unused_parameters, would be needed), and a
-            # step is not one module's forward (recommender on a shard, tokenizer on the whole batch, losses on
-            # rows gathered from every process). A manual all-reduce after backward is exact whatever trains, and
-            # a parameter no process gave a gradient keeps grad None, so AdamW leaves it alone as in one process.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                losses = joint_losses(model, tokenizer, item_emb, joint.item_sids, hist[idx], users[idx],
-                                      target[idx], schedule, aligned, rows=dist.shard(len(idx)),
-                                      draw_seed=seed * 1_000_003 + state["step"])
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            dist.average_gradients(trainable)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            opt.step()
-            state["step"] += 1
-            for name, value in losses.items():  # summed on the device: no host sync per step
-                sums[name] = sums.get(name, 0.0) + value.detach()
-            n_batches += 1
-            win_loss += losses["total"].detach()
-            win_steps, win_samples = win_steps + 1, win_samples + len(idx)
-            if cfg.log_every and state["step"] % cfg.log_every == 0 and metrics_log is not None:
-                now = time.perf_counter()
-                metrics_log.write({"kind": "step", "step": state["step"], "epoch": epoch, "phase": phase,
-                                   "loss": win_loss.item() / win_steps, "lr": opt.param_groups[0]["lr"],
-                                   "samples_per_second": round(win_samples / max(now - win_t0, 1e-9), 1)})
-                win_t0, win_loss, win_steps, win_samples = now, torch.zeros((), device=device), 0, 0
-        train_time = time.perf_counter() - t0
-        state["epoch"], state["batch"] = epoch + 1, 0
-        samples = min(len(order), n_batches * cfg.batch_size)
-        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": state["step"], "phase": phase, "aligned": aligned,
-                               "loss": float(sums["total"]) / max(n_batches, 1) if sums else 0.0,
-                               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_time, 2),
-                               "samples_per_second": round(samples / max(train_time, 1e-9), 1)}
-        rec.update({f"loss.{k}": float(v) / max(n_batches, 1) for k, v in sums.items() if k != "total"})
-        if phase != "recommender":  # the tokenizer moved: recompute every item's codes (METHODS 3, 6)
-            joint.item_sids.copy_(semantic_ids_for(tokenizer, item_emb, model))
-            # Every process computed the same table from the same weights; rank 0's guards against a GPU kernel
-            # breaking a near-tie differently, which would give the processes different tries.
-            dist.broadcast_from_main([joint.item_sids])
-            trie = SidTrie(joint.item_sids, model.cfg.level_sizes).to(device)
-            health = codebook_health(joint.item_sids[:, :-1], tokenizer.codebook_size)
-            rec.update({"usage": health["usage"], "collision_rate": health["collision_rate"]})
-            rec.update(tokenizer.joint_stats())
-        improved = False
-        if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
-            metrics = evaluate(model, valid, joint.item_sids, trie, beam_size=cfg.eval_beam_size, ks=[10],
-                               batch_size=cfg.eval_batch_size, progress=progress, desc="validate", bf16=cfg.bf16)
-            rec.update({f"valid.{k}": v for k, v in metrics.items()})
-            improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
-            if improved:
-                state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
-                if dist.is_main():
-                    state[BEST_KEY] = save_best(ckpt_dir, state["step"],
-                                                partial(write_best, model=model, epoch=epoch, metrics=metrics,
-                                                        tokenizer=tokenizer))
-            elif schedule.tokenizer_frozen_from(epoch, cfg.epochs):
-                state["bad_evals"] += 1
-        state["history"].append(rec)
-        emit(rec)
-        if dist.is_main():
-            save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
-            if improved:
-                publish_best(ckpt_dir, state, out / "best")
-        stopped = state["bad_evals"] >= cfg.patience or state["step"] >= total_steps
-    return finish(True)
+    step = JointStep(model, tokenizer, item_emb, split, cfg, schedule, seed, progress)
+    return train_epochs(step, LoopConfig.of(cfg), TrainingDir(out_dir), seed, resume=resume, progress=progress,
+                        log=log, deadline=deadline, tensorboard_dir=tensorboard_dir)

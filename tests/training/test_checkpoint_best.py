@@ -17,7 +17,7 @@ from sidrec.data.splits import leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import RQVAE, RQVAEConfig
-from sidrec.training import schedules, two_stage
+from sidrec.training import loop, schedules, two_stage
 from sidrec.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -54,7 +54,7 @@ def _train(kind, tmp_path, out, monkeypatch, scores, kill_at_checkpoint=None):
     module = two_stage if kind == "two_stage" else schedules
     it = iter(scores)
     monkeypatch.setattr(module, "evaluate", lambda *a, **k: {"recall@10": 0.0, "ndcg@10": next(it)})
-    calls, real_save = [], module.save_checkpoint
+    calls, real_save = [], loop.save_checkpoint  # the one epoch loop saves for every kind of training
 
     def save(*args, **kwargs):
         calls.append(args[1])
@@ -62,7 +62,7 @@ def _train(kind, tmp_path, out, monkeypatch, scores, kill_at_checkpoint=None):
             raise Killed
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(module, "save_checkpoint", save)
+    monkeypatch.setattr(loop, "save_checkpoint", save)
     model, tok, emb, split = _setup(tmp_path)
     try:
         if kind == "two_stage":

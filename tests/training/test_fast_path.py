@@ -10,7 +10,7 @@ from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import generate_rankings, history_sids, model_inputs, trim_padding
 from sidrec.models.tiger import Tiger, TigerConfig
-from sidrec.training.two_stage import bucket_by_length, epoch_order
+from sidrec.training.loop import bucket_by_length, epoch_order
 from sidrec.utils import bf16_autocast
 
 LEVELS = [8, 8, 4]

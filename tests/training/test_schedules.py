@@ -16,7 +16,7 @@ from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.serve.service import Recommender
 from sidrec.tokenizers import RQVAE, RQVAEConfig, assign_semantic_ids
 from sidrec.tokenizers.base import Assignment
-from sidrec.training import schedules
+from sidrec.training import loop
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.losses import LossesConfig, SODAConfig
 from sidrec.training.metrics_log import read_jsonl
@@ -163,7 +163,7 @@ def test_joint_checkpoint_resumes_exactly(tmp_path, monkeypatch):
         time = staticmethod(lambda: next(clock))
         perf_counter = staticmethod(lambda: 0.0)
 
-    monkeypatch.setattr(schedules, "time", FakeTime)
+    monkeypatch.setattr(loop, "time", FakeTime)  # the one epoch loop reads the clock
     steps_per_epoch = -(-len(split.train.target) // 16)
     res = train_joint(model2, tok2, emb, split, train_cfg(epochs=3), sched, tmp_path / "b", seed=0,
                       progress=False, deadline=steps_per_epoch + 2)

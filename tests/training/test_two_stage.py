@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from sidrec.training.two_stage import epoch_order, lr_factor
+from sidrec.training.loop import epoch_order, lr_factor
 
 
 def test_epoch_order_all_examples_is_a_permutation():

@@ -189,12 +189,7 @@ class Run:
             if self.cfg.tokenizer.collab is not None:  # collaborative embeddings for fit(collab=...), cached
                 if not tok.uses_collab:
                     self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
-                try:
-                    collab = embed_items(Dataset.load(self.dir / "data"), self.cfg.tokenizer.collab,
-                                         self.cache / "embeddings", device=str(self.device), progress=self.progress)
-                except ValueError as e:
-                    raise ValueError(f"tokenizer.collab: {e}") from None
-                extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
+                extra["collab"] = self._collab_embeddings(Dataset.load(self.dir / "data"))
             tdir.mkdir(parents=True, exist_ok=True)
             with open(tdir / "fit_log.jsonl", "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
                 tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
@@ -232,6 +227,17 @@ class Run:
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
                  f"collision rate {imp.health['collision_rate']:.4f}, max group {imp.health['max_group']}")
         return load_sids(tdir)
+
+    def _collab_embeddings(self, ds: Dataset) -> torch.Tensor | None:
+        """``tokenizer.collab``'s item embeddings (N, Dc) float32 (cached by ``embed_items``), or None if unset."""
+        if self.cfg.tokenizer.collab is None:
+            return None
+        try:
+            collab = embed_items(ds, self.cfg.tokenizer.collab, self.cache / "embeddings", device=str(self.device),
+                                 progress=self.progress)
+        except ValueError as e:
+            raise ValueError(f"tokenizer.collab: {e}") from None
+        return torch.as_tensor(collab, dtype=torch.float32)
 
     def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:
         """Write tokenizer/ (weights, sids.npy of the items x, health.json); returns the codebook health."""
@@ -326,12 +332,14 @@ class Run:
         dist.barrier()
         rdir = self.dir / "recommender"
         tok = load_tokenizer(tdir / "pretrained")
+        ds = Dataset.load(self.dir / "data")
+        if tok.uses_collab:  # LETTER's L_CF trains in the tokenizer phases too, so it needs its targets again
+            tok.attach_collab(self._collab_embeddings(ds), ds.num_items)
         if sched.trains_tokenizer:  # room for larger collision groups as the codes change (see dedup_capacity)
             level_sizes = level_sizes[:-1] + [sched.dedup_capacity or max(2 * level_sizes[-1], tok.codebook_size)]
         model = self._new_model(level_sizes, split.max_history).to(self.device)
         self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
                  f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
-        ds = Dataset.load(self.dir / "data")
         emb = embed_items(ds, self.cfg.embed, self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)

@@ -57,6 +57,9 @@ class DIGERConfig(RQVAEConfig):
     sdud_lambda: float = 1.7
     sigma_lr: float = 1e-3
     balance_weight: float = 0.0
+    # DIGER's base is ETEGRec, whose RQ-VAE code uses F.mse_loss means and averages the levels: the scale on which
+    # L_REC (weight 1) meets L_SQ when the recommendation loss trains the codebooks.
+    reduction: Literal["sum", "mean"] = "mean"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,7 +170,7 @@ class DIGER(RQVAE):
         self.usage_steps.add_(1)
         return self.usage_ema[codes] > cfg.frqud_hot_factor / cfg.codebook_size
 
-    def assign(self, x: Tensor, generator: torch.Generator | None = None) -> Assignment:
+    def assign(self, x: Tensor, items: Tensor | None = None, generator: torch.Generator | None = None) -> Assignment:
         """Quantize a batch ``x (B, D)`` for joint training.
 
         Training mode with ``gumbel``: per level, Gumbel-perturbed softmax over minus squared distances,
@@ -176,36 +179,37 @@ class DIGER(RQVAE):
 
         Args:
             x: item embeddings ``(B, D)`` on the tokenizer's device.
+            items: the catalogue rows of ``x`` (unused; the common ``assign`` contract).
             generator: source of the Gumbel noise; default torch's RNG of the tokenizer's device, which the
                 training loop seeds and saves in its checkpoints (so a resumed run draws the same noise).
 
         Returns:
-            ``Assignment``; ``loss`` is the RQ-VAE loss of the chosen codes (reconstruction of the decoded
-            quantized vector, codebook and commitment terms) plus the weighted balance loss.
+            ``Assignment``; ``loss`` is the RQ-VAE loss of the chosen codes (``terms``: ``recon`` of the decoded
+            quantized vector, ``rq`` codebook and commitment terms) plus the weighted ``balance`` loss.
         """
         cfg = self.config
         if not (self.training and cfg.gumbel):
-            return super().assign(x)
+            return super().assign(x, items, generator)
         # float32 even under the recommender's bf16 autocast (the tokenizer is small): bf16 latents and distances
         # flip near-ties, so noise-free samples would get codes other than encode()'s argmin.
         with torch.autocast(x.device.type, enabled=False):
             xs = self.standardize(x.float())
             z = self.encoder(xs)  # (B, d)
-            codes, onehot, logits, z_hat, loss = self._gumbel_levels(z, generator)
+            codes, onehot, logits, z_hat, terms = self._gumbel_levels(z, generator)
             # The decoder reads Ind . E (no straight-through to z), so reconstruction trains the codebooks too.
             x_hat = self.decoder(z_hat)  # (B, D)
-            loss = loss + (xs - x_hat).pow(2).sum(-1).mean()
-        return Assignment(codes, onehot, logits, z, z_hat, x_hat, loss)
+            terms = {"recon": self.recon_loss(xs, x_hat), **terms}
+        loss = torch.stack(list(terms.values())).sum()
+        return Assignment(codes, onehot, logits, z, z_hat, x_hat, loss, terms)
 
     def _gumbel_levels(
         self, z: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The levels of ``assign``: codes (B, L), indicators (B, L, K), logits (B, L, K), z_hat (B, d), loss."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """The levels of ``assign``: codes (B, L), indicators (B, L, K), logits (B, L, K), z_hat (B, d), terms."""
         cfg = self.config
         codebooks = self.quantizer.codebooks  # (L, K, d)
         residual, z_hat = z, torch.zeros_like(z)
-        codes, onehots, logits_all = [], [], []
-        loss = z.new_zeros(())
+        codes, onehots, logits_all, rq, balance = [], [], [], [], []
         scale: Tensor | float = cfg.noise_scale
         for level in range(cfg.num_levels):
             logits = -squared_distances(residual, codebooks[level])  # (B, K)
@@ -220,17 +224,18 @@ class DIGER(RQVAE):
             onehot = F.one_hot(code, cfg.codebook_size).to(y_soft.dtype) - y_soft.detach() + y_soft
             chosen = onehot @ codebooks[level]  # (B, d): the hard codeword, with gradient to all of them
             hard = codebooks[level][code]  # (B, d), for the codebook and commitment terms
-            loss = loss + (residual.detach() - hard).pow(2).sum(-1).mean()
-            loss = loss + cfg.beta * (residual - hard.detach()).pow(2).sum(-1).mean()
-            if cfg.balance_weight > 0:
-                loss = loss + cfg.balance_weight * (y_soft.mean(dim=0) - 1.0 / cfg.codebook_size).abs().sum()
+            rq.append(self.quantizer.level_loss(residual, hard))
+            balance.append((y_soft.mean(dim=0) - 1.0 / cfg.codebook_size).abs().sum())
             codes.append(code)
             onehots.append(onehot)
             logits_all.append(logits)
             z_hat = z_hat + chosen
             residual = residual - chosen
+        terms = {"rq": self.quantizer.combine_levels(rq)}
+        if cfg.balance_weight > 0:
+            terms["balance"] = cfg.balance_weight * self.quantizer.combine_levels(balance)
         stack = torch.stack
-        return stack(codes, dim=1), stack(onehots, dim=1), stack(logits_all, dim=1), z_hat, loss
+        return stack(codes, dim=1), stack(onehots, dim=1), stack(logits_all, dim=1), z_hat, terms
 
     def joint_stats(self) -> dict[str, Any]:
         """The current noise, to follow its decay in the training log.

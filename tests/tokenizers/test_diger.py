@@ -103,7 +103,8 @@ def test_assignment_follows_the_gumbel_softmax_formula_and_balance_loss():
     weighted = fitted(decay="none", noise_scale=2.0, balance_weight=0.5).train()
     b = weighted.assign(x, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.codes, b.codes)
-    assert float((b.loss - a.loss).detach()) == pytest.approx(0.5 * balance, rel=1e-4)
+    # reduction "mean" (DIGER's default): the levels' balance terms are averaged, as its L_SQ's levels
+    assert float((b.loss - a.loss).detach()) == pytest.approx(0.5 * balance / L, rel=1e-4)
 
 
 def test_frqud_perturbs_fewer_samples_as_usage_balances():
@@ -186,7 +187,7 @@ def test_sdud_sigma_scales_the_noise_gets_the_rec_gradient_and_its_own_lr():
 
 
 def test_fit_is_rqvae_fit():
-    rq = RQVAE(RQVAEConfig(**BASE), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
+    rq = RQVAE(RQVAEConfig(**BASE, reduction="mean"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
     dg = DIGER(DIGERConfig(**BASE, decay="sdud"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
     state = dg.state_dict()
     assert set(state) == set(rq.state_dict()) | {"sigma"}

@@ -73,7 +73,7 @@ def test_diversity_loss_masks_the_own_code_and_targets_the_positive():
 
 def test_epoch_clusters_are_balanced_groups_of_each_levels_codewords():
     model = Letter(LetterConfig(**{**SMALL.__dict__, "codebook_size": 10, "div_clusters": 5}), input_dim=12)
-    model._begin_epoch(torch.Generator().manual_seed(0))
+    model.begin_epoch(torch.Generator().manual_seed(0))
     assert model._div_groups.shape == (2, 10)
     for level in range(2):
         assert torch.bincount(model._div_groups[level]).tolist() == [2] * 5

@@ -76,11 +76,12 @@ def test_joint_schedule_trains_diger_sdud_end_to_end(tiny_args):
     assert isinstance(trained, DIGER) and trained.config.decay == "sdud"
     assert not torch.equal(trained.quantizer.codebooks, pretrained.quantizer.codebooks)
     assert not torch.equal(trained.sigma, pretrained.sigma)  # SDUD's sigma learned from the wrapped L_REC
-    # The optimiser gave sigma its own rate (the last group), the other tokenizer parameters schedule.tokenizer_lr.
+    # The optimiser gave sigma its own rate (the last group), the other tokenizer parameters schedule.tokenizer_lr;
+    # the lr schedule scales every group by the same factor.
     ckpt = run / "recommender" / "checkpoints"
     state = json.loads((ckpt / (ckpt / "LATEST").read_text().strip() / "state.json").read_text())
     groups = state["optimizer"]["param_groups"]
-    assert [g["lr"] for g in groups[1:]] == [1e-4, 1e-3]
+    assert [g["lr"] / groups[1]["lr"] for g in groups[1:]] == pytest.approx([1.0, 1e-3 / 1e-4])
     assert "tokenizer.sigma" in load_file(str(ckpt / (ckpt / "LATEST").read_text().strip() / "model.safetensors"))
     assert (run / "metrics.json").exists()
 
@@ -93,7 +94,8 @@ def test_joint_objective_wraps_the_recommendation_loss_while_sdud_trains():
         tok.train(training)
         out = joint_losses(model, tok, emb, sids, history, users, target, schedule, aligned=True)
         rec = tok.wrap_task_loss(out["rec"]) if training else out["rec"]
-        assert torch.allclose(out["total"], rec + out["sq"])
+        assert ("sq" in out) == training  # a frozen tokenizer's own loss is left out
+        assert torch.allclose(out["total"], rec + out["sq"] if training else rec)
         assert not torch.allclose(tok.wrap_task_loss(out["rec"]), out["rec"])
 
 

@@ -27,8 +27,8 @@ SMALL = dict(d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1, num
 class StraightThroughRQVAE(RQVAE):
     """RQ-VAE whose one-hot is straight-through (hard forward, softmax gradient): the naive joint baseline."""
 
-    def assign(self, x):
-        a = super().assign(x)
+    def assign(self, x, items=None, generator=None):
+        a = super().assign(x, items, generator)
         soft = a.logits.softmax(-1)
         return a._replace(onehot=a.onehot + soft - soft.detach())
 
@@ -204,4 +204,26 @@ def test_cli_alternating_soda_on_tiger(tmp_path):
 
 
 def test_assignment_contract_fields():
-    assert Assignment._fields == ("codes", "onehot", "logits", "latent", "quantized", "reconstruction", "loss")
+    assert Assignment._fields == ("codes", "onehot", "logits", "latent", "quantized", "reconstruction", "loss",
+                                  "terms")
+
+
+def test_lr_schedule_moves_every_param_group(tmp_path, monkeypatch):
+    model, tok, emb, split = setup(tmp_path)
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    cfg = train_cfg(epochs=2, warmup_steps=3, lr=1e-3)
+    sched = ScheduleConfig(name="joint", tokenizer_lr=1e-2)
+    train_joint(model, tok, emb, split, cfg, sched, tmp_path / "out", seed=0, progress=False)
+    total = len(seen)
+    assert total > 3
+    for i, lrs in enumerate(seen):
+        factor = schedules.lr_factor(i, total, 3, cfg.scheduler)
+        # the recommender's and the tokenizer's group follow the same warm-up and decay from their own base rate
+        assert lrs == pytest.approx([1e-3 * factor, 1e-2 * factor])

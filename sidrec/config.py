@@ -289,14 +289,24 @@ class RunConfig:
         if self.tokenizer.name not in tokenizer_configs:
             raise ConfigError(f"tokenizer.name: unknown tokenizer {self.tokenizer.name!r} "
                               f"(known: {', '.join(tokenizer_configs)})")
+        tok_cfg = None
         for what, check in (("tokenizer", lambda: config_from_params(tokenizer_configs[self.tokenizer.name],
                                                                       self.tokenizer.params, "tokenizer.params")),
                             ("embed", lambda: check_embed(self.embed)),
                             ("sasrec", lambda: self.sasrec.model_config(num_items=2))):
             try:
-                check()
+                out = check()
             except ValueError as e:
                 raise ConfigError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
+            tok_cfg = out if what == "tokenizer" else tok_cfg
+        # The weights of the alignment losses (ETEGRec's mu / lambda, SODA's gamma) are set against a tokenizer loss
+        # of F.mse_loss means, as in the authors' code; a summed one (over D inputs, d latents) is D or d times
+        # larger and leaves them inert in the tokenizer phases (issue 14), so that pairing is refused.
+        if (self.schedule.trains_tokenizer and self.schedule.losses.active
+                and getattr(tok_cfg, "reduction", "mean") == "sum"):
+            raise ConfigError("tokenizer.params.reduction: 'sum' while the schedule trains the tokenizer with "
+                              "schedule.losses; their weights assume the authors' mean reductions: set "
+                              "tokenizer.params.reduction: mean")
         return self
 
     def check_dataset(self, num_items: int, name: str) -> None:

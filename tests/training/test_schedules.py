@@ -74,6 +74,12 @@ def test_schedule_config_is_strict():
         load_config(None, ["schedule.cycle_epochs=1"])
     with pytest.raises(ConfigError, match="schedule.losses.psa"):
         load_config(None, ["schedule.losses={psa: {weight: 0.1}}"])  # needs ETEGRec's preference head
+    # alignment weights assume the authors' mean-reduced tokenizer loss; a summed one would leave them inert
+    with pytest.raises(ConfigError, match="tokenizer.params.reduction"):
+        load_config(None, ["tokenizer.name=rqvae", "schedule.name=alternating", "schedule.losses={soda: {}}"])
+    load_config(None, ["tokenizer.name=rqvae", "tokenizer.params={reduction: mean}", "schedule.name=alternating",
+                       "schedule.losses={soda: {}}"])
+    load_config(None, ["tokenizer.name=rqvae", "schedule.losses={soda: {}}"])  # two-stage: the tokenizer is fixed
 
 
 def test_alternating_freezes_exactly_one_side_per_phase(tmp_path):
@@ -186,7 +192,7 @@ def test_two_stage_with_losses_leaves_the_tokenizer_alone(tmp_path):
 def test_cli_alternating_soda_on_tiger(tmp_path):
     run, args = tiny_overrides(tmp_path)
     extra = ["schedule.name=alternating", "schedule.losses={soda: {weight: 0.5, sampled: 4}}", "train.epochs=3",
-             "schedule.finetune_epochs=1", "schedule.tokenizer_lr=0.01"]
+             "schedule.finetune_epochs=1", "schedule.tokenizer_lr=0.01", "tokenizer.params.reduction=mean"]
     assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test.ndcg@10"] <= 1.0

@@ -49,7 +49,7 @@ from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.recommenders import load_recommender
 from sidrec.models.tiger import Tiger, TigerConfig, save_model
 from sidrec.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
-from sidrec.tokenizers.base import CONFIG_FILE, WEIGHTS_FILE, codebook_health
+from sidrec.tokenizers.base import CONFIG_FILE, SIDS_FILE, WEIGHTS_FILE, codebook_health
 from sidrec.tokenizers.index import IMPORTED, import_sids, imported_config
 from sidrec.training import distributed as dist
 from sidrec.training.recommender import TrainResult, train_recommender
@@ -63,6 +63,7 @@ from sidrec.utils import (
     remove_stale_temps,
     resolve_device,
     run_metadata,
+    save_npy,
     sha256_file,
 )
 from sidrec.utils import seed_everything as seed_all
@@ -221,7 +222,7 @@ class Run:
         for stale in ("tokenizer.safetensors", "fit_log.jsonl"):  # left by a tokenizer fitted here before
             (tdir / stale).unlink(missing_ok=True)
         atomic_write_json(tdir / "tokenizer.json", imp.meta)
-        atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, imp.sids))
+        atomic_write(tdir / "sids.npy", lambda p: save_npy(p, imp.sids))
         atomic_write_json(tdir / "health.json", imp.health)
         self._mark("tokenize", key)
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
@@ -239,13 +240,18 @@ class Run:
             raise ValueError(f"tokenizer.collab: {e}") from None
         return torch.as_tensor(collab, dtype=torch.float32)
 
-    def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor) -> dict[str, Any]:
-        """Write tokenizer/ (weights, sids.npy of the items x, health.json); returns the codebook health."""
+    def _save_tokenizer(self, tok: Tokenizer, x: torch.Tensor, sids: np.ndarray | None = None) -> dict[str, Any]:
+        """Write tokenizer/ (weights, sids.npy, health.json); returns the codebook health.
+
+        ``sids``: the table to save (a joint schedule's best epoch trained and validated on it); default the
+        tokenizer's ``semantic_ids`` of the items ``x``, the one function every SID table comes from.
+        """
         tdir = self.dir / "tokenizer"
         tok.save(tdir)
-        sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
+        if sids is None:
+            sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
         health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
-        atomic_write(tdir / "sids.npy", lambda p: _save_npy(p, sids))
+        atomic_write(tdir / "sids.npy", lambda p: save_npy(p, sids))
         atomic_write_json(tdir / "health.json", health)
         return health
 
@@ -349,7 +355,9 @@ class Run:
         if not self._keep_best(res, model):
             return None
         if dist.is_main():
-            health = self._save_tokenizer(load_tokenizer(rdir / "best" / "tokenizer").to(self.device), x)
+            best_tok = rdir / "best" / "tokenizer"
+            health = self._save_tokenizer(load_tokenizer(best_tok).to(self.device), x,
+                                          np.load(best_tok / SIDS_FILE, allow_pickle=False))
             self._mark("train", key)
             self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
                      f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
@@ -432,11 +440,6 @@ class Run:
             return None
         sids, level_sizes = load_sids(self.dir / "tokenizer")  # a joint schedule rewrote them
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary path
-        np.save(f, array, allow_pickle=False)
 
 
 def load_sids(tokenizer_dir: str | Path) -> tuple[np.ndarray, list[int]]:

@@ -23,6 +23,7 @@ from sidrec.utils import atomic_write, atomic_write_json
 
 WEIGHTS_FILE = "tokenizer.safetensors"
 CONFIG_FILE = "tokenizer.json"
+SIDS_FILE = "sids.npy"  # the (N, L + 1) SID table a run trained, validated, saved and tested with
 
 
 class QuantizerOutput(NamedTuple):

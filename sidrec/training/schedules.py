@@ -45,12 +45,13 @@ from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.models.tiger import Tiger
-from sidrec.tokenizers.base import Assignment, Tokenizer, codebook_health
+from sidrec.tokenizers.base import SIDS_FILE, Assignment, Tokenizer, codebook_health
 from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.metrics_log import MetricsLog
 from sidrec.training.recommender import TrainResult, epoch_order, lr_factor, training_plan, write_best
+from sidrec.utils import atomic_write, save_npy
 
 
 class JointState(nn.Module):
@@ -82,6 +83,15 @@ def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Te
             "schedule.dedup_capacity"
         )
     return sids
+
+
+def write_joint_best(folder: Path, model: nn.Module, epoch: int, metrics: dict[str, float], tokenizer: Tokenizer,
+                     item_sids: Tensor) -> None:
+    """``write_best``'s files plus ``tokenizer/sids.npy``: the SID table (N, Lc) this epoch trained and validated on,
+    which the pipeline saves and tests as it is (rather than recomputing it from the tokenizer)."""
+    write_best(folder, model, epoch, metrics, tokenizer)
+    table = item_sids.detach().cpu().numpy()
+    atomic_write(folder / "tokenizer" / SIDS_FILE, lambda p: save_npy(p, table))
 
 
 def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
@@ -380,8 +390,8 @@ def train_joint(
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
                 if dist.is_main():
                     state[BEST_KEY] = save_best(ckpt_dir, state["step"],
-                                                partial(write_best, model=model, epoch=epoch, metrics=metrics,
-                                                        tokenizer=tokenizer))
+                                                partial(write_joint_best, model=model, epoch=epoch, metrics=metrics,
+                                                        tokenizer=tokenizer, item_sids=joint.item_sids))
             elif schedule.tokenizer_frozen_from(epoch, cfg.epochs):
                 state["bad_evals"] += 1
         state["history"].append(rec)

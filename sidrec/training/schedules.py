@@ -94,11 +94,22 @@ def write_joint_best(folder: Path, model: nn.Module, epoch: int, metrics: dict[s
     atomic_write(folder / "tokenizer" / SIDS_FILE, lambda p: save_npy(p, table))
 
 
-def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
-    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other."""
+def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str, schedule: ScheduleConfig | None = None) -> None:
+    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other.
+
+    ``schedule.frozen_encoder_layers`` / ``freeze_decoder`` keep those parts of the recommender frozen (no
+    gradient; still in train mode for dropout) even when it trains (DIGER's reference recipe).
+    """
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
+    if schedule is None:
+        return
+    # The SID token embeddings stay trainable: L_REC reaches the codebooks through onehot @ their rows either way.
+    for block in model.encoder.blocks[: schedule.frozen_encoder_layers]:
+        block.requires_grad_(False)
+    if schedule.freeze_decoder:
+        model.decoder.blocks.requires_grad_(False)
 
 
 def joint_losses(
@@ -168,9 +179,13 @@ def joint_losses(
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
     if schedule.soft_codes:
-        # codes and one-hots of the current assignment (DIGER: noisy in training); dedup token from the table
-        item_sids = item_sids.clone()
-        item_sids[uniq, : a.codes.shape[1]] = a.codes
+        # The recommender embeds the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel
+        # noise in training). Labels and hard ids stay the deterministic table's, as DIGER's reference code (it
+        # trains on a per-epoch code table and uses the noise on the soft input path only); noisy_labels (ours,
+        # the ablation) writes the noisy codes into the table, so they become the cross-entropy labels too.
+        if schedule.noisy_labels:
+            item_sids = item_sids.clone()
+            item_sids[uniq, : a.codes.shape[1]] = a.codes  # dedup token from the table
         history_onehot = a.onehot[row[history[local].clamp(min=0)]]  # (b, H, L, K), padding rows ignored
         target_onehot = a.onehot[row[target[local]]]  # (b, L, K)
     ids, mask = model_inputs(model, item_sids, history[local], users[local])
@@ -307,7 +322,7 @@ def train_joint(
         epoch = state["epoch"]
         phase = schedule.phase(epoch, cfg.epochs)
         aligned = epoch >= schedule.warmup_epochs
-        set_phase(model, tokenizer, phase)
+        set_phase(model, tokenizer, phase, schedule)
         trainable = [p for p in joint.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = epoch_order(split.train.user, cfg.prefixes_per_user, gen).to(device)

@@ -233,3 +233,17 @@ def test_lr_schedule_moves_every_param_group(tmp_path, monkeypatch):
         factor = schedules.lr_factor(i, total, 3, cfg.scheduler)
         # the recommender's and the tokenizer's group follow the same warm-up and decay from their own base rate
         assert lrs == pytest.approx([1e-3 * factor, 1e-2 * factor])
+
+
+def test_frozen_recommender_parts_stay_frozen_in_every_phase(tmp_path):
+    model, tok, _, _ = setup(tmp_path)
+    model = Tiger(TigerConfig(level_sizes=[4, 4, 24], max_history=4, **{**SMALL, "num_encoder_layers": 2}))
+    sched = ScheduleConfig(name="joint", frozen_encoder_layers=1, freeze_decoder=True)
+    for phase in ("joint", "recommender"):
+        schedules.set_phase(model, tok, phase, sched)
+        assert not any(p.requires_grad for p in model.encoder.blocks[0].parameters())
+        assert all(p.requires_grad for p in model.encoder.blocks[1].parameters())
+        assert not any(p.requires_grad for p in model.decoder.blocks.parameters())
+        assert model.embed.weight.requires_grad and all(p.requires_grad for p in model.heads.parameters())
+    with pytest.raises(ConfigError, match="schedule.noisy_labels"):
+        load_config(None, ["schedule.name=joint", "schedule.noisy_labels=true"])  # needs soft codes

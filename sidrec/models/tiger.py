@@ -19,9 +19,10 @@ multiplicative hash); per-level output heads initialised N(0, d_model**-0.5) (T5
 
 Size at the defaults (level_sizes [256, 256, 256, 8], 2000 user buckets): 4,914,560 parameters. METHODS 1.3
 quotes ~13M from the paper, but the stated architecture (d_model 128, 6 x 64 heads, FFN 1024, 4 + 4 layers)
-cannot reach it: an encoder layer has 4 * 128 * 384 + 2 * 128 * 1024 + 2 * 128 = 459,008 weights, a decoder
-layer 655,744, the 2,778-token embedding 355,584, the heads 99,328, the two relative biases and final norms
-640.
+cannot reach it with a SID vocabulary: an encoder layer has 4 * 128 * 384 + 2 * 128 * 1024 + 2 * 128 = 459,008
+weights, a decoder layer 655,744, the 2,778-token embedding 355,584, the heads 99,328, the two relative biases and
+final norms 640. The paper's 13M is reached with the stock T5 vocabulary of 32,128 tokens, untied in and out
+(input embedding and lm_head 32,128 x 128 each): 4,914,560 - 355,584 - 99,328 + 2 * 4,112,384 = 12,684,416.
 """
 
 from __future__ import annotations

@@ -150,8 +150,10 @@ class DIGER(RQVAE):
         self.register_buffer("changed_steps", torch.zeros((), dtype=torch.long), persistent=False)
 
     def reset_noise_state(self) -> None:
-        """Forget the FrqUD usage statistics and put the SDUD sigmas back to ``noise_scale``."""
+        """Forget the FrqUD usage and changed-code statistics and put the SDUD sigmas back to ``noise_scale``."""
         with torch.no_grad():
+            self.changed_sum.zero_()
+            self.changed_steps.zero_()
             if self.config.decay == "frqud":
                 self.usage_ema.zero_()
                 self.usage_steps.zero_()

@@ -45,7 +45,7 @@ from sidrec.data.splits import LeaveOneOut
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs, trim_padding
 from sidrec.models.tiger import Tiger
-from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
+from sidrec.tokenizers.base import SIDS_FILE, Assignment, Tokenizer, codebook_health
 from sidrec.training import distributed as dist
 from sidrec.training.checkpoint import BEST_KEY, publish_best, resume_checkpoint, save_best, save_checkpoint
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
@@ -58,7 +58,7 @@ from sidrec.training.recommender import (
     training_plan,
     write_best,
 )
-from sidrec.utils import bf16_autocast
+from sidrec.utils import atomic_write, bf16_autocast, save_npy
 
 
 class JointState(nn.Module):
@@ -74,10 +74,14 @@ class JointState(nn.Module):
 def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Tensor:
     """The tokenizer's SIDs (N, L + 1) of every item; RuntimeError if a collision group outgrows the model.
 
+    ``tokenizer.semantic_ids`` is the one function that turns a tokenizer into SIDs: training, validation, the saved
+    ``tokenizer/sids.npy`` (``pipeline.Run._save_tokenizer``), serving and test all read its output, so LETTER's
+    collision repair applies everywhere alike.
+
     The recommender's last (dedup) level has a fixed size, so a tokenizer update that makes more items share one
     code tuple than that size cannot be represented; this is reported instead of silently truncated.
     """
-    sids = assign_semantic_ids(tokenizer.encode(item_emb))
+    sids = tokenizer.semantic_ids(item_emb)
     capacity = model.cfg.level_sizes[-1]
     if int(sids[:, -1].max()) >= capacity:
         raise RuntimeError(
@@ -88,11 +92,31 @@ def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Te
     return sids
 
 
-def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
-    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other."""
+def write_joint_best(folder: Path, model: nn.Module, epoch: int, metrics: dict[str, float], tokenizer: Tokenizer,
+                     item_sids: Tensor) -> None:
+    """``write_best``'s files plus ``tokenizer/sids.npy``: the SID table (N, Lc) this epoch trained and validated on,
+    which the pipeline saves and tests as it is (rather than recomputing it from the tokenizer)."""
+    write_best(folder, model, epoch, metrics, tokenizer)
+    table = item_sids.detach().cpu().numpy()
+    atomic_write(folder / "tokenizer" / SIDS_FILE, lambda p: save_npy(p, table))
+
+
+def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str, schedule: ScheduleConfig | None = None) -> None:
+    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other.
+
+    ``schedule.frozen_encoder_layers`` / ``freeze_decoder`` keep those parts of the recommender frozen (no
+    gradient; still in train mode for dropout) even when it trains (DIGER's reference recipe).
+    """
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
+    if schedule is None:
+        return
+    # The SID token embeddings stay trainable: L_REC reaches the codebooks through onehot @ their rows either way.
+    for block in model.encoder.blocks[: schedule.frozen_encoder_layers]:
+        block.requires_grad_(False)
+    if schedule.freeze_decoder:
+        model.decoder.blocks.requires_grad_(False)
 
 
 def joint_losses(
@@ -130,7 +154,8 @@ def joint_losses(
             and dropout) restart from it (``dist.same_random_draws``), so that every process draws the same.
 
     Returns:
-        ``{"rec": L_REC, "sq": L_SQ (when the tokenizer ran), "sia"/"psa"/"soda" (when on), "total"}``.
+        ``{"rec": L_REC, "sq": the tokenizer's own loss and "tok.<term>" its weighted parts (when the tokenizer
+        trains), "sia"/"psa"/"soda" (when on), "total"}``.
 
     Example:
         >>> out = joint_losses(model, tok, emb, sids, hist, users, target, schedule, aligned=True)  # doctest: +SKIP
@@ -155,14 +180,20 @@ def joint_losses(
                 parts.append(candidates)
             uniq = torch.unique(torch.cat(parts))
             with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
-                a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
+                # one tokenizer pass over every item the batch touches, with the tokenizer's full loss (LETTER's
+                # L_CF reads the rows' collaborative embeddings, hence items=uniq)
+                a = tokenizer.assign(item_emb[uniq].float(), items=uniq)
         row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
     if schedule.soft_codes:
-        # codes and one-hots of the current assignment (DIGER: noisy in training); dedup token from the table
-        item_sids = item_sids.clone()
-        item_sids[uniq, : a.codes.shape[1]] = a.codes
+        # The recommender embeds the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel
+        # noise in training). Labels and hard ids stay the deterministic table's, as DIGER's reference code (it
+        # trains on a per-epoch code table and uses the noise on the soft input path only); noisy_labels (ours,
+        # the ablation) writes the noisy codes into the table, so they become the cross-entropy labels too.
+        if schedule.noisy_labels:
+            item_sids = item_sids.clone()
+            item_sids[uniq, : a.codes.shape[1]] = a.codes  # dedup token from the table
         history_onehot = a.onehot[row[history[local].clamp(min=0)]]  # (b, H, L, K), padding rows ignored
         target_onehot = a.onehot[row[target[local]]]  # (b, L, K)
     ids, mask = model_inputs(model, item_sids, history[local], users[local])
@@ -181,8 +212,9 @@ def joint_losses(
     out = {"rec": model.rec_loss(logits, target_sids)}
     # A training tokenizer may reshape the task loss (DIGER's SDUD ties its noise scale to it); logged raw.
     total = tokenizer.wrap_task_loss(out["rec"]) if tokenizer.training else out["rec"]
-    if a is not None:
+    if a is not None and tokenizer.training:  # a frozen tokenizer's own loss is a constant here
         out["sq"] = a.loss
+        out.update({f"tok.{name}": term for name, term in a.terms.items()})
         total = total + a.loss
     if latent:
         with torch.autocast(item_emb.device.type, enabled=False):
@@ -255,6 +287,7 @@ def train_joint(
         # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
         *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
     ])
+    base_lrs = [group["lr"] for group in opt.param_groups]  # before a resumed optimiser state overwrites them
     use_bf16 = bf16_autocast(device, cfg.bf16)
     lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,) items per training history
 
@@ -298,13 +331,15 @@ def train_joint(
         epoch = state["epoch"]
         phase = schedule.phase(epoch, cfg.epochs)
         aligned = epoch >= schedule.warmup_epochs
-        set_phase(model, tokenizer, phase)
+        set_phase(model, tokenizer, phase, schedule)
         trainable = [p for p in joint.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = epoch_order(split.train.user, cfg.prefixes_per_user, gen)
         if cfg.length_buckets:
             order = bucket_by_length(order, lengths, cfg.batch_size, gen)
         order = order.to(device)
+        if phase != "recommender":  # per-epoch state of the tokenizer's loss (LETTER's codeword groups)
+            tokenizer.begin_epoch(torch.Generator().manual_seed(seed * 100_019 + epoch))
         t0, sums, n_batches = time.perf_counter(), {}, 0
         # The window of steps since the last "step" record (reset each epoch: validation time is not training).
         win_t0, win_loss, win_steps, win_samples = t0, torch.zeros((), device=device), 0, 0
@@ -319,8 +354,12 @@ def train_joint(
                     save_checkpoint(ckpt_dir, state["step"], joint, opt, state)
                 return finish(False)
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            opt.param_groups[0]["lr"] = cfg.lr * lr_factor(state["step"], total_steps, cfg.warmup_steps,
-                                                           cfg.scheduler)
+            # Every group follows the schedule from its own base rate (recommender lr, tokenizer_lr, DIGER's sigma
+            # lr), as ETEGRec's code schedules both its optimisers; setting only group 0 left the tokenizer's
+            # rate constant through warm-up and decay.
+            factor = lr_factor(state["step"], total_steps, cfg.warmup_steps, cfg.scheduler)
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * factor
             # Data-parallel: this process runs the recommender on its shard of the global batch and gets the
             # whole batch's loss (see joint_losses), with the batch's random draws seeded by the step so that all
             # processes (and a single-process run) draw the same. Then one all-reduce averages the gradients.
@@ -378,8 +417,8 @@ def train_joint(
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)
                 if dist.is_main():
                     state[BEST_KEY] = save_best(ckpt_dir, state["step"],
-                                                partial(write_best, model=model, epoch=epoch, metrics=metrics,
-                                                        tokenizer=tokenizer))
+                                                partial(write_joint_best, model=model, epoch=epoch, metrics=metrics,
+                                                        tokenizer=tokenizer, item_sids=joint.item_sids))
             elif schedule.tokenizer_frozen_from(epoch, cfg.epochs):
                 state["bad_evals"] += 1
         state["history"].append(rec)

@@ -199,7 +199,8 @@ def main() -> None:
               "cpu_amx_bf16": cpu_has_amx_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "bf16_autocast_fast_path": use_bf16, "train_prefixes": len(split.train.target),
               "command": "PYTHONPATH=. python benchmarks/cpu_speed.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("skip", "out", "work"))}
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("skip", "out", "work"))
+              + (" --skip " + " ".join(args.skip) if args.skip else "")}
     if "train" not in args.skip:
         result["train"] = bench_train(args, cfg, item_sids, split, use_bf16)
     if "curve" not in args.skip and args.curve_steps:

@@ -150,13 +150,13 @@ class RunConfig:
             raise ConfigError(f"unknown config key data.options.{unknown[0]} for data.format {self.data.format} "
                               f"(valid: {', '.join(valid)})")
         try:
-            from_dict(tokenizer_config(self.tokenizer.name), self.tokenizer.params, "tokenizer.params")
+            tok_cfg = from_dict(tokenizer_config(self.tokenizer.name), self.tokenizer.params, "tokenizer.params")
             # placeholders for the derived sizes: the params are checked, the sizes come with the data
             self.model.model_config(level_sizes=[2], max_history=self.data.max_history, latent_dim=1, recon_dim=1)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.schedule.losses.psa is not None and not hasattr(recommender_spec(self.model.name).model,
-                                                                 "preference"):
+                                                                "preference"):
             raise ConfigError(f"schedule.losses.psa: needs a recommender with a preference head (etegrec), not "
                               f"model.name {self.model.name}")
         for what, check in (("embed", self.embed.check), ("sasrec", lambda: self.sasrec.model_config(num_items=2))):
@@ -164,6 +164,14 @@ class RunConfig:
                 check()
             except ValueError as e:
                 raise ConfigError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
+        # The weights of the alignment losses (ETEGRec's mu / lambda, SODA's gamma) are set against a tokenizer loss
+        # of F.mse_loss means, as in the authors' code; a summed one (over D inputs, d latents) is D or d times
+        # larger and leaves them inert in the tokenizer phases (issue 14), so that pairing is refused.
+        if (self.schedule.trains_tokenizer and self.schedule.losses.active
+                and getattr(tok_cfg, "reduction", "mean") == "sum"):
+            raise ConfigError("tokenizer.params.reduction: 'sum' while the schedule trains the tokenizer with "
+                              "schedule.losses; their weights assume the authors' mean reductions: set "
+                              "tokenizer.params.reduction: mean")
         return self
 
     def check_dataset(self, num_items: int, name: str) -> None:

@@ -52,6 +52,7 @@ from sidrec.utils import (
     remove_stale_temps,
     resolve_device,
     run_metadata,
+    save_npy,
     sha256_file,
 )
 from sidrec.utils import seed_everything as seed_all
@@ -253,13 +254,7 @@ class Run:
             if self.cfg.tokenizer.collab is not None:  # collaborative embeddings for fit(collab=...), cached
                 if not tok.uses_collab:
                     self.log(f"note: tokenizer {tok.name} does not use tokenizer.collab")
-                try:
-                    collab = embed_items(Dataset.load(self.run.data), self.collab_config(),
-                                         self.cache / "embeddings", device=str(self.device), progress=self.progress,
-                                         refresh=self.fresh)
-                except ValueError as e:
-                    raise ValueError(f"tokenizer.collab: {e}") from None
-                extra["collab"] = torch.as_tensor(collab, dtype=torch.float32)
+                extra["collab"] = self._collab_embeddings(Dataset.load(self.run.data))
             tdir.mkdir(parents=True, exist_ok=True)
             with open(self.run.fit_log, "w", encoding="utf-8") as f:  # per-epoch loss + codebook health
                 tok.fit(x, seed=self.cfg.seed, device=self.device, progress=self.progress,
@@ -292,7 +287,7 @@ class Run:
         for stale in (tdir / WEIGHTS_FILE, self.run.fit_log):  # left by a tokenizer fitted here before
             stale.unlink(missing_ok=True)
         atomic_write_json(tdir / CONFIG_FILE, imp.meta)
-        atomic_write(RunDir.sids_file(tdir), lambda p: _save_npy(p, imp.sids))
+        atomic_write(RunDir.sids_file(tdir), lambda p: save_npy(p, imp.sids))
         atomic_write_json(RunDir.health_file(tdir), imp.health)
         self._mark("tokenize", key)
         self.log(f"imported SIDs from {imp.meta['source']['path']}: level sizes {imp.level_sizes}, "
@@ -317,13 +312,29 @@ class Run:
                   "cooccurrence]), tokenizer.name: rqkmeans with tokenizer.params.balanced: true, or "
                   "tokenizer.name: letter, which re-assigns collisions on the last level")
 
+    def _collab_embeddings(self, ds: Dataset) -> torch.Tensor | None:
+        """``tokenizer.collab``'s item embeddings (N, Dc) float32 (cached by ``embed_items``), or None if unset."""
+        if self.cfg.tokenizer.collab is None:
+            return None
+        try:
+            collab = embed_items(ds, self.collab_config(), self.cache / "embeddings", device=str(self.device),
+                                 progress=self.progress, refresh=self.fresh)
+        except ValueError as e:
+            raise ValueError(f"tokenizer.collab: {e}") from None
+        return torch.as_tensor(collab, dtype=torch.float32)
+
     @staticmethod
-    def _save_tokenizer(tok: Tokenizer, x: torch.Tensor, tdir: Path) -> dict[str, Any]:
-        """Write the tokenizer folder ``tdir`` (weights, the SIDs of the items x, their health); returns the health."""
+    def _save_tokenizer(tok: Tokenizer, x: torch.Tensor, tdir: Path, sids: np.ndarray | None = None) -> dict[str, Any]:
+        """Write the tokenizer folder ``tdir`` (weights, SIDs, their health); returns the health.
+
+        ``sids``: the table to save (a joint schedule's best epoch trained and validated on it); default the
+        tokenizer's ``semantic_ids`` of the items ``x``, the one function every SID table comes from.
+        """
         tok.save(tdir)
-        sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
+        if sids is None:
+            sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
         health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
-        atomic_write(RunDir.sids_file(tdir), lambda p: _save_npy(p, sids))
+        atomic_write(RunDir.sids_file(tdir), lambda p: save_npy(p, sids))
         atomic_write_json(RunDir.health_file(tdir), health)
         return health
 
@@ -403,12 +414,14 @@ class Run:
         dist.barrier()
         rdir = self.run.recommender
         tok = load_tokenizer(self.run.tokenizer)  # the tokenize stage's fit, left as it is
+        ds = Dataset.load(self.run.data)
+        if tok.uses_collab:  # LETTER's L_CF trains in the tokenizer phases too, so it needs its targets again
+            tok.attach_collab(self._collab_embeddings(ds), ds.num_items)
         if sched.trains_tokenizer:  # room for larger collision groups as the codes change (see dedup_capacity)
             level_sizes = level_sizes[:-1] + [sched.dedup_capacity or max(2 * level_sizes[-1], tok.codebook_size)]
         model = self._new_model(level_sizes, split.max_history).to(self.device)
         self.log(f"{self.cfg.model.name} + {tok.name}, schedule {sched.name}: "
                  f"{model.num_parameters() / 1e6:.2f}M parameters, levels {level_sizes}")
-        ds = Dataset.load(self.run.data)
         emb = embed_items(ds, self.embed_config(), self.cache / "embeddings", device=str(self.device),
                           progress=self.progress)  # cached by the embed stage
         x = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
@@ -418,8 +431,9 @@ class Run:
         if not self._keep_best(res, model):
             return None
         if dist.is_main():  # the selected epoch's tokenizer and SIDs, beside the model that reads them
-            health = self._save_tokenizer(load_tokenizer(rdir.best_tokenizer).to(self.device), x,
-                                          self.run.model_tokenizer)
+            best_tok = rdir.best_tokenizer
+            health = self._save_tokenizer(load_tokenizer(best_tok).to(self.device), x, self.run.model_tokenizer,
+                                          np.load(RunDir.sids_file(best_tok), allow_pickle=False))
             self._mark("train", key)
             self.log(f"best epoch {res.best_epoch}: valid {res.best_valid}; tokenizer usage per level "
                      f"{[round(u, 3) for u in health['usage']]}, collision rate {health['collision_rate']:.4f}")
@@ -514,9 +528,6 @@ def _file_stats(path: Path | None) -> list[tuple[str, int, int]]:
     return [(p.name, st.st_size, st.st_mtime_ns) for p in files if p.is_file() for st in [p.stat()]]
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary path
-        np.save(f, array, allow_pickle=False)
 
 
 def model_label(cfg: RunConfig) -> str:

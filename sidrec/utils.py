@@ -125,6 +125,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` to exactly ``path`` (no pickles), e.g. as the writer of ``atomic_write``."""
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary path
+        np.save(f, array, allow_pickle=False)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda p: p.write_bytes(data))
 

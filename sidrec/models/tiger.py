@@ -19,9 +19,10 @@ multiplicative hash); per-level output heads initialised N(0, d_model**-0.5) (T5
 
 Size at the defaults (level_sizes [256, 256, 256, 8], 2000 user buckets): 4,914,560 parameters. METHODS 1.3
 quotes ~13M from the paper, but the stated architecture (d_model 128, 6 x 64 heads, FFN 1024, 4 + 4 layers)
-cannot reach it: an encoder layer has 4 * 128 * 384 + 2 * 128 * 1024 + 2 * 128 = 459,008 weights, a decoder
-layer 655,744, the 2,778-token embedding 355,584, the heads 99,328, the two relative biases and final norms
-640.
+cannot reach it with a SID vocabulary: an encoder layer has 4 * 128 * 384 + 2 * 128 * 1024 + 2 * 128 = 459,008
+weights, a decoder layer 655,744, the 2,778-token embedding 355,584, the heads 99,328, the two relative biases and
+final norms 640. The paper's 13M is reached with the stock T5 vocabulary of 32,128 tokens, untied in and out
+(input embedding and lm_head 32,128 x 128 each): 4,914,560 - 355,584 - 99,328 + 2 * 4,112,384 = 12,684,416.
 """
 
 from __future__ import annotations
@@ -356,8 +357,12 @@ class Tiger(nn.Module):
         return self.latent_head(pooled)
 
     def level_logits(self, h: Tensor, level: int) -> Tensor:
-        """Logits (..., K_level) of decoder states h (..., d_model) at SID ``level``, fp32, / temperature."""
-        return self.heads[level](h).float() / self.cfg.logit_temperature
+        """Logits (..., K_level) of decoder states h (..., d_model) at SID ``level``, fp32.
+
+        Not divided by ``logit_temperature``: LETTER's temperature shapes the training loss only (``rec_loss``), its
+        code decodes with the plain logits.
+        """
+        return self.heads[level](h).float()
 
     def forward(self, ids: Tensor, mask: Tensor, target: Tensor) -> list[Tensor]:
         """Teacher forcing: per-level logits [(B, K_0), (B, K_1), ..] for target SIDs (B, Lc)."""
@@ -368,10 +373,11 @@ class Tiger(nn.Module):
         """Per-level logits [(B, K_0), (B, K_1), ..] of teacher-forced decoder states (B, Lc, d_model)."""
         return [self.level_logits(dec[:, level], level) for level in range(self.num_levels)]
 
-    @staticmethod
-    def rec_loss(logits: list[Tensor], target: Tensor) -> Tensor:
-        """Cross-entropy of per-level logits against target SIDs (B, Lc), summed over levels / Lc, batch mean."""
-        return sum(F.cross_entropy(lg, target[:, level]) for level, lg in enumerate(logits)) / len(logits)
+    def rec_loss(self, logits: list[Tensor], target: Tensor) -> Tensor:
+        """Cross-entropy of per-level logits / ``logit_temperature`` against target SIDs (B, Lc), summed over
+        levels / Lc, batch mean (LETTER's ranking-guided generation: the temperature acts in training only)."""
+        tau = self.cfg.logit_temperature
+        return sum(F.cross_entropy(lg / tau, target[:, level]) for level, lg in enumerate(logits)) / len(logits)
 
     def loss(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy summed over SID levels / Lc, averaged over the batch (scalar)."""
@@ -426,7 +432,7 @@ class Tiger(nn.Module):
             level: SID level whose logits are returned.
 
         Returns:
-            logits (M, K_level) (fp32, divided by logit_temperature) and the cache extended by one position.
+            logits (M, K_level) (fp32, not divided by logit_temperature) and the cache extended by one position.
         """
         if not 0 <= level < self.num_levels:
             raise ValueError(f"level: expected 0 <= level < {self.num_levels}, got {level}")

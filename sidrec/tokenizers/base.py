@@ -21,6 +21,7 @@ from sidrec.utils import atomic_write, atomic_write_json
 
 WEIGHTS_FILE = "tokenizer.safetensors"
 CONFIG_FILE = "tokenizer.json"
+SIDS_FILE = "sids.npy"  # the (N, L + 1) SID table a run trained, validated, saved and tested with
 
 
 class QuantizerOutput(NamedTuple):
@@ -52,7 +53,10 @@ class Assignment(NamedTuple):
         latent: the encoder output z ``(B, d)``.
         quantized: the quantised latent ``(B, d)`` (straight-through where the tokenizer is trained by gradient).
         reconstruction: the reconstruction ``(B, D)`` of the standardised input, where the model has a decoder.
-        loss: the tokenizer's own scalar training loss (e.g. L_SQ of RQ-VAE).
+        loss: the tokenizer's own scalar training loss, its full method loss (e.g. L_SQ of RQ-VAE; LETTER adds
+            alpha * L_CF and beta * L_Div, CoST has its contrastive term), the sum of ``terms``.
+        terms: the weighted parts of ``loss`` by name (``recon``, ``rq``, ``cf``, ``div``, ``cl``, ...), to log and
+            to compare their gradients.
 
     Example:
         >>> out = tok.assign(item_emb[:8])  # doctest: +SKIP
@@ -67,6 +71,7 @@ class Assignment(NamedTuple):
     quantized: Tensor
     reconstruction: Tensor | None
     loss: Tensor
+    terms: dict[str, Tensor]
 
 
 def assign_semantic_ids(codes: Tensor) -> Tensor:
@@ -282,6 +287,10 @@ class Tokenizer(nn.Module, ABC):
             >>> opt = torch.optim.AdamW(tok.param_groups(1e-4))
         """
         return [{"params": list(self.parameters()), "lr": lr}]
+
+    def begin_epoch(self, generator: torch.Generator) -> None:
+        """Called before every epoch that trains this tokenizer (``fit`` and joint schedules): per-epoch state
+        of the loss (LETTER's codeword groups of L_Div). None here."""
 
     def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
         """The recommendation loss as the joint objective uses it while this tokenizer trains: unchanged here.

@@ -31,14 +31,14 @@ class CoSTConfig(RQVAEConfig):
         alpha: weight of the contrastive term L_cl.
         tau: temperature of the cosine similarities.
         recon: ``"contrastive"`` (the paper: alpha * L_cl + L_rq), ``"mse"`` (the RQ-VAE loss of METHODS 1.1:
-            summed squared error + L_rq) or ``"mse+contrastive"`` (both), to reproduce the paper's finding that
-            L_cl alone beats MSE and that adding MSE to it hurts.
-        rq_reduction: how the codebook + commitment terms reduce over the latent dimensions: ``"mean"`` (ours,
-            default; the ``F.mse_loss`` of common RQ-VAE code) or ``"sum"`` (METHODS 1.1, our RQ-VAE). With
-            ``"sum"`` over 96 dimensions these terms outweigh ``alpha * L_cl`` about a hundredfold: on the
-            Instruments co-occurrence embeddings the encoder then shrinks the latents onto one codeword within 5
-            epochs (1 of 64 level-1 codes used, 99.9% collisions), while ``"mean"`` keeps 97% / 88% / 77% of
-            the codes in use after 20 epochs.
+            squared error + L_rq) or ``"mse+contrastive"`` (both), to reproduce the paper's finding that L_cl alone
+            beats MSE and that adding MSE to it hurts.
+        reduction: ``"mean"`` (default, the ``F.mse_loss`` means of common RQ-VAE code, levels averaged) puts
+            the squared error and L_rq on the scale of ``alpha * L_cl`` (MSE of standardised inputs ~0.2-1,
+            L_cl <= log B), so ``"mse+contrastive"`` really adds both. ``"sum"`` (METHODS 1.1) sums over
+            dimensions: the summed MSE (~90-450 at D = 384-768) then buries ``alpha * L_cl`` (<= 0.7), and with L_rq
+            summed over 96 dimensions the encoder shrinks the latents onto one codeword within 5 epochs on the
+            Instruments co-occurrence embeddings (1 of 64 level-1 codes used, 99.9% collisions).
 
     Example:
         >>> CoSTConfig(recon="mse+contrastive", epochs=200)
@@ -51,16 +51,13 @@ class CoSTConfig(RQVAEConfig):
     alpha: float = 0.1
     tau: float = 0.1
     recon: Literal["contrastive", "mse", "mse+contrastive"] = "contrastive"
-    rq_reduction: Literal["mean", "sum"] = "mean"
+    reduction: Literal["sum", "mean"] = "mean"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         require(self.tau > 0, "tau", f"must be > 0, got {self.tau}")
         require(self.recon in RECON_MODES, "recon", f"must be one of {', '.join(RECON_MODES)}, got {self.recon!r}")
-        require(
-            self.rq_reduction in ("mean", "sum"), "rq_reduction", f"must be mean or sum, got {self.rq_reduction!r}"
-        )
 
 
 def contrastive_reconstruction_loss(x: Tensor, x_hat: Tensor, tau: float) -> Tensor:
@@ -103,28 +100,29 @@ class CoST(RQVAE):
         super()._reset_parameters()
         # The RQ-VAE starts its decoder's output layer at zero, so that the first reconstruction gradients do not
         # throw the latents away from the fresh codebooks; where MSE is part of the loss we keep that (recon
-        # "mse" with rq_reduction "sum" is then exactly the RQ-VAE). With L_cl alone a zero reconstruction has no
+        # "mse" with reduction "sum" is then exactly the RQ-VAE). With L_cl alone a zero reconstruction has no
         # direction and the cosine's gradient there is unbounded, so that layer starts like the encoder's output
-        # layer. Measured on Instruments (100 epochs, recon "mse", rq_reduction "sum"): from a He start 5% of the
+        # layer. Measured on Instruments (100 epochs, recon "mse", reduction "sum"): from a He start 5% of the
         # level-1 codes stayed in use (91% collisions), from the zero start 80% (11.5%).
         if self.config.recon == "contrastive":
             nn.init.kaiming_normal_(self.decoder[-1].weight, nonlinearity="linear")
 
-    def forward(self, x: Tensor) -> QuantizerOutput:
-        """Returns ``QuantizerOutput(quantized (B, d), codes (B, L), loss, reconstruction (B, D))``.
+    def _loss_terms(
+        self,
+        xs: Tensor,
+        x_hat: Tensor,
+        q: QuantizerOutput,
+        items: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """``rq`` (codebook + commitment), plus ``cl`` = alpha * L_cl and/or ``recon`` (squared error) per ``recon``.
 
-        ``loss`` = codebook + commitment terms (reduced over dimensions per ``rq_reduction``), plus
-        ``alpha * L_cl`` and/or the summed squared error per ``recon``.
+        Both reduced per ``reduction``; the inputs and reconstructions are the standardised ``(B, D)``.
         """
         cfg = self.config
-        xs = self.standardize(x)
-        z = self.encoder(xs)  # (B, d)
-        q = self.quantizer(z)
-        x_hat = self.decoder(q.quantized)  # (B, D)
-        # The quantiser sums its terms over the d latent dimensions; dividing by d turns that into a mean.
-        loss = q.loss / cfg.latent_dim if cfg.rq_reduction == "mean" else q.loss
+        terms = {"rq": q.loss}
         if cfg.recon != "mse":
-            loss = loss + cfg.alpha * contrastive_reconstruction_loss(xs, x_hat, cfg.tau)
+            terms["cl"] = cfg.alpha * contrastive_reconstruction_loss(xs, x_hat, cfg.tau)
         if cfg.recon != "contrastive":
-            loss = loss + (xs - x_hat).pow(2).sum(-1).mean()
-        return QuantizerOutput(q.quantized, q.codes, loss, x_hat)
+            terms["recon"] = self.recon_loss(xs, x_hat)
+        return terms

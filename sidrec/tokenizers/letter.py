@@ -1,12 +1,18 @@
 """LETTER tokenizer (METHODS 2): an RQ-VAE with collaborative and diversity regularisation, collisions repaired.
 
 L_LETTER = L_Sem + alpha * L_CF + div_weight * L_Div, where
-- L_Sem is the RQ-VAE loss of METHODS 1.1 (``RQVAE.forward``);
+- L_Sem is the RQ-VAE loss of METHODS 1.1 with LETTER's reductions (``reduction="mean"``: ``F.mse_loss`` means,
+  levels averaged, as LETTER's ``rqvae.py`` / ``rq.py``), the scale its alpha and beta were tuned on;
 - L_CF is an in-batch InfoNCE between the quantised latent z_hat and frozen collaborative item embeddings H:
   cross-entropy over the raw dot products ``z_hat . H^T`` (B, B) with the diagonal as targets;
 - L_Div, per level: that level's codewords are clustered into ``div_clusters`` groups by balanced k-means at the
   start of every epoch; an item with code c draws a positive c+ != c from c's group, and the loss is the
-  cross-entropy of ``e_c . E^T`` (own code masked out) with target c+.
+  cross-entropy of ``e_c . E^T`` (own code masked out) with target c+; averaged over levels with
+  ``reduction="mean"`` (LETTER adds it to each level's loss, and ``rq.py`` averages the levels).
+
+The whole loss is in ``assign`` (``Assignment.terms``: ``recon``, ``rq``, ``cf``, ``div``), which ``fit`` and the
+tokenizer phases of joint schedules both use; the regularisers need the training state (collaborative rows from
+``attach_collab``, codeword groups from ``begin_epoch``) and are computed in training mode only.
 
 After fitting, ``semantic_ids`` repairs collisions: the items of every colliding group are re-assigned on the last
 level, among the codes left free for their prefix, by a Sinkhorn-balanced assignment; the dedup token of
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +61,8 @@ class LetterConfig(RQVAEConfig):
     """
 
     num_levels: int = 4
+    # LETTER's code: F.mse_loss means and levels averaged; alpha 0.02 and beta 1e-4 are weights on that scale.
+    reduction: Literal["sum", "mean"] = "mean"
     alpha: float = 0.02
     div_weight: float = 1e-4
     div_clusters: int = 10
@@ -98,13 +106,13 @@ def cf_loss(z_hat: Tensor, collab: Tensor) -> Tensor:
     return F.cross_entropy(logits, torch.arange(len(z_hat), device=z_hat.device))
 
 
-def sample_positive_codes(codes: Tensor, groups: Tensor, generator: torch.Generator) -> Tensor:
+def sample_positive_codes(codes: Tensor, groups: Tensor, generator: torch.Generator | None) -> Tensor:
     """For each code c, a code drawn uniformly from c's group other than c itself.
 
     Args:
         codes: ``(B,)`` long, codes of one level.
         groups: ``(K,)`` long, the group of every code of that level; every used group holds >= 2 codes.
-        generator: CPU generator for the draw.
+        generator: CPU generator for the draw (None: torch's CPU RNG).
 
     Returns:
         ``(B,)`` long: positives, never equal to ``codes``, always in the same group.
@@ -276,8 +284,41 @@ class Letter(RQVAE):
 
     def __init__(self, config: LetterConfig, input_dim: int) -> None:
         super().__init__(config, input_dim)
-        self._collab: Tensor | None = None  # (N, d) during fit only, on the training device
-        self._div_groups: Tensor | None = None  # (L, K) group of every codeword, refreshed each epoch
+        # (N, d) collaborative embeddings of the catalogue for L_CF, on the tokenizer's device; not saved with the
+        # weights (they come from the run's cached SASRec embeddings): ``fit`` or ``attach_collab`` sets them.
+        self.register_buffer("collab", None, persistent=False)
+        self._div_groups: Tensor | None = None  # (L, K) group of every codeword, refreshed by begin_epoch
+
+    def attach_collab(self, collab: Tensor | None, num_items: int) -> None:
+        """Set the frozen collaborative embeddings ``collab (num_items, latent_dim)`` that L_CF reads.
+
+        Needed before training whenever ``alpha > 0``: by ``fit`` and by joint schedules that train the tokenizer.
+        Stored as given (LETTER's code uses its SASRec embeddings without normalising them).
+        """
+        cfg = self.config
+        if cfg.alpha == 0:
+            self.collab = None
+            return
+        if collab is None:
+            raise ValueError(
+                "collab: LETTER's L_CF needs collaborative item embeddings; in a run config set "
+                "tokenizer.collab (e.g. {sources: [sasrec], sasrec_dim: 32}), or tokenizer.params.alpha=0"
+            )
+        if not isinstance(collab, Tensor) or collab.dim() != 2 or collab.shape[0] != num_items:
+            shape = tuple(collab.shape) if isinstance(collab, Tensor) else type(collab).__name__
+            raise ValueError(
+                f"collab (tokenizer.collab): expected one row per item, shape ({num_items}, "
+                f"{cfg.latent_dim}), got {shape}"
+            )
+        if collab.shape[1] != cfg.latent_dim:
+            raise ValueError(
+                f"collab (tokenizer.collab): {collab.shape[1]} columns, but L_CF compares with latents of "
+                f"tokenizer.params.latent_dim = {cfg.latent_dim}; make the collaborative embedding size "
+                "(e.g. tokenizer.collab.sasrec_dim) equal to latent_dim"
+            )
+        if not torch.isfinite(collab).all():
+            raise ValueError("collab (tokenizer.collab): contains NaN or infinite values")
+        self.collab = collab.to(self.device, torch.float32)
 
     def fit(
         self,
@@ -298,44 +339,22 @@ class Letter(RQVAE):
             progress: show a progress bar.
             log: per-epoch stats, as ``RQVAE.fit``.
             collab: ``(N, latent_dim)`` frozen collaborative embeddings aligned with the rows of ``emb``
-                (``tokenizer.collab`` in a run config); required unless ``alpha`` is 0.
+                (``tokenizer.collab`` in a run config); required unless ``alpha`` is 0. They stay attached
+                (``attach_collab``) for joint training.
 
         Returns:
             ``self``, in eval mode.
         """
-        cfg = self.config
         self._check_fit_input(emb)
-        if cfg.alpha > 0:
-            if collab is None:
-                raise ValueError(
-                    "collab: LETTER's L_CF needs collaborative item embeddings; in a run config set "
-                    "tokenizer.collab (e.g. {sources: [sasrec], sasrec_dim: 32}), or tokenizer.params.alpha=0"
-                )
-            if not isinstance(collab, Tensor) or collab.dim() != 2 or collab.shape[0] != emb.shape[0]:
-                shape = tuple(collab.shape) if isinstance(collab, Tensor) else type(collab).__name__
-                raise ValueError(
-                    f"collab (tokenizer.collab): expected one row per item, shape ({emb.shape[0]}, "
-                    f"{cfg.latent_dim}), got {shape}"
-                )
-            if collab.shape[1] != cfg.latent_dim:
-                raise ValueError(
-                    f"collab (tokenizer.collab): {collab.shape[1]} columns, but L_CF compares with latents of "
-                    f"tokenizer.params.latent_dim = {cfg.latent_dim}; make the collaborative embedding size "
-                    "(e.g. tokenizer.collab.sasrec_dim) equal to latent_dim"
-                )
-            if not torch.isfinite(collab).all():
-                raise ValueError("collab (tokenizer.collab): contains NaN or infinite values")
         device = resolve_device(device) if isinstance(device, str) else device
-        self._collab = collab.to(device, torch.float32) if cfg.alpha > 0 else None
-        try:
-            super().fit(emb, seed=seed, device=device, progress=progress, log=log)
-        finally:
-            self._collab = None
-            self._div_groups = None
+        self.to(device)
+        self.attach_collab(collab, emb.shape[0])
+        super().fit(emb, seed=seed, device=device, progress=progress, log=log)
         return self
 
     @torch.no_grad()
-    def _begin_epoch(self, generator: torch.Generator) -> None:
+    def begin_epoch(self, generator: torch.Generator) -> None:
+        """Cluster each level's codewords into ``div_clusters`` balanced groups for this epoch's L_Div."""
         cfg = self.config
         if cfg.div_weight == 0:
             return
@@ -345,22 +364,38 @@ class Letter(RQVAE):
         ]
         self._div_groups = torch.stack(groups)  # (L, K)
 
-    def _batch_output(self, xb: Tensor, index: Tensor, generator: torch.Generator) -> QuantizerOutput:
+    def _loss_terms(
+        self,
+        xs: Tensor,
+        x_hat: Tensor,
+        q: QuantizerOutput,
+        items: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """RQ-VAE's ``recon`` and ``rq``, plus in training mode ``cf`` = alpha * L_CF and ``div`` = beta * L_Div."""
         cfg = self.config
-        out = self(xb)
-        loss = out.loss
+        terms = super()._loss_terms(xs, x_hat, q, items, generator)
+        if not self.training:
+            return terms
         if cfg.alpha > 0:
-            # out.quantized has the value z_hat and, through the straight-through estimator, sends L_CF's
-            # gradient to the encoder (as LETTER's released code).
-            loss = loss + cfg.alpha * cf_loss(out.quantized, self._collab[index])
+            if self.collab is None or items is None:
+                raise ValueError(
+                    "letter: L_CF (alpha > 0) needs the collaborative embeddings (fit(collab=...) or "
+                    "attach_collab) and the batch's catalogue rows (assign(x, items=...))"
+                )
+            # q.quantized has the value z_hat and, through the straight-through estimator, sends L_CF's
+            # gradient to the encoder (as LETTER's released code, which passes x_q after its STE line).
+            terms["cf"] = cfg.alpha * cf_loss(q.quantized, self.collab[items])
         if cfg.div_weight > 0:
-            div = xb.new_zeros(())
+            if self._div_groups is None:
+                raise RuntimeError("letter: L_Div needs codeword groups; call begin_epoch() before training")
+            per_level = []
             for level, book in enumerate(self.quantizer.codebooks):
-                codes = out.codes[:, level]  # (B,)
+                codes = q.codes[:, level]  # (B,)
                 positives = sample_positive_codes(codes, self._div_groups[level], generator)
-                div = div + diversity_loss(book[codes], book, codes, positives)
-            loss = loss + cfg.div_weight * div
-        return out._replace(loss=loss)
+                per_level.append(diversity_loss(book[codes], book, codes, positives))
+            terms["div"] = cfg.div_weight * self.quantizer.combine_levels(per_level)
+        return terms
 
     @torch.no_grad()
     def semantic_ids(self, emb: Tensor, batch_size: int = 4096) -> Tensor:

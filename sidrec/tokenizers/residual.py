@@ -23,6 +23,9 @@ class ResidualQuantizer(nn.Module):
         codebook_size: K.
         dim: d, the latent dimension.
         beta: weight of the commitment term.
+        reduction: ``"sum"``: squared norms summed over the d dimensions and the terms summed over levels
+            (METHODS 1.1); ``"mean"``: ``F.mse_loss`` means over d, averaged over levels (LETTER's and ETEGRec's
+            ``rq.py`` / ``vq.py``), the scale their weights for added terms assume.
 
     Example:
         >>> rq = ResidualQuantizer(num_levels=3, codebook_size=256, dim=32)
@@ -31,8 +34,13 @@ class ResidualQuantizer(nn.Module):
         (torch.Size([8, 3]), torch.Size([8, 32]))
     """
 
-    def __init__(self, num_levels: int, codebook_size: int, dim: int, beta: float = 0.25) -> None:
+    def __init__(
+        self, num_levels: int, codebook_size: int, dim: int, beta: float = 0.25, reduction: str = "sum"
+    ) -> None:
         super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction: must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
         self.num_levels = num_levels
         self.codebook_size = codebook_size
         self.dim = dim
@@ -118,6 +126,22 @@ class ResidualQuantizer(nn.Module):
             residual = residual - (logits / tau).softmax(-1) @ self.codebooks[level]
         return torch.stack(out, 1)
 
+    def level_loss(self, residual: Tensor, chosen: Tensor) -> Tensor:
+        """One level's ``||sg[r] - e||^2 + beta * ||r - sg[e]||^2`` for residuals and chosen codewords ``(B, d)``.
+
+        Averaged over the batch; over d summed (``reduction="sum"``) or averaged (``"mean"``). ``combine_levels``
+        then sums or averages the levels.
+        """
+        codebook_term = (residual.detach() - chosen).pow(2)  # (B, d)
+        commitment_term = (residual - chosen.detach()).pow(2)  # (B, d)
+        per_item = codebook_term + self.beta * commitment_term
+        return per_item.mean() if self.reduction == "mean" else per_item.sum(-1).mean()
+
+    def combine_levels(self, per_level: list[Tensor]) -> Tensor:
+        """Sum (``"sum"``) or mean (``"mean"``, LETTER's/ETEGRec's ``torch.stack(all_losses).mean()``) of levels."""
+        total = torch.stack(per_level).sum()
+        return total / len(per_level) if self.reduction == "mean" else total
+
     def lookup(self, codes: Tensor) -> Tensor:
         """z_hat = sum of the chosen codewords, ``(B, L) -> (B, d)``, with gradients to the codebooks."""
         levels = torch.arange(self.num_levels, device=codes.device)
@@ -128,19 +152,18 @@ class ResidualQuantizer(nn.Module):
 
         Returns:
             ``QuantizerOutput(quantized, codes, loss)``: ``quantized = z + sg(z_hat - z)`` (straight-through:
-            its value is z_hat, its gradient goes to z); ``loss = sum_l ||sg[r_l] - e^l_{c_l}||^2 +
-            beta * ||r_l - sg[e^l_{c_l}]||^2``, squared norms summed over dimensions and averaged over the batch.
+            its value is z_hat, its gradient goes to z); ``loss`` = the levels' ``||sg[r_l] - e^l_{c_l}||^2 +
+            beta * ||r_l - sg[e^l_{c_l}]||^2``, averaged over the batch and reduced per ``reduction``.
         """
         residual = z
-        codes = []
-        loss = z.new_zeros(())
+        codes, losses = [], []
         for level in range(self.num_levels):
             code = self.distances(residual.detach(), level).argmin(dim=1)  # (B,)
             chosen = self.codebooks[level][code]  # (B, d)
-            codebook_term = (residual.detach() - chosen).pow(2).sum(-1).mean()
-            commitment_term = (residual - chosen.detach()).pow(2).sum(-1).mean()
-            loss = loss + codebook_term + self.beta * commitment_term
+            losses.append(self.level_loss(residual, chosen))
             codes.append(code)
             residual = residual - chosen
         z_hat = z - residual  # = sum of chosen codewords
-        return QuantizerOutput(quantized=z + (z_hat - z).detach(), codes=torch.stack(codes, dim=1), loss=loss)
+        return QuantizerOutput(
+            quantized=z + (z_hat - z).detach(), codes=torch.stack(codes, dim=1), loss=self.combine_levels(losses)
+        )

@@ -48,6 +48,13 @@ class RQVAEConfig:
         kmeans_init: initialise the codebooks by k-means on one batch (else uniform +-1/K).
         kmeans_iters: Lloyd iterations of that k-means.
         dropout: dropout between MLP layers.
+        reduction: how every term of the tokenizer loss reduces. ``"sum"`` (default here; METHODS 1.1 for
+            TIGER, whose plain RQ-VAE has no added term): squared errors summed over the D inputs and the d latent
+            dimensions, levels summed. ``"mean"``: the reductions of LETTER's and ETEGRec's code (``F.mse_loss``
+            means over D and d, levels averaged), the scale on which the papers' weights of added terms (LETTER's
+            alpha / beta, ETEGRec's mu / lambda, SODA's gamma, DIGER's L_REC) were chosen; the tokenizers and
+            configs that add such terms use it. With Adam(W) or Adagrad a constant factor on the whole loss does
+            not change the steps, so the two differ only in the balance between terms.
 
     Example:
         >>> RQVAEConfig(codebook_size=128, epochs=300)
@@ -68,6 +75,7 @@ class RQVAEConfig:
     kmeans_init: bool = True
     kmeans_iters: int = 20
     dropout: float = 0.0
+    reduction: Literal["sum", "mean"] = "sum"
 
     def __post_init__(self) -> None:
         for name in ("num_levels", "codebook_size", "latent_dim", "epochs", "batch_size"):
@@ -88,6 +96,7 @@ class RQVAEConfig:
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.kmeans_iters >= 0, "kmeans_iters", f"must be >= 0, got {self.kmeans_iters}")
         require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.reduction in ("sum", "mean"), "reduction", f"must be 'sum' or 'mean', got {self.reduction!r}")
 
 
 def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -106,8 +115,8 @@ class RQVAE(Tokenizer):
     """Residual-quantised variational autoencoder over item embeddings.
 
     x -> standardise -> encoder -> z (B, d) -> residual quantiser -> z + sg(z_hat - z) -> decoder -> x_hat.
-    Loss (METHODS 1.1): ``||x - x_hat||^2`` summed over dimensions plus, per level, the codebook term and
-    ``beta`` times the commitment term; everything averaged over the batch.
+    Loss (METHODS 1.1): ``||x - x_hat||^2`` plus, per level, the codebook term and ``beta`` times the commitment
+    term; averaged over the batch, reduced over dimensions and levels per ``config.reduction``.
 
     Args:
         config: an ``RQVAEConfig``.
@@ -126,41 +135,72 @@ class RQVAE(Tokenizer):
         sizes = [input_dim, *config.hidden_dims, config.latent_dim]
         self.encoder = mlp(sizes, config.dropout)
         self.quantizer = ResidualQuantizer(
-            config.num_levels, config.codebook_size, config.latent_dim, config.beta
+            config.num_levels, config.codebook_size, config.latent_dim, config.beta, config.reduction
         )
         self.decoder = mlp(sizes[::-1], config.dropout)
         self._reset_parameters()
 
     def forward(self, x: Tensor) -> QuantizerOutput:
-        """Returns ``QuantizerOutput(quantized (B, d), codes (B, L), loss, reconstruction (B, D))``.
+        """Returns ``QuantizerOutput(quantized (B, d), codes (B, L), loss, reconstruction (B, D))`` of ``assign``.
 
         ``reconstruction`` is x_hat in the standardised input space, the space the loss compares in.
         """
-        xs = self.standardize(x)
-        z = self.encoder(xs)  # (B, d)
-        q = self.quantizer(z)
-        x_hat = self.decoder(q.quantized)  # (B, D)
-        recon = (xs - x_hat).pow(2).sum(-1).mean()
-        return QuantizerOutput(q.quantized, q.codes, recon + q.loss, x_hat)
+        a = self.assign(x)
+        return QuantizerOutput(a.quantized, a.codes, a.loss, a.reconstruction)
 
-    def assign(self, x: Tensor) -> Assignment:
-        """Differentiable view of the tokenization of a batch ``x (B, D)``, for joint schedules and alignment losses.
+    def assign(self, x: Tensor, items: Tensor | None = None, generator: torch.Generator | None = None) -> Assignment:
+        """Differentiable view of the tokenization of a batch ``x (B, D)``, with the tokenizer's full loss.
 
+        Used by ``fit`` and by the tokenizer phases of joint schedules, so both train the same method.
         ``onehot`` is a constant hard one-hot (the argmin has no gradient); ``logits`` (minus squared distances,
-        residuals following the hard codes) carry gradients to the encoder and every codeword; ``loss`` is the
-        RQ-VAE loss L_SQ of ``forward``.
+        residuals following the hard codes) carry gradients to the encoder and every codeword; ``loss`` is the sum
+        of ``terms`` (here L_SQ = ``recon`` + ``rq``; subclasses add theirs).
+
+        Args:
+            x: item embeddings ``(B, D)`` on the tokenizer's device.
+            items: ``(B,)`` catalogue rows of ``x``, for terms that need the items' identity (LETTER's L_CF).
+            generator: source of the terms' random draws (LETTER's L_Div positives); default torch's RNG.
 
         Example:
             >>> out = tok.assign(item_emb[:8])  # out.codes (8, L), out.logits (8, L, K)
         """
+        return self._deterministic_assign(x, items, generator)
+
+    def _deterministic_assign(self, x: Tensor, items: Tensor | None, generator: torch.Generator | None) -> Assignment:
         xs = self.standardize(x)
         z = self.encoder(xs)  # (B, d)
         q = self.quantizer(z)
         x_hat = self.decoder(q.quantized)  # (B, D)
-        recon = (xs - x_hat).pow(2).sum(-1).mean()
+        terms = self._loss_terms(xs, x_hat, q, items, generator)
         onehot = F.one_hot(q.codes, self.codebook_size).to(z.dtype)  # (B, L, K)
         logits = self.quantizer.logits(z, q.codes)  # (B, L, K)
-        return Assignment(q.codes, onehot, logits, z, q.quantized, x_hat, recon + q.loss)
+        loss = torch.stack(list(terms.values())).sum()
+        return Assignment(q.codes, onehot, logits, z, q.quantized, x_hat, loss, terms)
+
+    def recon_loss(self, xs: Tensor, x_hat: Tensor) -> Tensor:
+        """``||xs - x_hat||^2`` of ``(B, D)`` inputs, averaged over the batch; over D summed or averaged.
+
+        ``"mean"`` is LETTER's and ETEGRec's ``F.mse_loss(out, xs, reduction='mean')``.
+        """
+        if self.config.reduction == "mean":
+            return F.mse_loss(x_hat, xs)
+        return (xs - x_hat).pow(2).sum(-1).mean()
+
+    def _loss_terms(
+        self,
+        xs: Tensor,
+        x_hat: Tensor,
+        q: QuantizerOutput,
+        items: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """The weighted terms of the loss (they sum to it): RQ-VAE's ``recon`` and ``rq`` (codebook + commitment).
+
+        Args:
+            xs: standardised inputs ``(B, D)``; x_hat: their reconstructions ``(B, D)``; q: the quantiser's output.
+            items, generator: as in ``assign``, for subclasses.
+        """
+        return {"recon": self.recon_loss(xs, x_hat), "rq": q.loss}
 
     def _codes(self, x: Tensor) -> Tensor:
         return self.quantizer.encode(self.encoder(self.standardize(x)))
@@ -229,16 +269,6 @@ class RQVAE(Tokenizer):
             return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def _begin_epoch(self, generator: torch.Generator) -> None:
-        """Hook run before every training epoch, for per-epoch state of subclasses (LETTER's code clusters)."""
-
-    def _batch_output(self, xb: Tensor, index: Tensor, generator: torch.Generator) -> QuantizerOutput:
-        """The training output of one batch ``xb (B, D)`` = rows ``index (B,)`` of the fit data.
-
-        Subclasses add loss terms that need the rows' identity (LETTER's collaborative targets) or randomness.
-        """
-        return self(xb)
-
     def _train(
         self,
         x: Tensor,
@@ -262,11 +292,12 @@ class RQVAE(Tokenizer):
             perm = torch.randperm(n, generator=generator).to(x.device)
             loss_sum = x.new_zeros(())  # kept on device: no host sync per step
             recon_sum = x.new_zeros(())
-            self._begin_epoch(generator)
+            self.begin_epoch(generator)
             for start in range(0, n, cfg.batch_size):
                 index = perm[start : start + cfg.batch_size]
                 xb = x[index]
-                out = self._batch_output(xb, index, generator)
+                # deterministic codes even for DIGER, whose pre-training is a plain RQ-VAE fit
+                out = self._deterministic_assign(xb, index, generator)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()

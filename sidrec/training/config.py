@@ -49,6 +49,13 @@ class ScheduleConfig:
         finetune_epochs: last epochs with the tokenizer frozen (recommender fine-tuning).
         soft_codes: the recommender embeds SID tokens from the tokenizer's ``onehot`` so that L_REC reaches the
             tokenizer (needs a straight-through tokenizer such as DIGER to have any effect).
+        noisy_labels: with ``soft_codes``, the tokenizer's training-mode codes (DIGER: Gumbel-sampled) also become
+            the cross-entropy labels and hard input ids (ours, the ablation). Default False, DIGER's reference:
+            labels and ids from the deterministic per-epoch SID table, the noise only on the soft input path.
+        frozen_encoder_layers: the recommender's bottom encoder layers kept frozen in every phase (DIGER's
+            reference: all layers with FrqUD, the bottom 3 with SDUD, of a recommender pre-trained before; sidrec
+            starts the recommender from scratch, so freezing is for a warm start only); 0 = none.
+        freeze_decoder: keep the recommender's decoder layers frozen in every phase (DIGER's reference).
         dedup_capacity: size of the recommender's last (dedup) level when the tokenizer trains: the largest group
             of items sharing one code tuple that later codes may form. 0 = max(2 x the pre-trained tokenizer's
             largest group, K) (our choice).
@@ -66,6 +73,9 @@ class ScheduleConfig:
     warmup_epochs: int = 0
     finetune_epochs: int = 0
     soft_codes: bool = False
+    noisy_labels: bool = False
+    frozen_encoder_layers: int = 0
+    freeze_decoder: bool = False
     dedup_capacity: int = 0
     losses: LossesConfig = field(default_factory=LossesConfig)
 
@@ -79,6 +89,9 @@ class ScheduleConfig:
             ("dedup_capacity", self.dedup_capacity >= 0, f"must be >= 0, got {self.dedup_capacity}"),
             ("soft_codes", not (self.soft_codes and self.name == "two_stage"),
              "needs a schedule that trains the tokenizer (alternating or joint)"),
+            ("noisy_labels", self.soft_codes or not self.noisy_labels, "needs soft_codes: true"),
+            ("frozen_encoder_layers", self.frozen_encoder_layers >= 0,
+             f"must be >= 0, got {self.frozen_encoder_layers}"),
         ]
         for key, ok, message in checks:
             if not ok:

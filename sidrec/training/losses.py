@@ -127,7 +127,10 @@ def kl_matrix(p_logits: Tensor, q_logits: Tensor) -> Tensor:
 
 
 def sia_loss(user_logits: Tensor, item_logits: Tensor) -> Tensor:
-    """ETEGRec's L_SIA: sum_l [KL(P_z || P_zE) + KL(P_zE || P_z)], averaged over the batch.
+    """ETEGRec's L_SIA: KL(P_z || P_zE) + KL(P_zE || P_z), averaged over the batch and the levels.
+
+    The average over levels is ETEGRec's code (``F.kl_div(..., reduction='batchmean')`` on logits viewed as
+    (B * L, K) rows), the scale of its weight mu; METHODS 3 writes a sum over levels, L times larger.
 
     Args:
         user_logits: (B, L, K) logits of the sequence latent z_E through the residual quantiser.
@@ -135,13 +138,16 @@ def sia_loss(user_logits: Tensor, item_logits: Tensor) -> Tensor:
     """
     log_u = user_logits.float().log_softmax(-1)
     log_i = item_logits.float().log_softmax(-1)
-    kl_iu = (log_i.exp() * (log_i - log_u)).sum((1, 2))  # (B,)
-    kl_ui = (log_u.exp() * (log_u - log_i)).sum((1, 2))
+    kl_iu = (log_i.exp() * (log_i - log_u)).sum(-1)  # (B, L)
+    kl_ui = (log_u.exp() * (log_u - log_i)).sum(-1)
     return (kl_iu + kl_ui).mean()
 
 
 def psa_loss(preference: Tensor, reconstruction: Tensor, target: Tensor, tau: float) -> Tensor:
-    """ETEGRec's L_PSA: symmetric in-batch InfoNCE with cosine similarity over the batch's unique targets.
+    """ETEGRec's L_PSA: in-batch InfoNCE with cosine similarity over the batch's unique targets, both directions.
+
+    The two directions are summed, as ETEGRec's code (``dec_cl_loss`` = preference -> item + item -> preference),
+    the scale of its weight lambda.
 
     Args:
         preference: (B, D) h_D = MLP(first decoder hidden state).
@@ -155,7 +161,7 @@ def psa_loss(preference: Tensor, reconstruction: Tensor, target: Tensor, tau: fl
     z = F.normalize(reconstruction[first].float(), dim=-1)
     sim = h @ z.T / tau  # (U, U)
     labels = torch.arange(len(first), device=sim.device)
-    return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
+    return F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)
 
 
 def _first_occurrence(values: Tensor) -> tuple[Tensor, Tensor]:

@@ -43,11 +43,12 @@ from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import evaluate, model_inputs, trim_padding
 from sidrec.models.tiger import Tiger
 from sidrec.rundir import TrainingDir
-from sidrec.tokenizers.base import Assignment, Tokenizer, assign_semantic_ids, codebook_health
+from sidrec.tokenizers.base import SIDS_FILE, Assignment, Tokenizer, codebook_health
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.loop import LoopConfig, TrainResult, TrainStep, train_epochs, write_best
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.two_stage import training_data
+from sidrec.utils import atomic_write, save_npy
 
 
 class JointState(nn.Module):
@@ -63,10 +64,14 @@ class JointState(nn.Module):
 def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Tensor:
     """The tokenizer's SIDs (N, L + 1) of every item; RuntimeError if a collision group outgrows the model.
 
+    ``tokenizer.semantic_ids`` is the one function that turns a tokenizer into SIDs: training, validation, the saved
+    ``tokenizer/sids.npy`` (``pipeline.Run._save_tokenizer``), serving and test all read its output, so LETTER's
+    collision repair applies everywhere alike.
+
     The recommender's last (dedup) level has a fixed size, so a tokenizer update that makes more items share one
     code tuple than that size cannot be represented; this is reported instead of silently truncated.
     """
-    sids = assign_semantic_ids(tokenizer.encode(item_emb))
+    sids = tokenizer.semantic_ids(item_emb)
     capacity = model.cfg.level_sizes[-1]
     if int(sids[:, -1].max()) >= capacity:
         raise RuntimeError(
@@ -77,11 +82,31 @@ def semantic_ids_for(tokenizer: Tokenizer, item_emb: Tensor, model: Tiger) -> Te
     return sids
 
 
-def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str) -> None:
-    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other."""
+def write_joint_best(folder: Path, model: nn.Module, epoch: int, metrics: dict[str, float], tokenizer: Tokenizer,
+                     item_sids: Tensor) -> None:
+    """``write_best``'s files plus ``tokenizer/sids.npy``: the SID table (N, Lc) this epoch trained and validated on,
+    which the pipeline saves and tests as it is (rather than recomputing it from the tokenizer)."""
+    write_best(folder, model, epoch, metrics, tokenizer)
+    table = item_sids.detach().cpu().numpy()
+    atomic_write(folder / "tokenizer" / SIDS_FILE, lambda p: save_npy(p, table))
+
+
+def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str, schedule: ScheduleConfig | None = None) -> None:
+    """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other.
+
+    ``schedule.frozen_encoder_layers`` / ``freeze_decoder`` keep those parts of the recommender frozen (no
+    gradient; still in train mode for dropout) even when it trains (DIGER's reference recipe).
+    """
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
+    if schedule is None:
+        return
+    # The SID token embeddings stay trainable: L_REC reaches the codebooks through onehot @ their rows either way.
+    for block in model.encoder.blocks[: schedule.frozen_encoder_layers]:
+        block.requires_grad_(False)
+    if schedule.freeze_decoder:
+        model.decoder.blocks.requires_grad_(False)
 
 
 def joint_losses(
@@ -119,7 +144,8 @@ def joint_losses(
             and dropout) restart from it (``dist.same_random_draws``), so that every process draws the same.
 
     Returns:
-        ``{"rec": L_REC, "sq": L_SQ (when the tokenizer ran), "sia"/"psa"/"soda" (when on), "total"}``.
+        ``{"rec": L_REC, "sq": the tokenizer's own loss and "tok.<term>" its weighted parts (when the tokenizer
+        trains), "sia"/"psa"/"soda" (when on), "total"}``.
 
     Example:
         >>> out = joint_losses(model, tok, emb, sids, hist, users, target, schedule, aligned=True)  # doctest: +SKIP
@@ -144,14 +170,20 @@ def joint_losses(
                 parts.append(candidates)
             uniq = torch.unique(torch.cat(parts))
             with torch.autocast(item_emb.device.type, enabled=False):  # distances and codes in fp32, as encode()
-                a = tokenizer.assign(item_emb[uniq].float())  # one tokenizer pass over every item the batch touches
+                # one tokenizer pass over every item the batch touches, with the tokenizer's full loss (LETTER's
+                # L_CF reads the rows' collaborative embeddings, hence items=uniq)
+                a = tokenizer.assign(item_emb[uniq].float(), items=uniq)
         row = torch.empty(item_emb.shape[0], dtype=torch.long, device=uniq.device)
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
     if schedule.soft_codes:
-        # codes and one-hots of the current assignment (DIGER: noisy in training); dedup token from the table
-        item_sids = item_sids.clone()
-        item_sids[uniq, : a.codes.shape[1]] = a.codes
+        # The recommender embeds the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel
+        # noise in training). Labels and hard ids stay the deterministic table's, as DIGER's reference code (it
+        # trains on a per-epoch code table and uses the noise on the soft input path only); noisy_labels (ours,
+        # the ablation) writes the noisy codes into the table, so they become the cross-entropy labels too.
+        if schedule.noisy_labels:
+            item_sids = item_sids.clone()
+            item_sids[uniq, : a.codes.shape[1]] = a.codes  # dedup token from the table
         history_onehot = a.onehot[row[history[local].clamp(min=0)]]  # (b, H, L, K), padding rows ignored
         target_onehot = a.onehot[row[target[local]]]  # (b, L, K)
     ids, mask = model_inputs(model, item_sids, history[local], users[local])
@@ -170,8 +202,9 @@ def joint_losses(
     out = {"rec": model.rec_loss(logits, target_sids)}
     # A training tokenizer may reshape the task loss (DIGER's SDUD ties its noise scale to it); logged raw.
     total = tokenizer.wrap_task_loss(out["rec"]) if tokenizer.training else out["rec"]
-    if a is not None:
+    if a is not None and tokenizer.training:  # a frozen tokenizer's own loss is a constant here
         out["sq"] = a.loss
+        out.update({f"tok.{name}": term for name, term in a.terms.items()})
         total = total + a.loss
     if latent:
         with torch.autocast(item_emb.device.type, enabled=False):
@@ -233,7 +266,9 @@ class JointStep(TrainStep):
     def start_epoch(self, epoch: int) -> dict[str, Any]:
         self.phase = self.schedule.phase(epoch, self.cfg.epochs)
         self.aligned = epoch >= self.schedule.warmup_epochs
-        set_phase(self.model, self.tokenizer, self.phase)
+        set_phase(self.model, self.tokenizer, self.phase, self.schedule)
+        if self.phase != "recommender":  # per-epoch state of the tokenizer's loss (LETTER's codeword groups)
+            self.tokenizer.begin_epoch(torch.Generator().manual_seed(self.seed * 100_019 + epoch))
         return {"phase": self.phase, "aligned": self.aligned}
 
     def clipped(self) -> list[nn.Parameter]:
@@ -276,7 +311,7 @@ class JointStep(TrainStep):
                         ks=[10], batch_size=c.eval_batch_size, progress=self.progress, desc="validate", bf16=c.bf16)
 
     def write_best(self, folder: Path, epoch: int, metrics: dict[str, float]) -> None:
-        write_best(folder, self.model, epoch, metrics, tokenizer=self.tokenizer)
+        write_joint_best(folder, self.model, epoch, metrics, self.tokenizer, self.module.item_sids)
 
     def counts_for_patience(self, epoch: int) -> bool:
         return self.schedule.tokenizer_frozen_from(epoch, self.cfg.epochs)

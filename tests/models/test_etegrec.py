@@ -82,7 +82,8 @@ def test_alignment_heads_and_save_load(tmp_path):
 def test_cli_etegrec_alternating(tmp_path):
     run, args = tiny_overrides(tmp_path)
     extra = ["model.name=etegrec", "schedule.name=alternating", "train.epochs=3", "schedule.warmup_epochs=1",
-             "schedule.losses={sia: {weight: 0.01}, psa: {weight: 0.01}}", "schedule.finetune_epochs=1"]
+             "schedule.losses={sia: {weight: 0.01}, psa: {weight: 0.01}}", "schedule.finetune_epochs=1",
+             "tokenizer.params.reduction=mean"]
     assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test.recall@10"] <= 1.0

@@ -130,11 +130,11 @@ def test_kv_cache_steps_match_teacher_forcing() -> None:
             assert logits.shape == (4, LEVELS[level]) and logits.dtype == torch.float32
             torch.testing.assert_close(logits, full[level], atol=1e-5, rtol=1e-5)
             assert [k.shape[2] for k in cache.self_k] == [level + 1] * 2
-    # logit_temperature divides the logits
+    # logit_temperature acts in the training loss only (LETTER): the logits, and so decoding, do not depend on it
     cold = Tiger(tiny_config(logit_temperature=1.0))
     cold.load_state_dict(model.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(cold.eval()(ids, mask, target)[1], full[1] * 0.7)
+        torch.testing.assert_close(cold.eval()(ids, mask, target)[1], full[1])
 
 
 def test_cache_index_select_duplicates_rows() -> None:

@@ -32,15 +32,23 @@ def test_contrastive_loss_ranks_the_matching_reconstruction_first():
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("recon", ["contrastive", "mse", "mse+contrastive"])
 def test_recon_modes_combine_the_terms(recon, reduction):
-    cfg = CoSTConfig(**{**SMALL.__dict__, "recon": recon, "rq_reduction": reduction})
+    cfg = CoSTConfig(**{**SMALL.__dict__, "recon": recon, "reduction": reduction})
     model = CoST(cfg, input_dim=10)
     x = torch.randn(16, 10, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = model(x)
         q = model.quantizer(model.encoder(model.standardize(x)))
-    mse = (model.standardize(x) - out.reconstruction).pow(2).sum(-1).mean()
+    sq = (model.standardize(x) - out.reconstruction).pow(2)  # (16, 10)
+    mse = sq.mean() if reduction == "mean" else sq.sum(-1).mean()
     cl = contrastive_reconstruction_loss(model.standardize(x), out.reconstruction, cfg.tau)
-    rq = q.loss / 6 if reduction == "mean" else q.loss  # mean over the 6 latent dimensions
+    sum_cfg = CoSTConfig(**{**cfg.__dict__, "reduction": "sum"})
+    rq_sum = CoST(sum_cfg, input_dim=10).quantizer
+    rq_sum.load_state_dict(model.quantizer.state_dict())
+    with torch.no_grad():
+        rq_summed = rq_sum(model.encoder(model.standardize(x))).loss
+    # "mean": the 6 latent dimensions and the 2 levels averaged, i.e. the summed form / (6 * 2)
+    rq = rq_summed / 12 if reduction == "mean" else rq_summed
+    assert float(q.loss) == pytest.approx(float(rq), rel=1e-5)
     expected = {"contrastive": rq + 0.1 * cl, "mse": rq + mse, "mse+contrastive": rq + mse + 0.1 * cl}
     assert float(out.loss) == pytest.approx(float(expected[recon]), rel=1e-5)
     if (recon, reduction) == ("mse", "sum"):  # exactly the RQ-VAE loss of the same weights
@@ -89,9 +97,9 @@ def test_config_defaults_and_errors():
     cfg = tok.config
     assert (cfg.latent_dim, cfg.num_levels, cfg.codebook_size, cfg.hidden_dims) == (96, 3, 64, [512, 256, 128])
     assert (cfg.alpha, cfg.tau, cfg.beta, cfg.epochs, cfg.recon) == (0.1, 0.1, 0.25, 100, "contrastive")
-    assert cfg.rq_reduction == "mean"
-    with pytest.raises(ValueError, match=r"tokenizer\.params\.rq_reduction: expected one of"):
-        build_tokenizer("cost", {"rq_reduction": "max"}, input_dim=32)
+    assert cfg.reduction == "mean"
+    with pytest.raises(ValueError, match=r"tokenizer\.params\.reduction: expected one of"):
+        build_tokenizer("cost", {"reduction": "max"}, input_dim=32)
     with pytest.raises(ValueError, match=r"tokenizer\.params\.recon: expected one of"):
         build_tokenizer("cost", {"recon": "l1"}, input_dim=32)
     for key in ("alpha", "tau"):

@@ -103,7 +103,8 @@ def test_assignment_follows_the_gumbel_softmax_formula_and_balance_loss():
     weighted = fitted(decay="none", noise_scale=2.0, balance_weight=0.5).train()
     b = weighted.assign(x, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.codes, b.codes)
-    assert float((b.loss - a.loss).detach()) == pytest.approx(0.5 * balance, rel=1e-4)
+    # reduction "mean" (DIGER's default): the levels' balance terms are averaged, as its L_SQ's levels
+    assert float((b.loss - a.loss).detach()) == pytest.approx(0.5 * balance / L, rel=1e-4)
 
 
 def test_frqud_perturbs_fewer_samples_as_usage_balances():
@@ -186,7 +187,7 @@ def test_sdud_sigma_scales_the_noise_gets_the_rec_gradient_and_its_own_lr():
 
 
 def test_fit_is_rqvae_fit():
-    rq = RQVAE(RQVAEConfig(**BASE), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
+    rq = RQVAE(RQVAEConfig(**BASE, reduction="mean"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
     dg = DIGER(DIGERConfig(**BASE, decay="sdud"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
     state = dg.state_dict()
     assert set(state) == set(rq.state_dict()) | {"sigma"}
@@ -260,3 +261,23 @@ def test_training_assignment_runs_in_float32_under_bf16_autocast():
         a = model.assign(x)
     assert a.logits.dtype == a.quantized.dtype == a.reconstruction.dtype == torch.float32
     assert torch.equal(a.codes, model.encode(x))
+
+
+def changed_per_level(model: DIGER, x: torch.Tensor, draws: int = 8) -> list[float]:
+    model.train()
+    for seed in range(draws):
+        model.assign(x, generator=torch.Generator().manual_seed(seed))
+    return model.joint_stats()["noise.changed"]
+
+
+def test_noise_changed_share_is_logged_per_level_and_gap_scaling_evens_it_out():
+    x = items(256, seed=5)
+    quiet = fitted(decay="none", noise_scale=0.0)
+    assert changed_per_level(quiet, x) == [0.0] * L  # no noise, no changed code
+    assert "noise.changed" not in quiet.joint_stats()  # reset by the previous call
+    plain = changed_per_level(fitted(decay="none", noise_scale=1.0), x)
+    scaled = changed_per_level(fitted(decay="none", noise_scale=1.0, noise_gap_scaled=True), x)
+    # unscaled, the share grows with depth (the residuals' gaps shrink); scaled to each level's gap it does not
+    spread = max(plain) - min(plain)
+    assert plain[0] < plain[-1] and max(scaled) - min(scaled) < 0.5 * spread, (plain, scaled)
+    assert all(0 < s < 1 for s in scaled)

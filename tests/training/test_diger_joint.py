@@ -94,7 +94,8 @@ def test_joint_objective_wraps_the_recommendation_loss_while_sdud_trains():
         tok.train(training)
         out = joint_losses(model, tok, emb, sids, history, users, target, schedule, aligned=True)
         rec = tok.wrap_task_loss(out["rec"]) if training else out["rec"]
-        assert torch.allclose(out["total"], rec + out["sq"])
+        assert ("sq" in out) == training  # a frozen tokenizer's own loss is left out
+        assert torch.allclose(out["total"], rec + out["sq"] if training else rec)
         assert not torch.allclose(tok.wrap_task_loss(out["rec"]), out["rec"])
 
 
@@ -138,3 +139,23 @@ def test_interrupted_joint_training_resumes_with_the_same_noise(tmp_path, monkey
     for a, b in [(model, model3), (tok, tok3)]:
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.allclose(x, y, atol=1e-6), name
+
+
+@pytest.mark.parametrize("noisy_labels", [False, True])
+def test_labels_come_from_the_deterministic_table_unless_noisy_labels(monkeypatch, noisy_labels):
+    tok, model, emb, sids = setup(decay="none", noise_scale=50.0)  # noise large enough to change codes
+    tok.train()
+    history, users, target = batch()
+    seen = {}
+    rec_loss = model.rec_loss
+
+    def recording(logits, target_sids):
+        seen["labels"] = target_sids.clone()
+        return rec_loss(logits, target_sids)
+
+    monkeypatch.setattr(model, "rec_loss", recording)
+    torch.manual_seed(0)
+    sched = ScheduleConfig(name="joint", soft_codes=True, noisy_labels=noisy_labels)
+    joint_losses(model, tok, emb, sids, history, users, target, sched, aligned=True)
+    # DIGER's reference: the Gumbel noise feeds the soft inputs only; the labels are the per-epoch table's
+    assert torch.equal(seen["labels"], sids[target]) != noisy_labels

@@ -20,7 +20,7 @@ from sidrec.training import loop
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.losses import LossesConfig, SODAConfig
 from sidrec.training.metrics_log import read_jsonl
-from sidrec.training.schedules import joint_losses, semantic_ids_for, train_joint
+from sidrec.training.schedules import joint_losses, semantic_ids_for, set_phase, train_joint
 
 SMALL = dict(d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0,
              user_buckets=0)
@@ -29,8 +29,8 @@ SMALL = dict(d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1, num
 class StraightThroughRQVAE(RQVAE):
     """RQ-VAE whose one-hot is straight-through (hard forward, softmax gradient): the naive joint baseline."""
 
-    def assign(self, x):
-        a = super().assign(x)
+    def assign(self, x, items=None, generator=None):
+        a = super().assign(x, items, generator)
         soft = a.logits.softmax(-1)
         return a._replace(onehot=a.onehot + soft - soft.detach())
 
@@ -76,6 +76,12 @@ def test_schedule_config_is_strict():
         load_config(None, ["schedule.cycle_epochs=1"])
     with pytest.raises(ConfigError, match="schedule.losses.psa"):
         load_config(None, ["schedule.losses={psa: {weight: 0.1}}"])  # needs ETEGRec's preference head
+    # alignment weights assume the authors' mean-reduced tokenizer loss; a summed one would leave them inert
+    with pytest.raises(ConfigError, match="tokenizer.params.reduction"):
+        load_config(None, ["tokenizer.name=rqvae", "schedule.name=alternating", "schedule.losses={soda: {}}"])
+    load_config(None, ["tokenizer.name=rqvae", "tokenizer.params={reduction: mean}", "schedule.name=alternating",
+                       "schedule.losses={soda: {}}"])
+    load_config(None, ["tokenizer.name=rqvae", "schedule.losses={soda: {}}"])  # two-stage: the tokenizer is fixed
 
 
 def test_alternating_freezes_exactly_one_side_per_phase(tmp_path):
@@ -188,7 +194,7 @@ def test_two_stage_with_losses_leaves_the_tokenizer_alone(tmp_path):
 def test_cli_alternating_soda_on_tiger(tmp_path):
     run, args = tiny_overrides(tmp_path)
     extra = ["schedule.name=alternating", "schedule.losses={soda: {weight: 0.5, sampled: 4}}", "train.epochs=3",
-             "schedule.finetune_epochs=1", "schedule.tokenizer_lr=0.01"]
+             "schedule.finetune_epochs=1", "schedule.tokenizer_lr=0.01", "tokenizer.params.reduction=mean"]
     assert main(["run", "configs/ml-100k-demo.yaml", *args, *extra, "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test.ndcg@10"] <= 1.0
@@ -209,4 +215,40 @@ def test_cli_alternating_soda_on_tiger(tmp_path):
 
 
 def test_assignment_contract_fields():
-    assert Assignment._fields == ("codes", "onehot", "logits", "latent", "quantized", "reconstruction", "loss")
+    assert Assignment._fields == ("codes", "onehot", "logits", "latent", "quantized", "reconstruction", "loss",
+                                  "terms")
+
+
+def test_lr_schedule_moves_every_param_group(tmp_path, monkeypatch):
+    model, tok, emb, split = setup(tmp_path)
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    cfg = train_cfg(epochs=2, warmup_steps=3, lr=1e-3)
+    sched = ScheduleConfig(name="joint", tokenizer_lr=1e-2)
+    train_joint(model, tok, emb, split, cfg, sched, tmp_path / "out", seed=0, progress=False)
+    total = len(seen)
+    assert total > 3
+    for i, lrs in enumerate(seen):
+        factor = loop.lr_factor(i, total, 3, cfg.scheduler)
+        # the recommender's and the tokenizer's group follow the same warm-up and decay from their own base rate
+        assert lrs == pytest.approx([1e-3 * factor, 1e-2 * factor])
+
+
+def test_frozen_recommender_parts_stay_frozen_in_every_phase(tmp_path):
+    model, tok, _, _ = setup(tmp_path)
+    model = Tiger(TigerConfig(level_sizes=[4, 4, 24], max_history=4, **{**SMALL, "num_encoder_layers": 2}))
+    sched = ScheduleConfig(name="joint", frozen_encoder_layers=1, freeze_decoder=True)
+    for phase in ("joint", "recommender"):
+        set_phase(model, tok, phase, sched)
+        assert not any(p.requires_grad for p in model.encoder.blocks[0].parameters())
+        assert all(p.requires_grad for p in model.encoder.blocks[1].parameters())
+        assert not any(p.requires_grad for p in model.decoder.blocks.parameters())
+        assert model.embed.weight.requires_grad and all(p.requires_grad for p in model.heads.parameters())
+    with pytest.raises(ConfigError, match="schedule.noisy_labels"):
+        load_config(None, ["schedule.name=joint", "schedule.noisy_labels=true"])  # needs soft codes

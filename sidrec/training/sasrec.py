@@ -27,6 +27,7 @@ from torch import Tensor
 
 from sidrec.data.dataset import Dataset
 from sidrec.data.splits import Examples, LeaveOneOut, leave_one_out
+from sidrec.eval.evaluate import trim_padding
 from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
 from sidrec.rundir import BaselineDir, TrainingDir
@@ -47,6 +48,9 @@ class SASRecTrainConfig:
         eval_batch_size: users scored at once against all items during evaluation.
         max_steps: cap on optimiser steps (0 = none), for quick smoke runs.
         log_every: a "step" record in ``metrics.jsonl`` every this many steps (0 = epoch records only).
+        length_buckets: batches of similar history length, each cut to its longest history (as ``train.`` for
+            the recommender; SASRec's state does not depend on the padding width, so no example's loss changes).
+        bf16: bf16 autocast for training where it is fast (CUDA, or a CPU with AMX); evaluation stays fp32.
 
     Example:
         >>> cfg = SASRecTrainConfig(epochs=50, batch_size=128)
@@ -60,6 +64,8 @@ class SASRecTrainConfig:
     eval_batch_size: int = 1024
     max_steps: int = 0
     log_every: int = 50
+    length_buckets: bool = True
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -170,7 +176,8 @@ class SASRecStep(TrainStep):
         return {}
 
     def losses(self, idx: Tensor, step: int) -> dict[str, Tensor]:
-        return {"total": self.module.loss(self.history[idx], self.target[idx], generator=self.negatives)}
+        history = trim_padding(self.history[idx])  # (b, H') cut to the batch's longest history
+        return {"total": self.module.loss(history, self.target[idx], generator=self.negatives)}
 
     def validate(self) -> dict[str, float]:
         return evaluate_sasrec(self.module, self.split.valid, ks=[10], batch_size=self.cfg.eval_batch_size)

@@ -108,3 +108,18 @@ def test_bf16_autocast_only_where_it_is_fast(monkeypatch):
     assert bf16_autocast(torch.device("cpu"), True)
     assert not bf16_autocast(torch.device("cpu"), False)
     assert bf16_autocast(torch.device("cuda"), True)
+
+
+def test_sasrec_loss_is_the_same_on_trimmed_histories():
+    """SASRec's fast path (``sasrec.train.length_buckets``): cutting a batch to its longest history changes no loss."""
+    from sidrec.models.sasrec import SASRec, SASRecConfig
+
+    _, _, ex = _setup(seed=2, n_examples=32)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=60, d_model=16, num_layers=2, num_heads=2, max_len=12, dropout=0.0)).eval()
+    hist, target = torch.as_tensor(ex.history), torch.as_tensor(ex.target)
+    short = hist[(hist >= 0).sum(1) <= 5]  # a batch of short histories: trimming removes most columns
+    with torch.no_grad():
+        torch.testing.assert_close(model.scores(trim_padding(short)), model.scores(short), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.loss(trim_padding(hist), target), model.loss(hist, target))
+    assert trim_padding(short).shape[1] <= 5

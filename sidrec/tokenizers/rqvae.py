@@ -24,9 +24,7 @@ class RQVAEConfig:
     Architecture defaults are TIGER's (3 levels x 256 codes x dim 32, encoder 512-256-128, beta 0.25, batch 1024,
     k-means init). Training defaults are ours: TIGER trains 20k epochs with Adagrad lr 0.4; we default to AdamW
     lr 1e-3 with input standardisation (what independent reproductions needed), a faster codebook and our
-    initialisation (see ``_reset_parameters``). On MiniLM embeddings of the MovieLens-100K titles this reaches
-    80% / 100% / 100% code usage per level and 1% collisions in 150 epochs (~10 s on 2 CPU cores; 12k x 384
-    embeddings take about 1 min).
+    initialisation (see ``_reset_parameters``); docs/results.md and docs/benchmarks.md give fits with them.
     TIGER's setting: ``optimizer="adagrad", lr=0.4, codebook_lr_scale=1.0, standardize=False, epochs=20000``.
 
     Args:

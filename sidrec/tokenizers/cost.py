@@ -40,7 +40,9 @@ class CoSTConfig(RQVAEConfig):
             summed over 96 dimensions the encoder can shrink the latents onto one codeword (docs/results.md).
 
     Example:
-        >>> CoSTConfig(recon="mse+contrastive", epochs=200)
+        >>> cfg = CoSTConfig(recon="mse+contrastive", epochs=200)
+        >>> cfg.codebook_size, cfg.latent_dim, cfg.reduction
+        (64, 96, 'mean')
     """
 
     latent_dim: int = 96
@@ -89,8 +91,11 @@ class CoST(RQVAE):
         input_dim: D, the embedding dimension.
 
     Example:
-        >>> tok = CoST(CoSTConfig(), input_dim=384).fit(item_emb, seed=0, device="cpu")
-        >>> sids = tok.semantic_ids(item_emb)  # (N, 4): 3 learned codes + dedup token
+        >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))  # 64 items, D = 16
+        >>> cfg = CoSTConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=2)
+        >>> tok = CoST(cfg, input_dim=16).fit(x, seed=0, device="cpu", progress=False)
+        >>> tok.semantic_ids(x).shape  # (N, 4): 3 learned codes + dedup token
+        torch.Size([64, 4])
     """
 
     name = "cost"

@@ -319,15 +319,14 @@ class Tokenizer(nn.Module, ABC):
         """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.
 
         Example:
-            >>> from sidrec.tokenizers import RQKMeans, RQKMeansConfig
+            >>> import tempfile
+            >>> from sidrec.tokenizers import RQKMeans, RQKMeansConfig, load_tokenizer
             >>> x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
             >>> tok = RQKMeans(RQKMeansConfig(num_levels=2, codebook_size=4), input_dim=8)
             >>> tok = tok.fit(x, seed=0, device="cpu", progress=False)
-            >>> import tempfile
-            >>> from sidrec.tokenizers import load_tokenizer
             >>> with tempfile.TemporaryDirectory() as d:
-            ...     path = tok.save(d)
-            ...     torch.equal(load_tokenizer(d).encode(x), tok.encode(x))
+            ...     saved = tok.save(d)  # the directory
+            ...     torch.equal(load_tokenizer(saved).encode(x), tok.encode(x))
             True
         """
         directory = Path(directory)

@@ -180,8 +180,9 @@ class RunConfig:
         Called right after the data is prepared, before any embedding, tokenizing or training.
 
         Example:
-            >>> RunConfig().check_dataset(num_items=12, name="toy")  # doctest: +SKIP
-            ConfigError: eval.beam_size: 20 is larger than the catalogue (12 items of dataset 'toy')
+            >>> RunConfig().check_dataset(num_items=12, name="toy")
+            Traceback (most recent call last):
+            sidrec.schema.ConfigError: eval.beam_size: 20 is larger than the catalogue (12 items of dataset 'toy')
         """
         sizes = (("eval.beam_size", self.eval.beam_size), ("train.eval_beam_size", self.train.eval_beam_size),
                  ("eval.ks", max(self.eval.ks)))

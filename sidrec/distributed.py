@@ -99,7 +99,8 @@ def shard(n: int, of_rank: int | None = None) -> range:
         of_rank: the share of that process instead (default: this one).
 
     Example:
-        >>> shard(10)  # on rank 1 of 3: range(4, 7); on one process: range(0, 10)
+        >>> shard(10)  # one process; on rank 1 of 3 it is range(4, 7)
+        range(0, 10)
     """
     world, r = world_size(), rank() if of_rank is None else of_rank
     size, extra = divmod(n, world)
@@ -152,8 +153,10 @@ def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
         n: the number of rows over all processes.
 
     Example:
-        >>> rows = dist.shard(len(batch))  # doctest: +SKIP
-        >>> logits = gather_shards(model(x[rows.start : rows.stop]), len(batch))  # (B, K) on every process
+        >>> x = torch.arange(4.0)
+        >>> rows = shard(len(x))
+        >>> gather_shards(2 * x[rows.start : rows.stop], len(x))  # on every process; here one
+        tensor([0., 2., 4., 6.])
     """
     if world_size() == 1:
         return local

@@ -112,8 +112,10 @@ def render_texts(ds: Dataset, template: str) -> list[str]:
     """Fill ``template`` for every item from ``ds.item_text`` (None -> ``""``) and ``{key}`` (the item key).
 
     Example:
-        >>> render_texts(ds, "{title} by {brand}")[0]
-        'Toy Story by '
+        >>> ds = Dataset("toy", ["a", "b"], ["u"], [np.array([0, 1])],
+        ...              item_text={"title": ["Toy Story", "Heat"], "brand": [None, "Warner"]})
+        >>> render_texts(ds, "{title} by {brand} ({key})")
+        ['Toy Story by  (a)', 'Heat by Warner (b)']
     """
     names = []
     for _, field_name, _, _ in string.Formatter().parse(template):
@@ -323,9 +325,11 @@ def embed_items(ds: Dataset, cfg: EmbedConfig, cache_dir: Path | None = None, de
         refresh: recompute (and re-cache) even when the cache holds the matrix; a SASRec block trains anew.
 
     Example:
-        >>> x = embed_items(ds, EmbedConfig(sources=["attributes"], attribute_dim=32), cache_dir=Path("cache"))
-        >>> x.shape
-        (12101, 32)
+        >>> ds = Dataset("toy", ["a", "b", "c"], ["u", "v"], [np.array([0, 1, 2]), np.array([1, 2])],
+        ...              item_text={"brand": ["x", "y", "x"]})
+        >>> cfg = EmbedConfig(sources=["attributes", "cooccurrence"], attribute_dim=4, cooccurrence_dim=2)
+        >>> embed_items(ds, cfg).shape  # with cache_dir, a second call reads the matrix back
+        (3, 6)
     """
     # Gather each source's inputs first (cheap), so the cache key is known before any expensive encoding.
     key, texts, model_path, tokens = _inputs(ds, cfg)

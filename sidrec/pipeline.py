@@ -62,7 +62,7 @@ STAGES = ("prepare", "embed", "tokenize", "train", "evaluate")
 # left out of the train stage's cache key.
 NOT_IN_KEY = ("log_every", "tensorboard", "compile")
 # Collisions warned about (our thresholds): above 10% of the items, or a group larger than 16 items, the meaningless
-# dedup token decides a sizeable part of the ranking (the ML-100K demo has ~1-8%, the Beauty preset 56%).
+# dedup token decides a sizeable part of the ranking (docs/results.md gives the presets' rates).
 COLLISION_RATE_WARN = 0.10
 COLLISION_GROUP_WARN = 16
 

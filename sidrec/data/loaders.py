@@ -36,7 +36,7 @@ def data_root() -> Path:
     """Root folder of the real datasets: ``$SIDREC_DATA`` if set, else ``<repo>/../shared/data``.
 
     Example:
-        >>> ds = load_dataset("s3rec", data_root() / "amazon-beauty")
+        >>> ds = load_dataset("s3rec", data_root() / "amazon-beauty")  # doctest: +SKIP
     """
     env = os.environ.get("SIDREC_DATA")
     if env:
@@ -241,8 +241,8 @@ def load_s3rec(path: str | Path, name: str | None = None, text_file: str | None 
             ``title``; default ``title`` when present.
 
     Example:
-        >>> ds = load_s3rec(data_root() / "amazon-beauty")
-        >>> ds.num_users, ds.num_items, ds.num_interactions
+        >>> ds = load_s3rec(data_root() / "amazon-beauty")  # doctest: +SKIP
+        >>> ds.num_users, ds.num_items, ds.num_interactions  # doctest: +SKIP
         (22363, 12101, 198502)
     """
     directory = _directory(path)
@@ -438,8 +438,8 @@ def load_lcrec(path: str | Path, name: str | None = None) -> Dataset:
         name: dataset name (``"Office"`` picks ``Office.inter.json``); needed if several ``*.inter.json``.
 
     Example:
-        >>> ds = load_lcrec(data_root() / "amazon-office")
-        >>> ds.num_items, ds.item_text["title"][0][:5]
+        >>> ds = load_lcrec(data_root() / "amazon-office")  # doctest: +SKIP
+        >>> ds.num_items, ds.item_text["title"][0][:5]  # doctest: +SKIP
         (2420, 'VTECH')
     """
     directory = _directory(path)
@@ -557,8 +557,8 @@ def load_recbole(path: str | Path, name: str | None = None) -> Dataset:
         name: dataset name (``"ml-100k"``); needed if the directory has several ``*.inter``.
 
     Example:
-        >>> ds = load_recbole(data_root() / "movielens-100k")
-        >>> ds.num_users, ds.title(0)
+        >>> ds = load_recbole(data_root() / "movielens-100k")  # doctest: +SKIP
+        >>> ds.num_users, ds.title(0)  # doctest: +SKIP
         (943, 'Toy Story')
     """
     directory = _directory(path)
@@ -768,7 +768,7 @@ def load_amazon2014(path: str | Path, name: str | None = None, min_interactions:
         min_interactions: the k of the k-core filter.
 
     Example:
-        >>> ds = load_amazon2014("raw/amazon2014", name="Beauty")
+        >>> ds = load_amazon2014("raw/amazon2014", name="Beauty")  # doctest: +SKIP
     """
     return _load_amazon(
         "amazon2014", path, name, min_interactions,
@@ -824,7 +824,7 @@ def load_amazon2023(path: str | Path, name: str | None = None, min_interactions:
         min_interactions: the k of the k-core filter.
 
     Example:
-        >>> ds = load_amazon2023("raw/amazon2023", name="All_Beauty")
+        >>> ds = load_amazon2023("raw/amazon2023", name="All_Beauty")  # doctest: +SKIP
     """
     return _load_amazon(
         "amazon2023", path, name, min_interactions,

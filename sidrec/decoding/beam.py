@@ -77,8 +77,17 @@ def constrained_beam_search(
         BeamResult with items (B, topk), scores (B, topk) = log P(SID), sids (B, topk, Lc), best first.
 
     Example:
-        >>> result = constrained_beam_search(model.eval(), ids, mask, SidTrie(sids, [256, 256, 256, 4]))
-        >>> result.items[0]  # the ten best catalogue items for user 0
+        >>> from sidrec.models.tiger import Tiger, TigerConfig
+        >>> cfg = TigerConfig(level_sizes=[3, 4, 2], d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
+        ...                   num_decoder_layers=1, user_buckets=0)
+        >>> model = Tiger(cfg, generator=torch.Generator().manual_seed(0)).eval()
+        >>> sids = torch.tensor([[0, 1, 0], [0, 1, 1], [2, 0, 0], [1, 3, 0]])  # the catalogue: 4 items
+        >>> ids, mask = model.encoder_inputs(sids[None, :2], torch.tensor([0]))  # one user who saw items 0, 1
+        >>> result = constrained_beam_search(model, ids, mask, SidTrie(sids, cfg.level_sizes), beam_size=4, topk=4)
+        >>> sorted(result.items[0].tolist())  # every beam ends at a catalogue item
+        [0, 1, 2, 3]
+        >>> torch.equal(result.items, rank_all_items(model, ids, mask, sids, topk=4).items)  # beams >= items: exact
+        True
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -149,7 +158,12 @@ def score_all_items(
         (B, N) float log-probabilities, column i = item i.
 
     Example:
-        >>> scores = score_all_items(model.eval(), ids, mask, trie)  # (B, N)
+        >>> from sidrec.models.tiger import Tiger, TigerConfig
+        >>> model = Tiger(TigerConfig(level_sizes=[3, 2], d_model=16, num_heads=2, d_kv=8, d_ff=32, user_buckets=0))
+        >>> sids = torch.tensor([[0, 0], [2, 1]])  # the catalogue: 2 items
+        >>> ids, mask = model.encoder_inputs(sids[None, :1], torch.tensor([0]))
+        >>> score_all_items(model.eval(), ids, mask, sids).shape  # (B, N)
+        torch.Size([1, 2])
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -182,7 +196,12 @@ def rank_all_items(
         BeamResult with items (B, topk), scores (B, topk), sids (B, topk, Lc), best first.
 
     Example:
-        >>> exact = rank_all_items(model.eval(), ids, mask, trie, topk=10)
+        >>> from sidrec.models.tiger import Tiger, TigerConfig
+        >>> model = Tiger(TigerConfig(level_sizes=[3, 2], d_model=16, num_heads=2, d_kv=8, d_ff=32, user_buckets=0))
+        >>> sids = torch.tensor([[0, 0], [2, 1]])  # the catalogue: 2 items
+        >>> ids, mask = model.encoder_inputs(sids[None, :1], torch.tensor([0]))
+        >>> rank_all_items(model.eval(), ids, mask, sids, topk=3).items[:, 2]  # 2 items: the third slot is empty
+        tensor([-1])
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

@@ -59,12 +59,15 @@ class ETEGRec(Tiger):
         generator: RNG for the weight initialisation (None = torch's global RNG).
 
     Example:
+        >>> import torch
         >>> cfg = ETEGRecConfig(level_sizes=[8, 8, 2], d_model=32, num_heads=2, d_kv=16, d_ff=64,
         ...                     num_encoder_layers=1, num_decoder_layers=1, latent_dim=4, recon_dim=6)
         >>> model = ETEGRec(cfg)
-        >>> enc, dec = model.hidden_states(ids, mask, target)  # doctest: +SKIP
-        >>> model.sequence_latent(enc, mask).shape, model.preference(dec).shape  # doctest: +SKIP
-        (torch.Size([B, 4]), torch.Size([B, 6]))
+        >>> history = torch.tensor([[[1, 2, 0], [3, 4, 1]], [[-1, -1, -1], [5, 6, 0]]])  # (B=2, H=2, Lc=3)
+        >>> ids, mask = model.encoder_inputs(history, torch.tensor([0, 1]))
+        >>> enc, dec = model.hidden_states(ids, mask, torch.tensor([[7, 1, 0], [2, 2, 1]]))
+        >>> model.sequence_latent(enc, mask).shape, model.preference(dec).shape
+        (torch.Size([2, 4]), torch.Size([2, 6]))
     """
 
     cfg: ETEGRecConfig

@@ -182,7 +182,11 @@ def save_sasrec(model: SASRec, directory: str | Path) -> None:
     """Atomically write ``model.safetensors`` and ``model.json`` (the SASRecConfig) into ``directory``.
 
     Example:
-        >>> save_sasrec(model, "runs/beauty/sasrec/model")
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_sasrec(SASRec(SASRecConfig(num_items=10, d_model=8)), d)
+        ...     load_sasrec(d).cfg.num_items
+        10
     """
     save_module(model, directory)
 
@@ -191,6 +195,6 @@ def load_sasrec(directory: str | Path, device: str | torch.device = "cpu") -> SA
     """Load a model written by ``save_sasrec``; bad config keys or mismatched weights raise ValueError.
 
     Example:
-        >>> model = load_sasrec("runs/beauty/sasrec/model")
+        >>> model = load_sasrec("runs/beauty/sasrec/model")  # doctest: +SKIP
     """
     return load_module(SASRec, SASRecConfig, directory, required=("num_items",), device=device)

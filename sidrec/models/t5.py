@@ -292,8 +292,12 @@ class DecoderCache:
         group: decoder rows per encoder row.
 
     Example:
+        >>> dec = T5Decoder(T5Dims(d_model=8, num_heads=2, d_kv=4, d_ff=16), num_layers=1)
+        >>> cache = dec.start(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))  # 2 encoder rows
         >>> beams = cache.expand(3)  # every row becomes 3 rows sharing its encoder K/V
         >>> beams = beams.reorder(torch.tensor([0, 0, 2, 3, 5, 5]))  # keep rows within each encoder row
+        >>> beams.group, beams.cross_k[0].shape[0]  # the encoder K/V stay at 2 rows
+        (3, 2)
     """
 
     enc_mask: Tensor

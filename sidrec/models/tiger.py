@@ -467,6 +467,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Tig
     """Load a model written by ``save_model``; bad config keys or mismatched weights raise ValueError.
 
     Example:
-        >>> model = load_model("runs/tiger/best")
+        >>> model = load_model("runs/tiger/best")  # doctest: +SKIP
     """
     return load_module(Tiger, TigerConfig, directory, required=("level_sizes",), device=device)

@@ -77,7 +77,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Rebuild a saved tokenizer from ``tokenizer.json`` and load ``tokenizer.safetensors`` into it (on CPU).
 
     Example:
-        >>> tok = load_tokenizer("runs/ml-100k/tokenizer")
+        >>> tok = load_tokenizer("runs/ml-100k/tokenizer")  # doctest: +SKIP
     """
     directory = Path(directory)
     meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE

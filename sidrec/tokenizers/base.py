@@ -59,9 +59,11 @@ class Assignment(NamedTuple):
             to compare their gradients.
 
     Example:
-        >>> out = tok.assign(item_emb[:8])  # doctest: +SKIP
-        >>> out.logits.softmax(-1).shape  # doctest: +SKIP
-        torch.Size([8, 3, 256])
+        >>> from sidrec.tokenizers import RQVAE, RQVAEConfig
+        >>> tok = RQVAE(RQVAEConfig(codebook_size=8, latent_dim=4, hidden_dims=[16]), input_dim=16)
+        >>> out = tok.assign(torch.randn(5, 16))
+        >>> out.logits.softmax(-1).shape  # (B, L, K)
+        torch.Size([5, 3, 8])
     """
 
     codes: Tensor
@@ -258,7 +260,12 @@ class Tokenizer(nn.Module, ABC):
         """Deterministic codes ``(N, L)`` long, on the device of ``emb``; computed in eval mode, in batches.
 
         Example:
-            >>> codes = tok.encode(torch.randn(10, tok.input_dim))  # (10, tok.num_levels)
+            >>> from sidrec.tokenizers import RQKMeans, RQKMeansConfig
+            >>> x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+            >>> tok = RQKMeans(RQKMeansConfig(num_levels=2, codebook_size=4), input_dim=8)
+            >>> tok = tok.fit(x, seed=0, device="cpu", progress=False)
+            >>> tok.encode(x[:10]).shape  # (10, tok.num_levels)
+            torch.Size([10, 2])
         """
         self._check_input(emb)
         if not bool(self.fitted):
@@ -284,6 +291,8 @@ class Tokenizer(nn.Module, ABC):
         Subclasses with parameters that need their own rate (DIGER's SDUD sigmas) override this.
 
         Example:
+            >>> from sidrec.tokenizers import RQVAE, RQVAEConfig
+            >>> tok = RQVAE(RQVAEConfig(codebook_size=8, latent_dim=4, hidden_dims=[16]), input_dim=16)
             >>> opt = torch.optim.AdamW(tok.param_groups(1e-4))
         """
         return [{"params": list(self.parameters()), "lr": lr}]
@@ -310,7 +319,15 @@ class Tokenizer(nn.Module, ABC):
         """Write ``tokenizer.safetensors`` (state dict) and ``tokenizer.json`` (name, config, input_dim), atomically.
 
         Example:
-            >>> tok.save(tmp_path / "tok")  # later: load_tokenizer(tmp_path / "tok")
+            >>> import tempfile
+            >>> from sidrec.tokenizers import RQKMeans, RQKMeansConfig, load_tokenizer
+            >>> x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+            >>> tok = RQKMeans(RQKMeansConfig(num_levels=2, codebook_size=4), input_dim=8)
+            >>> tok = tok.fit(x, seed=0, device="cpu", progress=False)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     saved = tok.save(d)  # the directory
+            ...     torch.equal(load_tokenizer(saved).encode(x), tok.encode(x))
+            True
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

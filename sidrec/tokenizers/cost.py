@@ -37,11 +37,12 @@ class CoSTConfig(RQVAEConfig):
             the squared error and L_rq on the scale of ``alpha * L_cl`` (MSE of standardised inputs ~0.2-1,
             L_cl <= log B), so ``"mse+contrastive"`` really adds both. ``"sum"`` (METHODS 1.1) sums over
             dimensions: the summed MSE (~90-450 at D = 384-768) then buries ``alpha * L_cl`` (<= 0.7), and with L_rq
-            summed over 96 dimensions the encoder shrinks the latents onto one codeword within 5 epochs on the
-            Instruments co-occurrence embeddings (1 of 64 level-1 codes used, 99.9% collisions).
+            summed over 96 dimensions the encoder can shrink the latents onto one codeword (docs/results.md).
 
     Example:
-        >>> CoSTConfig(recon="mse+contrastive", epochs=200)
+        >>> cfg = CoSTConfig(recon="mse+contrastive", epochs=200)
+        >>> cfg.codebook_size, cfg.latent_dim, cfg.reduction
+        (64, 96, 'mean')
     """
 
     latent_dim: int = 96
@@ -90,8 +91,11 @@ class CoST(RQVAE):
         input_dim: D, the embedding dimension.
 
     Example:
-        >>> tok = CoST(CoSTConfig(), input_dim=384).fit(item_emb, seed=0, device="cpu")
-        >>> sids = tok.semantic_ids(item_emb)  # (N, 4): 3 learned codes + dedup token
+        >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))  # 64 items, D = 16
+        >>> cfg = CoSTConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=2)
+        >>> tok = CoST(cfg, input_dim=16).fit(x, seed=0, device="cpu", progress=False)
+        >>> tok.semantic_ids(x).shape  # (N, 4): 3 learned codes + dedup token
+        torch.Size([64, 4])
     """
 
     name = "cost"
@@ -102,8 +106,7 @@ class CoST(RQVAE):
         # throw the latents away from the fresh codebooks; where MSE is part of the loss we keep that (recon
         # "mse" with reduction "sum" is then exactly the RQ-VAE). With L_cl alone a zero reconstruction has no
         # direction and the cosine's gradient there is unbounded, so that layer starts like the encoder's output
-        # layer. Measured on Instruments (100 epochs, recon "mse", reduction "sum"): from a He start 5% of the
-        # level-1 codes stayed in use (91% collisions), from the zero start 80% (11.5%).
+        # layer (docs/results.md compares the two starts).
         if self.config.recon == "contrastive":
             nn.init.kaiming_normal_(self.decoder[-1].weight, nonlinearity="linear")
 

@@ -45,12 +45,14 @@ class DIGERConfig(RQVAEConfig):
         balance_weight: weight of the code-balance loss ``sum_l ||mean(y_soft_l) - 1/K||_1`` (0: off).
         noise_gap_scaled: multiply each level's noise by that level's batch-mean gap between the nearest and
             second-nearest codeword distance (ours). Unscaled noise is tiny next to level 1's gaps and large next
-            to the deeper levels' (measured on a pre-trained RQ-VAE: 0.3% of level-1 codes changed, 58% and 82%
-            at levels 2 and 3); scaled, each level's share of changed codes depends on ``noise_scale`` alone.
+            to the deeper levels' (docs/results.md); scaled, each level's share of changed codes depends on
+            ``noise_scale`` alone.
         reduction: as ``RQVAEConfig``; default ``"mean"``.
 
     Example:
-        >>> DIGERConfig(codebook_size=256, latent_dim=128, decay="sdud")
+        >>> cfg = DIGERConfig(codebook_size=256, latent_dim=128, decay="sdud")
+        >>> cfg.gumbel_tau, cfg.reduction
+        (2.0, 'mean')
     """
 
     gumbel: bool = True
@@ -126,12 +128,14 @@ class DIGER(RQVAE):
         input_dim: D, the embedding dimension.
 
     Example:
-        >>> tok = DIGER(DIGERConfig(num_levels=3, codebook_size=256, decay="sdud"), input_dim=256)
-        >>> tok.fit(item_emb, seed=0, device="cpu")
-        >>> tok.train()
-        >>> a = tok.assign(item_emb[:64])
+        >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))  # 64 items, D = 16
+        >>> cfg = DIGERConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=2, decay="sdud")
+        >>> tok = DIGER(cfg, input_dim=16).fit(x, seed=0, device="cpu", progress=False)  # pre-trained as an RQ-VAE
+        >>> a = tok.train().assign(x[:8])  # training mode: Gumbel noise, straight-through one-hots
+        >>> code_table = torch.randn(3, 8, 5, requires_grad=True)  # (L, K, h): a recommender's SID token rows
         >>> rows = torch.einsum("blk,lkh->blh", a.onehot, code_table)  # L_REC on rows reaches the codebooks
-        >>> loss = tok.wrap_task_loss(rec_loss(rows)) + a.loss
+        >>> loss = tok.wrap_task_loss(rows.pow(2).mean()) + a.loss
+        >>> loss.backward()
     """
 
     name = "diger"
@@ -268,8 +272,10 @@ class DIGER(RQVAE):
             perturbed). ``{}`` before any noisy assignment.
 
         Example:
-            >>> tok.joint_stats()  # after some joint training with decay="frqud"
-            {'noise.changed': [0.003, 0.2, 0.4], 'noise.hot_codes': 0.02, 'noise.perturbed': 0.11}
+            >>> tok = DIGER(DIGERConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], decay="frqud"), input_dim=16)
+            >>> _ = tok.train().assign(torch.randn(32, 16))  # as in a joint training step
+            >>> sorted(tok.joint_stats())
+            ['noise.changed', 'noise.hot_codes', 'noise.perturbed']
         """
         cfg = self.config
         stats: dict[str, Any] = {}
@@ -293,7 +299,9 @@ class DIGER(RQVAE):
         decays as the recommender converges.
 
         Example:
-            >>> total = tok.wrap_task_loss(rec_loss) + assignment.loss
+            >>> cfg = DIGERConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], decay="sdud")  # sigma 1, lambda 1.7
+            >>> round(DIGER(cfg, input_dim=16).wrap_task_loss(torch.tensor(4.0)).item(), 4)  # 4 / (2 2.7^2) + log 2.7
+            1.2676
         """
         if self.config.decay != "sdud":
             return task_loss
@@ -304,7 +312,9 @@ class DIGER(RQVAE):
         """Optimiser parameter groups: everything at ``lr``; with SDUD the sigmas at ``sigma_lr``, no decay.
 
         Example:
-            >>> opt = torch.optim.AdamW(tok.param_groups(1e-4) + [{"params": rec.parameters()}], lr=1e-3)
+            >>> tok = DIGER(DIGERConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], decay="sdud"), input_dim=16)
+            >>> [group["lr"] for group in tok.param_groups(1e-4)]  # the sigmas at sigma_lr
+            [0.0001, 0.001]
         """
         if self.config.decay != "sdud":
             return super().param_groups(lr)

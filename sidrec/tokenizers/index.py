@@ -175,7 +175,8 @@ class ImportedConfig:
             size of every level. None: each level's size is its largest code + 1.
 
     Example:
-        >>> ImportedConfig(path="Instruments.index.json", codebook_size=256)
+        >>> ImportedConfig(path="Instruments.index.json", codebook_size=256).keys
+        'index'
     """
 
     path: str = ""

@@ -57,7 +57,9 @@ class LetterConfig(RQVAEConfig):
         sinkhorn_iters: Sinkhorn iterations of the repair.
 
     Example:
-        >>> LetterConfig(alpha=0.02, div_weight=1e-4, epochs=300)
+        >>> cfg = LetterConfig(alpha=0.02, div_weight=1e-4, epochs=300)
+        >>> cfg.num_levels, cfg.reduction
+        (4, 'mean')
     """
 
     num_levels: int = 4
@@ -274,9 +276,12 @@ class Letter(RQVAE):
         input_dim: D, the embedding dimension.
 
     Example:
-        >>> tok = Letter(LetterConfig(epochs=50), input_dim=384)
-        >>> tok.fit(item_emb, collab=sasrec_emb_32d, seed=0, device="cpu")
-        >>> sids = tok.semantic_ids(item_emb)  # (N, 5): 4 learned codes + dedup token
+        >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))  # 64 items, D = 16
+        >>> collab = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))  # e.g. SASRec's, latent_dim wide
+        >>> cfg = LetterConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=2, div_clusters=2)
+        >>> tok = Letter(cfg, input_dim=16).fit(x, collab=collab, seed=0, device="cpu", progress=False)
+        >>> tok.semantic_ids(x).shape  # (N, 5): 4 learned codes + dedup token
+        torch.Size([64, 5])
     """
 
     name = "letter"
@@ -402,7 +407,13 @@ class Letter(RQVAE):
         """Codes, colliding groups repaired on the last level (``repair_collisions``), plus the dedup token.
 
         Example:
-            >>> sids = tok.semantic_ids(item_emb)  # (N, L + 1); sids[:, -1] is non-zero as rarely as possible
+            >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+            >>> cfg = LetterConfig(num_levels=2, codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=2, alpha=0.0,
+            ...                    div_clusters=2)
+            >>> tok = Letter(cfg, input_dim=16).fit(x, seed=0, device="cpu", progress=False)
+            >>> repaired, greedy = tok.semantic_ids(x), assign_semantic_ids(tok.encode(x))  # (N, L + 1) each
+            >>> bool((repaired[:, -1] > 0).sum() < (greedy[:, -1] > 0).sum())  # fewer items need the dedup token
+            True
         """
         codes = self.encode(emb, batch_size)
         if not self.config.repair_collisions:

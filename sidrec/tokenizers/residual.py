@@ -106,7 +106,8 @@ class ResidualQuantizer(nn.Module):
         codeword.
 
         Example:
-            >>> rq.logits(torch.randn(8, rq.dim)).shape  # doctest: +SKIP
+            >>> rq = ResidualQuantizer(num_levels=3, codebook_size=256, dim=32)
+            >>> rq.logits(torch.randn(8, rq.dim)).shape
             torch.Size([8, 3, 256])
         """
         residuals = self.residuals(z, codes)  # (B, L, d)

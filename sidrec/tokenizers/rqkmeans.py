@@ -38,7 +38,9 @@ class RQKMeansConfig:
             all items (k sequential passes over N items per level, slow at 1M items).
 
     Example:
-        >>> RQKMeansConfig(codebook_size=128, balanced=True)
+        >>> cfg = RQKMeansConfig(codebook_size=128, balanced=True)
+        >>> cfg.num_levels, cfg.codebook_size
+        (3, 128)
     """
 
     num_levels: int = 3
@@ -71,8 +73,10 @@ class RQKMeans(Tokenizer):
         input_dim: D, the embedding dimension.
 
     Example:
-        >>> tok = RQKMeans(RQKMeansConfig(), input_dim=384).fit(item_emb, seed=0, device="cpu")
-        >>> sids = tok.semantic_ids(item_emb)  # (N, 4)
+        >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))  # 64 items, D = 16
+        >>> tok = RQKMeans(RQKMeansConfig(codebook_size=8), input_dim=16).fit(x, seed=0, device="cpu", progress=False)
+        >>> tok.semantic_ids(x).shape  # (N, 4): 3 codes + dedup token
+        torch.Size([64, 4])
     """
 
     name = "rqkmeans"

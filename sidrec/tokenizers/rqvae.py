@@ -24,9 +24,7 @@ class RQVAEConfig:
     Architecture defaults are TIGER's (3 levels x 256 codes x dim 32, encoder 512-256-128, beta 0.25, batch 1024,
     k-means init). Training defaults are ours: TIGER trains 20k epochs with Adagrad lr 0.4; we default to AdamW
     lr 1e-3 with input standardisation (what independent reproductions needed), a faster codebook and our
-    initialisation (see ``_reset_parameters``). On MiniLM embeddings of the MovieLens-100K titles this reaches
-    80% / 100% / 100% code usage per level and 1% collisions in 150 epochs (~10 s on 2 CPU cores; 12k x 384
-    embeddings take about 1 min).
+    initialisation (see ``_reset_parameters``); docs/results.md and docs/benchmarks.md give fits with them.
     TIGER's setting: ``optimizer="adagrad", lr=0.4, codebook_lr_scale=1.0, standardize=False, epochs=20000``.
 
     Args:
@@ -57,7 +55,9 @@ class RQVAEConfig:
             not change the steps, so the two differ only in the balance between terms.
 
     Example:
-        >>> RQVAEConfig(codebook_size=128, epochs=300)
+        >>> cfg = RQVAEConfig(codebook_size=128, epochs=300)
+        >>> cfg.num_levels, cfg.latent_dim, cfg.reduction
+        (3, 32, 'sum')
     """
 
     num_levels: int = 3
@@ -123,9 +123,11 @@ class RQVAE(Tokenizer):
         input_dim: D, the embedding dimension.
 
     Example:
-        >>> tok = RQVAE(RQVAEConfig(epochs=50), input_dim=384)
-        >>> tok.fit(item_emb, seed=0, device="cpu")
-        >>> sids = tok.semantic_ids(item_emb)  # (N, 4): 3 learned codes + dedup token
+        >>> x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))  # 64 items, D = 16
+        >>> cfg = RQVAEConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=2)
+        >>> tok = RQVAE(cfg, input_dim=16).fit(x, seed=0, device="cpu", progress=False)
+        >>> tok.semantic_ids(x).shape  # (N, 4): 3 learned codes + dedup token
+        torch.Size([64, 4])
     """
 
     name = "rqvae"
@@ -162,7 +164,10 @@ class RQVAE(Tokenizer):
             generator: source of the terms' random draws (LETTER's L_Div positives); default torch's RNG.
 
         Example:
-            >>> out = tok.assign(item_emb[:8])  # out.codes (8, L), out.logits (8, L, K)
+            >>> tok = RQVAE(RQVAEConfig(codebook_size=8, latent_dim=4, hidden_dims=[16]), input_dim=16)
+            >>> out = tok.assign(torch.randn(5, 16))
+            >>> out.codes.shape, out.logits.shape  # (B, L), (B, L, K)
+            (torch.Size([5, 3]), torch.Size([5, 3, 8]))
         """
         return self._deterministic_assign(x, items, generator)
 

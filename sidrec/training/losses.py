@@ -51,7 +51,8 @@ class SODAConfig:
         soft_residuals: item residuals subtract each level's expected codeword instead of the chosen one.
 
     Example:
-        >>> SODAConfig(weight=0.1, direction="symmetric", sampled=64)
+        >>> SODAConfig(weight=0.1, direction="symmetric", sampled=64).user_source
+        'recommender'
     """
 
     weight: float = 0.1
@@ -201,7 +202,9 @@ def soda_loss(user_logits: Tensor, item_logits: Tensor, candidates: Tensor, targ
 
     Example:
         >>> items = torch.tensor([3, 5])
-        >>> soda_loss(torch.randn(2, 2, 4), torch.randn(2, 2, 4), items, items, items[None] != items[:, None])
+        >>> loss = soda_loss(torch.randn(2, 2, 4), torch.randn(2, 2, 4), items, items, items[None] != items[:, None])
+        >>> loss.shape, bool(loss > 0)
+        (torch.Size([]), True)
     """
     scores = soda_scores(user_logits, item_logits, direction)  # (B, M)
     is_pos = candidates[None, :] == target[:, None]  # (B, M)

@@ -82,6 +82,7 @@ def rank_items(model: SASRec, history: np.ndarray, k: int, batch_size: int = 102
     """Top-``k`` items (U, k) for every left-padded history (U, H) by full ranking over all items.
 
     Example:
+        >>> model = SASRec(SASRecConfig(num_items=10, d_model=8))
         >>> rank_items(model, np.array([[-1, 3, 7]]), k=5).shape
         (1, 5)
     """
@@ -103,8 +104,10 @@ def evaluate_sasrec(model: SASRec, examples: Examples, ks: list[int] | tuple[int
     """Recall@K and NDCG@K of full ranking over all items (no sampled negatives, history not masked).
 
     Example:
-        >>> evaluate_sasrec(model, split.test, ks=[10])
-        {'recall@10': 0.071, 'ndcg@10': 0.042}
+        >>> from sidrec.data.dataset import Dataset
+        >>> ds = Dataset("t", list("abcdef"), ["u", "v"], [np.array([0, 1, 2, 3]), np.array([4, 5, 0, 1])])
+        >>> sorted(evaluate_sasrec(SASRec(SASRecConfig(num_items=6, d_model=8)), leave_one_out(ds).test, ks=[5]))
+        ['ndcg@5', 'recall@5']
     """
     ranked = rank_items(model, examples.history, max(ks), batch_size)
     return topk_metrics(ranked, examples.target, list(ks))
@@ -142,8 +145,8 @@ def train_sasrec(
         ``{"best_epoch", "best_valid" (validation metrics @10), "epochs_run", "steps", "history"}``.
 
     Example:
-        >>> model = SASRec(SASRecConfig(num_items=ds.num_items))
-        >>> res = train_sasrec(model, leave_one_out(ds), SASRecTrainConfig(), "runs/sasrec", 0, "cuda")
+        >>> model = SASRec(SASRecConfig(num_items=ds.num_items))  # doctest: +SKIP
+        >>> res = train_sasrec(model, leave_one_out(ds), SASRecTrainConfig(), "runs/sasrec", 0, "cuda")  # doctest: +SKIP
     """
     step = SASRecStep(model, split, cfg, seed, torch.device(device))
     res = train_epochs(step, LoopConfig.of(cfg), TrainingDir(out_dir, log=log_path), seed, resume=resume,
@@ -203,8 +206,8 @@ def sasrec_item_embeddings(
     selects the epoch.
 
     Example:
-        >>> x = sasrec_item_embeddings(ds, dim=32, seed=0, out_dir="cache/sasrec-emb", device="cuda")
-        >>> x.shape
+        >>> x = sasrec_item_embeddings(ds, dim=32, seed=0, out_dir="cache/sasrec-emb", device="cuda")  # doctest: +SKIP
+        >>> x.shape  # doctest: +SKIP
         (12101, 32)
     """
     torch.manual_seed(seed)
@@ -233,10 +236,10 @@ def sasrec_baseline(
     ``metrics.jsonl`` (the training log), ``model/`` (``save_sasrec``) and ``metrics.json``.
 
     Example:
-        >>> cfg = SASRecConfig(num_items=ds.num_items)
-        >>> m = sasrec_baseline(ds, cfg, SASRecTrainConfig(), "runs/beauty/sasrec", seed=42, device="cuda")
-        >>> m["sasrec.test.recall@10"]
-        0.071
+        >>> cfg = SASRecConfig(num_items=ds.num_items)  # doctest: +SKIP
+        >>> m = sasrec_baseline(ds, cfg, SASRecTrainConfig(), "runs/beauty/sasrec", seed=42, device="cuda")  # doctest: +SKIP
+        >>> sorted(k for k in m if k.startswith("sasrec.test."))[:2]  # doctest: +SKIP
+        ['sasrec.test.ndcg@10', 'sasrec.test.recall@10']
     """
     if model_cfg.num_items != ds.num_items:
         raise ValueError(f"SASRecConfig.num_items is {model_cfg.num_items}; "

@@ -80,12 +80,13 @@ def tiger_to_hf(model: Tiger, attn_implementation: str | None = None) -> LevelMa
     )
     token_level = torch.full((c.vocab_size,), -1, dtype=torch.long)
     lm_head = torch.zeros(c.vocab_size, c.d_model)
-    for level, head in enumerate(model.heads):
+    for level in range(model.num_levels):
         first = int(model.level_offsets[level])
         token_level[first : first + c.level_sizes[level]] = level
-        lm_head[first : first + c.level_sizes[level]] = head.weight.detach().float().cpu()
+        lm_head[first : first + c.level_sizes[level]] = model.head_weight(level).detach().float().cpu()
     hf = LevelMaskedT5(config, token_level)
-    # transformers ties lm_head to the input embedding; TIGER's heads are separate weights
+    # transformers ties lm_head to the input embedding; TIGER's heads are separate weights (a tied model's are
+    # scaled rows of the embedding, copied as they are)
     hf.lm_head = torch.nn.Linear(c.d_model, c.vocab_size, bias=False)
     with torch.no_grad():
         hf.lm_head.weight.copy_(lm_head)

@@ -28,6 +28,7 @@ class ETEGRecConfig(TigerConfig):
     Args:
         latent_dim: the tokenizer's latent dimension d (ETEGRec: 128), output of ``sequence_latent``.
         recon_dim: the tokenizer's input dimension D (ETEGRec: 256-d SASRec embeddings), output of ``preference``.
+        tie_heads: ETEGRec scores each level with that level's token embeddings (default); False: TIGER's heads.
         (other fields: see ``TigerConfig``)
 
     Example:
@@ -42,6 +43,8 @@ class ETEGRecConfig(TigerConfig):
     max_history: int = 50
     latent_dim: int = 128
     recon_dim: int = 256
+    # ETEGRec's model.py: code_logits of level l = decoder state @ token_embeddings[l].weight.T (Tiger.head_weight)
+    tie_heads: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

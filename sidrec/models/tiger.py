@@ -69,6 +69,8 @@ class TigerConfig:
         logit_temperature: logits are divided by it (LETTER's ranking-guided generation uses 0.7..1.0).
         latent_dim: size of the sequence latent ``sequence_latent`` (ETEGRec's z_E, SODA's latent user source);
             0 = no latent head.
+        tie_heads: score level l by the inner product of the decoder state with that level's own token
+            embeddings (ETEGRec) instead of a separate per-level head (TIGER); see ``head_weight``.
 
     Example:
         >>> cfg = TigerConfig(level_sizes=[256, 256, 256, 8])
@@ -88,6 +90,7 @@ class TigerConfig:
     rel_max_distance: int = 128
     logit_temperature: float = 1.0
     latent_dim: int = 0
+    tie_heads: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.level_sizes, list | tuple) or len(self.level_sizes) == 0:
@@ -114,6 +117,8 @@ class TigerConfig:
             )
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.tie_heads, bool):
+            raise ValueError(f"tie_heads: expected a bool, got {self.tie_heads!r}")
         if not _is_number(self.logit_temperature) or self.logit_temperature <= 0:
             raise ValueError(f"logit_temperature: expected a positive number, got {self.logit_temperature!r}")
 
@@ -164,7 +169,10 @@ class Tiger(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = T5Encoder(dims, cfg.num_encoder_layers)
         self.decoder = T5Decoder(dims, cfg.num_decoder_layers)
-        self.heads = nn.ModuleList([nn.Linear(cfg.d_model, k, bias=False) for k in cfg.level_sizes])
+        # tied: level l is scored with its rows of ``embed`` (head_weight), so there are no head parameters
+        self.heads = None if cfg.tie_heads else nn.ModuleList(
+            [nn.Linear(cfg.d_model, k, bias=False) for k in cfg.level_sizes]
+        )
         starts = torch.tensor([NUM_SPECIAL] + cfg.level_sizes[:-1]).cumsum(0)
         self.register_buffer("level_offsets", starts, persistent=False)  # (Lc,) first token id of each level
         self.register_buffer("level_sizes", torch.tensor(cfg.level_sizes), persistent=False)  # (Lc,)
@@ -194,7 +202,7 @@ class Tiger(nn.Module):
                 module.wo.weight.normal_(0.0, self.cfg.d_ff**-0.5, generator=generator)
             elif isinstance(module, RelativePositionBias):
                 module.embedding.weight.normal_(0.0, d**-0.5, generator=generator)
-        for head in self.heads:
+        for head in self.heads or []:
             head.weight.normal_(0.0, d**-0.5, generator=generator)
         for module in self.modules():
             if isinstance(module, nn.Linear) and module.bias is not None:  # the MLP heads (T5 has no biases)
@@ -356,13 +364,31 @@ class Tiger(nn.Module):
         pooled = (enc * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, d_model)
         return self.latent_head(pooled)
 
+    def head_weight(self, level: int) -> Tensor:
+        """The output projection ``(K_level, d_model)`` of SID ``level``: logits are ``h @ head_weight(level).T``.
+
+        Untied: the level's own head. Tied (``tie_heads``): the level's K rows of the token embedding ``embed``,
+        times d_model**-0.5. ETEGRec's code scores level l by ``decoder_state @ token_embeddings[l].weight.T``, the
+        same table that embeds level l's tokens in the encoder and decoder inputs (the paper's "inner product with
+        the vocabulary embedding matrix E"), so the recommendation loss trains those embeddings through the output
+        too. The factor is ours, T5's own for tied embeddings (HF ``tie_word_embeddings`` scales the decoder output
+        by it): with T5's N(0, 1) embeddings it keeps the logits of std ~1 at init that the untied heads have
+        (ETEGRec instead draws every weight N(0, 0.02)).
+        """
+        if self.heads is not None:
+            return self.heads[level].weight
+        first = int(self.level_offsets[level])
+        return self.embed.weight[first : first + self.cfg.level_sizes[level]] * self.cfg.d_model**-0.5
+
     def level_logits(self, h: Tensor, level: int) -> Tensor:
-        """Logits (..., K_level) of decoder states h (..., d_model) at SID ``level``, fp32.
+        """Logits (..., K_level) of decoder states h (..., d_model) at SID ``level``, fp32: ``h @ head_weight.T``.
 
         Not divided by ``logit_temperature``: LETTER's temperature shapes the training loss only (``rec_loss``), its
         code decodes with the plain logits.
         """
-        return self.heads[level](h).float()
+        if self.heads is not None:
+            return self.heads[level](h).float()
+        return F.linear(h, self.head_weight(level)).float()
 
     def forward(self, ids: Tensor, mask: Tensor, target: Tensor) -> list[Tensor]:
         """Teacher forcing: per-level logits [(B, K_0), (B, K_1), ..] for target SIDs (B, Lc)."""

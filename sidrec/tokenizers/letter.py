@@ -10,6 +10,9 @@ L_LETTER = L_Sem + alpha * L_CF + div_weight * L_Div, where
   cross-entropy of ``e_c . E^T`` (own code masked out) with target c+; averaged over levels with
   ``reduction="mean"`` (LETTER adds it to each level's loss, and ``rq.py`` averages the levels).
 
+As in LETTER's code, the training forward takes the last level's codes from a Sinkhorn-balanced assignment over
+the batch (``train_sk_epsilon``), and the codebooks start from balanced k-means on the whole catalogue.
+
 The whole loss is in ``assign`` (``Assignment.terms``: ``recon``, ``rq``, ``cf``, ``div``), which ``fit`` and the
 tokenizer phases of joint schedules both use; the regularisers need the training state (collaborative rows from
 ``attach_collab``, codeword groups from ``begin_epoch``) and are computed in training mode only.
@@ -51,6 +54,13 @@ class LetterConfig(RQVAEConfig):
         div_clusters: groups the codewords of each level are clustered into for L_Div (paper: 10). Each group
             must hold at least 2 codes, so ``2 * div_clusters <= codebook_size``.
         div_kmeans_iters: Lloyd iterations of that balanced k-means.
+        train_sk_epsilon: in training (``fit`` and joint tokenizer phases), the last level's codes come from a
+            Sinkhorn-balanced assignment over the batch with this epsilon (``sinkhorn_codes``), the other levels'
+            from the nearest codeword; 0: nearest everywhere. ``encode`` and ``semantic_ids`` always take the
+            nearest codeword.
+        train_sk_iters: Sinkhorn iterations of that assignment.
+        balanced_init: initialise the codebooks by balanced k-means on the latents of the whole catalogue
+            (``kmeans_init`` must be on); else RQ-VAE's plain k-means on one batch.
         repair_collisions: re-assign colliding items on the last level in ``semantic_ids``.
         sinkhorn_epsilon: entropic regularisation of the repair's Sinkhorn, relative to the largest squared
             distance among the re-assigned items (ours; smaller follows the distances more closely).
@@ -69,6 +79,12 @@ class LetterConfig(RQVAEConfig):
     div_weight: float = 1e-4
     div_clusters: int = 10
     div_kmeans_iters: int = 20
+    # LETTER's main.py: sk_epsilons [0.0, 0.0, 0.0, 0.003] and sk_iters 50, used in the training forward only
+    # (get_indices passes use_sk=False).
+    train_sk_epsilon: float = 0.003
+    train_sk_iters: int = 50
+    # LETTER's trainer.vq_init: one batch holding every item; vq.init_emb: constrained k-means per level.
+    balanced_init: bool = True
     repair_collisions: bool = True
     sinkhorn_epsilon: float = 0.01
     sinkhorn_iters: int = 50
@@ -85,6 +101,8 @@ class LetterConfig(RQVAEConfig):
             f"positive code; use at most codebook_size // 2 = {self.codebook_size // 2}",
         )
         require(self.div_kmeans_iters >= 0, "div_kmeans_iters", f"must be >= 0, got {self.div_kmeans_iters}")
+        require(self.train_sk_epsilon >= 0, "train_sk_epsilon", f"must be >= 0, got {self.train_sk_epsilon}")
+        require(self.train_sk_iters >= 1, "train_sk_iters", f"must be >= 1, got {self.train_sk_iters}")
         require(self.sinkhorn_epsilon > 0, "sinkhorn_epsilon", f"must be > 0, got {self.sinkhorn_epsilon}")
         require(self.sinkhorn_iters >= 1, "sinkhorn_iters", f"must be >= 1, got {self.sinkhorn_iters}")
 
@@ -357,6 +375,26 @@ class Letter(RQVAE):
         super().fit(emb, seed=seed, device=device, progress=progress, log=log)
         return self
 
+    def _init_codebooks(self, x: Tensor, generator: torch.Generator) -> None:
+        """Balanced k-means on the latents of all N items ``x (N, D)`` (``balanced_init``), else RQ-VAE's init."""
+        cfg = self.config
+        if not cfg.balanced_init:
+            super()._init_codebooks(x, generator)
+            return
+        # LETTER's constrained k-means bounds cluster sizes to [s, 4 s], s = min(N / 2K, 50); ours gives every
+        # code N // K or N // K + 1 items (within those bounds whenever N / K <= 200).
+        z = torch.cat([self.encoder(self.standardize(chunk)) for chunk in x.split(65536)])  # (N, d)
+        self.quantizer.init_kmeans(z, cfg.kmeans_iters, generator, balanced=True)
+
+    def _quantize(self, z: Tensor) -> QuantizerOutput:
+        """In training, the last level's codes of the batch ``z (B, d)`` are Sinkhorn-balanced (``train_sk_epsilon``)."""
+        cfg = self.config
+        if not self.training or cfg.train_sk_epsilon == 0:
+            return self.quantizer(z)
+        # LETTER's rq.py / vq.py: per-level sk_epsilons, Sinkhorn on the last level in the training forward only
+        sk_epsilons = [0.0] * (cfg.num_levels - 1) + [cfg.train_sk_epsilon]
+        return self.quantizer(z, sk_epsilons, cfg.train_sk_iters)
+
     @torch.no_grad()
     def begin_epoch(self, generator: torch.Generator) -> None:
         """Cluster each level's codewords into ``div_clusters`` balanced groups for this epoch's L_Div."""
@@ -399,6 +437,7 @@ class Letter(RQVAE):
                 codes = q.codes[:, level]  # (B,)
                 positives = sample_positive_codes(codes, self._div_groups[level], generator)
                 per_level.append(diversity_loss(book[codes], book, codes, positives))
+            # LETTER's vq.py adds beta * L_Div to each level's loss and rq.py averages the levels (reduction "mean")
             terms["div"] = cfg.div_weight * self.quantizer.combine_levels(per_level)
         return terms
 

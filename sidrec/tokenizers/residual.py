@@ -5,11 +5,47 @@ Notation: r_0 = z, c_l = argmin_k ||r_l - e^l_k||, r_{l+1} = r_l - e^l_{c_l}, z_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from sidrec.tokenizers.base import QuantizerOutput
-from sidrec.tokenizers.kmeans import kmeans, squared_distances
+from sidrec.tokenizers.kmeans import balanced_kmeans, kmeans, nearest, squared_distances
+
+
+@torch.no_grad()
+def sinkhorn_codes(distances: Tensor, epsilon: float, iters: int) -> Tensor:
+    """Balanced codes of a batch: argmax per row of the Sinkhorn-Knopp plan over squared distances ``(B, K)``.
+
+    As LETTER's ``sinkhorn_algorithm`` and ``center_distance_for_constraint`` (``RQ-VAE/models/layers.py``,
+    ``vq.py``): the distances are mapped affinely onto [-1, 1], the kernel ``exp(-d / epsilon)`` is normalised
+    alternately over rows (each item one unit of mass) and columns (each code an equal share), ending on the
+    columns, and each item takes its most probable code. Computed in log space in float64 (LETTER exponentiates in
+    float64, which overflows for epsilon below ~0.0014); normalising constants do not change the argmax.
+
+    Args:
+        distances: ``(B, K)`` squared distances of a batch's residuals to one level's codewords.
+        epsilon: entropic regularisation on the [-1, 1] scale (LETTER: 0.003 on its last level).
+        iters: Sinkhorn iterations (LETTER: 50).
+
+    Returns:
+        ``(B,)`` long codes, spread over the codes far more evenly than the argmin (at small epsilon 50
+        iterations balance only roughly); the items that move are those the move costs least.
+
+    Example:
+        >>> d = torch.tensor([[0.0, 1.0], [0.0, 1.2], [0.0, 3.0], [0.0, 4.0]])  # argmin: code 0 for all
+        >>> sinkhorn_codes(d, 0.003, 50).tolist()
+        [1, 1, 0, 0]
+    """
+    d = distances.double()
+    lo, hi = d.min(), d.max()
+    amplitude = (hi - lo) / 2 + 1e-5  # LETTER's centring: (d - middle) / amplitude lies in [-1, 1]
+    log_q = -(d - (hi + lo) / 2) / amplitude / epsilon  # (B, K)
+    for _ in range(iters):
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # each item's row sums to one
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)  # each code's column gets the same mass
+    return log_q.argmax(dim=1)
 
 
 class ResidualQuantizer(nn.Module):
@@ -53,17 +89,24 @@ class ResidualQuantizer(nn.Module):
         nn.init.uniform_(self.codebooks, -1.0 / self.codebook_size, 1.0 / self.codebook_size)
 
     @torch.no_grad()
-    def init_kmeans(self, z: Tensor, iters: int, generator: torch.Generator) -> None:
+    def init_kmeans(self, z: Tensor, iters: int, generator: torch.Generator, balanced: bool = False) -> None:
         """Set each level's codebook to the k-means centroids of the residuals entering that level.
 
         Args:
             z: latents of an initialisation batch, ``(B, d)``.
             iters: Lloyd iterations per level.
             generator: CPU generator for the k-means seeding.
+            balanced: size-balanced k-means (``balanced_kmeans``, LETTER's constrained k-means), and the next
+                level's residual subtracts each latent's nearest codeword, as LETTER's ``vq_init`` does, rather
+                than its balanced cluster's centre.
         """
         residual = z.detach()
         for level in range(self.num_levels):
-            centroids, assign = kmeans(residual, self.codebook_size, iters, generator)
+            if balanced:
+                centroids, _ = balanced_kmeans(residual, self.codebook_size, iters, generator)
+                assign = nearest(residual, centroids)[0]
+            else:
+                centroids, assign = kmeans(residual, self.codebook_size, iters, generator)
             self.codebooks[level].copy_(centroids)
             residual = residual - centroids[assign]
 
@@ -148,8 +191,14 @@ class ResidualQuantizer(nn.Module):
         levels = torch.arange(self.num_levels, device=codes.device)
         return self.codebooks[levels, codes].sum(dim=1)  # (B, L, d) summed over levels
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
+    def forward(self, z: Tensor, sk_epsilons: Sequence[float] | None = None, sk_iters: int = 50) -> QuantizerOutput:
         """Quantize latents ``z (B, d)``.
+
+        Args:
+            z: latents ``(B, d)``.
+            sk_epsilons: per level, 0 for the nearest codeword or the epsilon of a Sinkhorn-balanced assignment
+                over the batch (``sinkhorn_codes``; LETTER trains with ``[0, 0, 0, 0.003]``); None: nearest.
+            sk_iters: Sinkhorn iterations.
 
         Returns:
             ``QuantizerOutput(quantized, codes, loss)``: ``quantized = z + sg(z_hat - z)`` (straight-through:
@@ -159,7 +208,9 @@ class ResidualQuantizer(nn.Module):
         residual = z
         codes, losses = [], []
         for level in range(self.num_levels):
-            code = self.distances(residual.detach(), level).argmin(dim=1)  # (B,)
+            distances = self.distances(residual.detach(), level)  # (B, K)
+            epsilon = sk_epsilons[level] if sk_epsilons is not None else 0.0
+            code = sinkhorn_codes(distances, epsilon, sk_iters) if epsilon > 0 else distances.argmin(dim=1)  # (B,)
             chosen = self.codebooks[level][code]  # (B, d)
             losses.append(self.level_loss(residual, chosen))
             codes.append(code)

@@ -174,13 +174,17 @@ class RQVAE(Tokenizer):
     def _deterministic_assign(self, x: Tensor, items: Tensor | None, generator: torch.Generator | None) -> Assignment:
         xs = self.standardize(x)
         z = self.encoder(xs)  # (B, d)
-        q = self.quantizer(z)
+        q = self._quantize(z)
         x_hat = self.decoder(q.quantized)  # (B, D)
         terms = self._loss_terms(xs, x_hat, q, items, generator)
         onehot = F.one_hot(q.codes, self.codebook_size).to(z.dtype)  # (B, L, K)
         logits = self.quantizer.logits(z, q.codes)  # (B, L, K)
         loss = torch.stack(list(terms.values())).sum()
         return Assignment(q.codes, onehot, logits, z, q.quantized, x_hat, loss, terms)
+
+    def _quantize(self, z: Tensor) -> QuantizerOutput:
+        """The quantiser's pass over the latents ``z (B, d)`` of a loss (LETTER balances its last level here)."""
+        return self.quantizer(z)
 
     def recon_loss(self, xs: Tensor, x_hat: Tensor) -> Tensor:
         """``||xs - x_hat||^2`` of ``(B, D)`` inputs, averaged over the batch; over D summed or averaged.
@@ -274,6 +278,12 @@ class RQVAE(Tokenizer):
             return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    def _init_codebooks(self, x: Tensor, generator: torch.Generator) -> None:
+        """k-means initialisation of the codebooks from the fit data ``x (N, D)``, under no_grad in eval mode."""
+        # TIGER initialises the codebooks by k-means on the first batch; we use a random batch of that size.
+        first = x[torch.randperm(x.shape[0], generator=generator)[: self.config.batch_size].to(x.device)]
+        self.quantizer.init_kmeans(self.encoder(self.standardize(first)), self.config.kmeans_iters, generator)
+
     def _train(
         self,
         x: Tensor,
@@ -284,11 +294,9 @@ class RQVAE(Tokenizer):
         cfg = self.config
         n = x.shape[0]
         if cfg.kmeans_init:
-            # TIGER initialises the codebooks by k-means on the first batch; we use a random batch of that size.
-            first = x[torch.randperm(n, generator=generator)[: cfg.batch_size].to(x.device)]
             self.eval()
             with torch.no_grad():
-                self.quantizer.init_kmeans(self.encoder(self.standardize(first)), cfg.kmeans_iters, generator)
+                self._init_codebooks(x, generator)
         self.fitted.fill_(True)
         optimizer = self._make_optimizer()
         bar = tqdm(range(1, cfg.epochs + 1), desc=self.name, disable=not progress)

@@ -15,10 +15,10 @@ from sidrec.decoding.hf_reference import dict_trie, hf_beam_search, tiger_to_hf 
 LEVELS = [8, 8, 8, 4]
 
 
-def _problem(seed: int, num_items: int = 300, batch: int = 12):
+def _problem(seed: int, num_items: int = 300, batch: int = 12, tie_heads: bool = False):
     g = torch.Generator().manual_seed(seed)
     cfg = TigerConfig(level_sizes=LEVELS, d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=2,
-                      num_decoder_layers=2, dropout=0.0, user_buckets=10)
+                      num_decoder_layers=2, dropout=0.0, user_buckets=10, tie_heads=tie_heads)
     model = Tiger(cfg, generator=g).eval()
     codes = torch.unique(torch.stack([torch.randint(0, k, (4 * num_items,), generator=g) for k in LEVELS], -1), dim=0)
     sids = codes[torch.randperm(len(codes), generator=g)[:num_items]]  # (N, Lc) distinct, sparse in the last levels
@@ -28,10 +28,10 @@ def _problem(seed: int, num_items: int = 300, batch: int = 12):
     return model, sids, ids, mask
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_beam_search_matches_transformers_generate(seed):
+@pytest.mark.parametrize(("seed", "tie_heads"), [(0, False), (1, False), (0, True)])
+def test_beam_search_matches_transformers_generate(seed, tie_heads):
     """Same weights, same beam semantics (20 beams, equal lengths, length penalty 1): identical top-10 lists."""
-    model, sids, ids, mask = _problem(seed)
+    model, sids, ids, mask = _problem(seed, tie_heads=tie_heads)
     ours = constrained_beam_search(model, ids, mask, SidTrie(sids, LEVELS), beam_size=20, topk=10).items
     tokens = sids + model.level_offsets  # (N, Lc) vocabulary tokens
     theirs = hf_beam_search(tiger_to_hf(model), ids, mask, tokens, dict_trie(tokens), beam_size=20, topk=10)

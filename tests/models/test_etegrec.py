@@ -91,3 +91,30 @@ def test_cli_etegrec_alternating(tmp_path):
     assert "loss.sia" not in log[0] and "loss.sia" in log[1] and "loss.psa" in log[1]  # warm-up, then aligned
     assert json.loads((run / "model" / "model.json").read_text())["recon_dim"] == 8  # the embedding size
     assert main(["evaluate", str(run), "--quiet"]) == 0
+
+
+def test_heads_are_tied_to_each_levels_token_embeddings():
+    """ETEGRec's code scores level l with that level's token embeddings: no head weights of their own, logits
+    h @ E_l^T (times d_model**-0.5), and the recommendation loss trains those rows through the output alone."""
+    cfg = ETEGRecConfig(level_sizes=[6, 6, 3], latent_dim=4, recon_dim=5, max_history=4, **SMALL)
+    model = ETEGRec(cfg, torch.Generator().manual_seed(0)).eval()
+    untied = ETEGRec(ETEGRecConfig(**{**cfg.__dict__, "tie_heads": False}))
+    assert cfg.tie_heads and model.heads is None
+    assert untied.num_parameters() - model.num_parameters() == sum(cfg.level_sizes) * cfg.d_model
+    _, target, ids, mask = _inputs(model)
+    _, dec = model.hidden_states(ids, mask, target)
+    dec = dec.detach()  # only the output projection carries gradient below
+    logits = model.all_level_logits(dec)
+    for level, first in enumerate(model.level_offsets.tolist()):
+        rows = model.embed.weight[first : first + cfg.level_sizes[level]]  # (K_l, d) level l's input tokens
+        assert torch.allclose(logits[level], dec[:, level] @ rows.T * cfg.d_model**-0.5, atol=1e-6)
+    model.rec_loss(logits, target).backward()
+    grad = model.embed.weight.grad.abs().sum(1)  # (vocab,)
+    sid_rows = slice(int(model.level_offsets[0]), int(model.level_offsets[-1]) + cfg.level_sizes[-1])
+    assert bool((grad[sid_rows] > 0).all())  # every code of every level is trained by the softmax over its level
+    assert grad[: sid_rows.start].sum() == 0 and grad[sid_rows.stop :].sum() == 0  # pad, start, users: not scored
+    # the tie is live: moving one code's embedding moves that code's logit
+    with torch.no_grad():
+        model.embed.weight[int(model.level_offsets[1]) + 2] += 1.0
+    moved = model.all_level_logits(dec)
+    assert not torch.allclose(moved[1][:, 2], logits[1][:, 2]) and torch.equal(moved[0], logits[0].detach())

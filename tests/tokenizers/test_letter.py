@@ -15,6 +15,7 @@ from sidrec.tokenizers.letter import (
     repair_collisions,
     sample_positive_codes,
 )
+from sidrec.tokenizers.residual import sinkhorn_codes
 
 SMALL = LetterConfig(
     num_levels=2, codebook_size=8, latent_dim=4, hidden_dims=[16], batch_size=64, epochs=4, div_clusters=2,
@@ -243,3 +244,68 @@ def test_tiny_run_with_letter_and_cooccurrence_collab(tiny_args, capsys):
     assert "tokenizer.collab" in capsys.readouterr().err
     assert main(["tokenize", "configs/ml-100k-demo.yaml", *args, "tokenizer.collab={sourcez: [sasrec]}"]) == 2
     assert "tokenizer.collab.sourcez" in capsys.readouterr().err
+
+
+def clustered(n: int, dim: int = 24, seed: int = 0) -> torch.Tensor:
+    """``(n, dim)`` items around 6 centres of uneven spread, so nearest-codeword usage is uneven."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(6, dim, generator=gen)
+    x = centres[torch.randint(6, (n,), generator=gen)] + torch.randn(n, dim, generator=gen)
+    x[: n // 2] *= 0.2  # half the items crowd near the origin
+    return x
+
+
+def initialised(cfg: LetterConfig, x: torch.Tensor, like: Letter | None = None) -> Letter:
+    """A Letter whose codebooks are initialised on ``x`` (encoder weights copied from ``like`` when given)."""
+    model = Letter(cfg, input_dim=x.shape[1])
+    if like is not None:
+        model.load_state_dict(like.state_dict())
+    model._set_standardization(x, True)
+    with torch.no_grad():
+        model.eval()._init_codebooks(x, torch.Generator().manual_seed(0))
+    model.fitted.fill_(True)
+    return model
+
+
+def test_sinkhorn_codes_balance_a_batch_and_follow_the_distances():
+    gen = torch.Generator().manual_seed(0)
+    d = torch.rand(64, 8, generator=gen)
+    d[:, 0] -= 1.0  # code 0 is every item's nearest
+    codes = sinkhorn_codes(d, 0.003, 50)
+    assert d.argmin(1).bincount(minlength=8).max() == 64
+    counts = codes.bincount(minlength=8)
+    assert bool((counts > 0).all()) and counts.max() <= 32  # LETTER's 50 iterations balance only roughly
+    # the items that keep code 0 are those that leaving it would cost most
+    cost_of_leaving = d[:, 1:].min(1).values - d[:, 0]  # (64,)
+    assert cost_of_leaving[codes == 0].min() > cost_of_leaving[codes != 0].median()
+
+
+def test_training_balances_the_last_level_of_a_batch_and_only_in_training():
+    cfg = LetterConfig(num_levels=3, codebook_size=16, latent_dim=6, hidden_dims=[32], batch_size=512, alpha=0.0, div_clusters=4,
+                       div_weight=0.0, kmeans_init=False)
+    x = clustered(512)
+    model = initialised(cfg, x)
+    greedy = model.eval().assign(x).codes  # (512, 3)
+    balanced = model.train().assign(x).codes
+    assert torch.equal(balanced[:, :2], greedy[:, :2])  # the other levels stay the nearest codeword
+    counts_greedy = greedy[:, 2].bincount(minlength=16).float()
+    counts_balanced = balanced[:, 2].bincount(minlength=16).float()
+    assert counts_balanced.max() <= 1.25 * 512 / 16 < counts_greedy.max()
+    assert counts_balanced.std() < 0.5 * counts_greedy.std()
+    off = Letter(LetterConfig(**{**cfg.__dict__, "train_sk_epsilon": 0.0}), input_dim=24)
+    off.load_state_dict(model.state_dict())
+    assert torch.equal(off.train().assign(x).codes, greedy)
+    assert torch.equal(model.train().encode(x), greedy)  # encode (hence semantic_ids) is always the nearest code
+
+
+def test_codebooks_start_from_balanced_kmeans_on_the_whole_catalogue():
+    cfg = LetterConfig(num_levels=3, codebook_size=16, latent_dim=6, hidden_dims=[32], batch_size=64, div_clusters=4)
+    x = clustered(2000)
+    model = initialised(cfg, x)
+    codes = model.encode(x)
+    assert [int(codes[:, level].unique().numel()) for level in range(3)] == [16, 16, 16]
+    # the whole catalogue, not one batch: the codebooks do not depend on the batch size
+    wide = initialised(LetterConfig(**{**cfg.__dict__, "batch_size": 1024}), x, like=model)
+    assert torch.equal(wide.quantizer.codebooks, model.quantizer.codebooks)
+    plain = initialised(LetterConfig(**{**cfg.__dict__, "balanced_init": False}), x, like=model)
+    assert not torch.equal(plain.quantizer.codebooks, model.quantizer.codebooks)

@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from decode_vs_hf import beauty_problem  # benchmarks/ is the script's folder
 
-from sidrec.config import load_config
 from sidrec.data.splits import leave_one_out
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import generate_rankings, history_sids, model_inputs
 from sidrec.models.tiger import Tiger, TigerConfig
-from sidrec.pipeline import Run
-from sidrec.training.two_stage import LossModule, bucket_by_length, epoch_order
+from sidrec.training.loop import bucket_by_length, epoch_order
+from sidrec.training.two_stage import LossModule
 from sidrec.utils import atomic_write_json, bf16_autocast, cpu_has_amx_bf16
 
 
@@ -48,18 +48,9 @@ def cpu_model() -> str:
     return platform.processor() or "cpu"
 
 
-def load_problem(work: str, seed: int):
-    overrides = [f"run_dir={work}/run", f"cache_dir={work}/cache", "embed.sources=[cooccurrence]",
-                 "tokenizer.name=rqkmeans", "tokenizer.params={num_levels: 3, codebook_size: 256, iters: 20}",
-                 "train.device=cpu"]
-    run = Run(load_config("configs/beauty.yaml", overrides), progress=False, log=lambda *_: None)
-    ds, sids, sizes = run.stage_inputs()
-    m = run.cfg.model
-    cfg = TigerConfig(level_sizes=sizes, d_model=m.d_model, num_heads=m.num_heads, d_kv=m.d_kv, d_ff=m.d_ff,
-                      num_encoder_layers=m.num_encoder_layers, num_decoder_layers=m.num_decoder_layers,
-                      dropout=m.dropout, user_buckets=m.user_buckets, max_history=run.cfg.data.max_history)
-    split = leave_one_out(ds, cfg.max_history)
-    return cfg, torch.as_tensor(sids), sizes, split
+def load_problem(work: str):
+    ds, sids, sizes, cfg = beauty_problem(work)  # the preset's dropout (0.1) stays: training pays for it
+    return cfg, torch.as_tensor(sids), sizes, leave_one_out(ds, cfg.max_history)
 
 
 def new_model(cfg: TigerConfig, seed: int) -> tuple[Tiger, torch.optim.Optimizer]:
@@ -193,7 +184,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/cpu_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg, item_sids, sizes, split = load_problem(args.work, args.seed)
+    cfg, item_sids, sizes, split = load_problem(args.work)
     use_bf16 = bf16_autocast(torch.device("cpu"), True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
               "cpu_amx_bf16": cpu_has_amx_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,

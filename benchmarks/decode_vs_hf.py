@@ -22,6 +22,7 @@ because it is slow, the rate is what is compared)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from sidrec.config import load_config
+from sidrec.data.dataset import Dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.hf_reference import dict_trie, hf_beam_search, tiger_to_hf
@@ -47,26 +49,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def beauty_problem(work: str) -> tuple[Dataset, np.ndarray, list[int], TigerConfig]:
+    """Amazon Beauty with RQ-KMeans SIDs (3 x 256 + dedup) of co-occurrence embeddings (stages cached in ``work``)
+    and configs/beauty.yaml's TIGER config (the paper's sizes): (dataset, SIDs (N, Lc), level sizes, config)."""
+    overrides = [f"run_dir={work}/run", f"cache_dir={work}/cache", "embed.sources=[cooccurrence]",
+                 "tokenizer.name=rqkmeans", "tokenizer.params={num_levels: 3, codebook_size: 256, iters: 20}",
+                 "train.device=cpu"]
+    run = Run(load_config("configs/beauty.yaml", overrides), progress=False, log=lambda *_: None)
+    ds, sids, sizes = run.stage_inputs()
+    return ds, sids, sizes, run.cfg.model.model_config(level_sizes=sizes, max_history=run.cfg.data.max_history)
+
+
 def load_problem(args: argparse.Namespace, device: torch.device):
     """(model, item SIDs (N, Lc), level sizes, test examples, source description)."""
     if args.run:
-        from sidrec.data.dataset import Dataset
-
         run = Path(args.run)
         ds = Dataset.load(run / "data")
         sids, sizes = load_sids(run / "tokenizer")
         model = load_model(run / "model", device=device)
         source = f"trained run {run}"
     else:
-        overrides = [f"run_dir={args.work}/run", f"cache_dir={args.work}/cache", "embed.sources=[cooccurrence]",
-                     "tokenizer.name=rqkmeans", "tokenizer.params={num_levels: 3, codebook_size: 256, iters: 20}",
-                     "train.device=cpu"]
-        run = Run(load_config("configs/beauty.yaml", overrides), progress=False, log=lambda *_: None)
-        ds, sids, sizes = run.stage_inputs()
-        m = run.cfg.model
-        cfg = TigerConfig(level_sizes=sizes, d_model=m.d_model, num_heads=m.num_heads, d_kv=m.d_kv, d_ff=m.d_ff,
-                          num_encoder_layers=m.num_encoder_layers, num_decoder_layers=m.num_decoder_layers,
-                          dropout=0.0, user_buckets=m.user_buckets, max_history=run.cfg.data.max_history)
+        ds, sids, sizes, cfg = beauty_problem(args.work)
+        cfg = dataclasses.replace(cfg, dropout=0.0)
         model = Tiger(cfg, generator=torch.Generator().manual_seed(args.seed)).to(device)
         source = "random-weight TIGER (Beauty size), RQ-KMeans SIDs of co-occurrence embeddings"
     split = leave_one_out(ds, model.cfg.max_history)

@@ -1,8 +1,8 @@
 """CPU speed of TIGER training and decoding: the simple path against the fast path, measured in the same run.
 
 Simple path (as before the fast path): random batches of every training prefix, each padded to ``max_history``
-items, fp32; decoding in dataset order, batch 512, padded, fp32. Fast path (the defaults now): length-bucketed
-batches trimmed to their longest history (``train.length_buckets``), bf16 autocast on a CPU with AMX
+items, fp32, torch's ``nn.Dropout`` (swapped in for ``sidrec.models.dropout.Dropout``); decoding in dataset order, batch 512, padded, fp32. Fast path (the defaults now): length-bucketed
+batches trimmed to their longest history (``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with AMX
 (``train.bf16`` / ``eval.bf16``); decoding batches sorted by history length and trimmed.
 
 Problem: Amazon Beauty (22,363 users, 131,413 training prefixes) with RQ-KMeans SIDs (3 x 256 + dedup) of
@@ -35,6 +35,7 @@ from sidrec.data.splits import leave_one_out
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import generate_rankings, history_sids, model_inputs
+from sidrec.models.dropout import Dropout
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.training.loop import bucket_by_length, epoch_order
 from sidrec.training.two_stage import LossModule
@@ -53,8 +54,14 @@ def load_problem(work: str):
     return cfg, torch.as_tensor(sids), sizes, leave_one_out(ds, cfg.max_history)
 
 
-def new_model(cfg: TigerConfig, seed: int) -> tuple[Tiger, torch.optim.Optimizer]:
+def new_model(cfg: TigerConfig, seed: int, torch_dropout: bool = False) -> tuple[Tiger, torch.optim.Optimizer]:
+    """A TIGER and its AdamW; ``torch_dropout`` swaps our dropout for ``nn.Dropout`` (torch's mask, the old path)."""
     model = Tiger(cfg, generator=torch.Generator().manual_seed(seed)).train()
+    if torch_dropout:
+        for module in list(model.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, Dropout):
+                    setattr(module, name, torch.nn.Dropout(child.p))
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.035)
 
 
@@ -80,7 +87,7 @@ def bench_train(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     order = epoch_order(split.train.user, 0, gen)
     lengths = torch.as_tensor((split.train.history >= 0).sum(1))
     buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed))
-    paths = {"simple": new_model(cfg, args.seed), "fast": new_model(cfg, args.seed)}
+    paths = {"simple": new_model(cfg, args.seed, torch_dropout=True), "fast": new_model(cfg, args.seed)}
     seconds, samples, losses = {"simple": 0.0, "fast": 0.0}, {"simple": 0, "fast": 0}, {"simple": [], "fast": []}
     for name in paths:  # untimed warm-up step (allocator, oneDNN kernels)
         train_step(*paths[name], item_sids, split, order[:bs], name == "fast", use_bf16 and name == "fast")

@@ -28,12 +28,38 @@ from sidrec.training.metrics_log import read_jsonl
 from sidrec.utils import atomic_write_json
 
 
+def write_curve(run_dir: Path, out: Path, args: argparse.Namespace, finished: bool) -> None:
+    """Per epoch: cumulative training and training + validation minutes, loss, samples/s, validation metrics."""
+    train_s = wall_s = 0.0
+    epochs = []
+    for r in read_jsonl(run_dir / "recommender" / "metrics.jsonl"):
+        if r["kind"] != "epoch":
+            continue
+        train_s += r["train_seconds"]
+        wall_s += r["train_seconds"] + r.get("valid_seconds", 0.0)
+        epochs.append({"epoch": r["epoch"], "train_minutes": round(train_s / 60, 1),
+                       "train_and_valid_minutes": round(wall_s / 60, 1), "loss": round(r["loss"], 4),
+                       "lr": r["lr"], "samples_per_second": r["samples_per_second"],
+                       **{k: round(v, 4) for k, v in r.items() if k.startswith("valid.")}})
+    scored = [e for e in epochs if "valid.ndcg@10" in e]
+    best = max(scored, key=lambda e: e["valid.ndcg@10"]) if scored else None
+    run = json.loads((run_dir / "run.json").read_text())
+    atomic_write_json(out, {
+        "command": "PYTHONPATH=. python benchmarks/tiger_beauty.py " + " ".join(sys.argv[1:]),
+        "config": args.config, "overrides": args.overrides, "commit": run.get("git_commit"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "finished": finished,
+        "threads": run.get("cpu_threads"), "cpu_amx_bf16": run.get("cpu_amx_bf16"), "epochs": epochs,
+        "best_so_far": best,
+    })
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--config", default="configs/beauty.yaml")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds of training in this call")
     ap.add_argument("--out", default="benchmarks/results/tiger_beauty.json")
+    ap.add_argument("--curve", help="also write the validation curve so far here after every call (JSON)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     start = time.time()
@@ -41,6 +67,8 @@ def main() -> int:
     run = Run(cfg, progress=not args.quiet)
     # Leave time after the deadline for the final test evaluation.
     metrics = run.run_all(resume=True, deadline=start + args.budget)
+    if args.curve:
+        write_curve(run.dir, Path(args.curve), args, finished=metrics is not None)
     if metrics is None:
         return 3
     table = results_table(metrics, cfg.eval.ks)

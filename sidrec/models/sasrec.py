@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from sidrec.models.dropout import Dropout
 from sidrec.models.io import load_module, save_module
 
 LOSSES = ("ce", "bce")
@@ -77,7 +78,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.dropout = cfg.dropout
+        self.dropout = Dropout(cfg.dropout)  # on the attention probabilities
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -86,8 +87,12 @@ class CausalSelfAttention(nn.Module):
         B, L, d = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, d // self.num_heads)  # (B, L, 3, h, dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, h, L, dh)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, L, dh)
+        if self.training and self.dropout.p > 0:  # SDPA's dropout path is this math with torch's slower CPU mask
+            scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, L, L)
+            probs = self.dropout(scores.masked_fill(~allowed, float("-inf")).softmax(-1))
+            y = torch.matmul(probs.to(v.dtype), v)  # (B, h, L, dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, L, dh)
         return self.proj(y.transpose(1, 2).reshape(B, L, d))
 
 
@@ -101,7 +106,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         d = cfg.d_model
         self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = x + self.drop(self.attn(self.ln1(x), allowed))
@@ -123,7 +128,7 @@ class SASRec(nn.Module):
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.item_emb.weight, std=cfg.d_model**-0.5)

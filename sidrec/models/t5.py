@@ -44,6 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from sidrec.models.dropout import Dropout
+
 # Additive mask for disallowed keys. Finite (unlike -inf or float32's min, which rounds to -inf in bf16) so
 # that a row whose keys are all masked gets a uniform softmax instead of NaN; exp(-1e9) is 0 in every dtype.
 MASK_VALUE = -1e9
@@ -148,6 +150,13 @@ def padding_bias(mask: Tensor) -> Tensor:
     return bias.masked_fill(~mask, MASK_VALUE)[:, None, None, :]
 
 
+def to_autocast(x: Tensor) -> Tensor:
+    """x in autocast's dtype when autocast is on (else unchanged): a norm's fp32 output cast once here, not once
+    by each of the projections (q, k, v; wi; the cross-attention K/V of every layer) that read it."""
+    device = x.device.type
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
 class Attention(nn.Module):
     """Multi-head attention without biases and without 1/sqrt(d_kv) scaling (T5 folds it into the init)."""
 
@@ -160,7 +169,7 @@ class Attention(nn.Module):
         self.o = nn.Linear(inner, dims.d_model, bias=False)
         self.num_heads = dims.num_heads
         self.d_kv = dims.d_kv
-        self.dropout = dims.dropout
+        self.dropout = Dropout(dims.dropout)  # on the attention probabilities
 
     def _split_heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -174,10 +183,15 @@ class Attention(nn.Module):
         """x (B, Tq, d_model) attends to k, v (B, H, Tk, d_kv); bias broadcastable to (B, H, Tq, Tk)."""
         B, Tq, _ = x.shape
         q = self._split_heads(self.q(x))  # (B, H, Tq, d_kv)
-        # under autocast q is bf16 while the bias is fp32; SDPA needs one dtype
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0, scale=1.0
-        )  # (B, H, Tq, d_kv)
+        if self.training and self.dropout.p > 0:
+            # written out (as transformers' T5 does) rather than SDPA, whose dropout path falls back to the same
+            # math with torch's slower CPU mask
+            scores = torch.matmul(q, k.transpose(-1, -2)) + bias  # (B, H, Tq, Tk), fp32 (the bias is)
+            probs = self.dropout(scores.softmax(-1).to(v.dtype))
+            y = torch.matmul(probs, v)  # (B, H, Tq, d_kv)
+        else:
+            # under autocast q is bf16 while the bias is fp32; SDPA needs one dtype
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)  # (B, H, Tq, d_kv)
         return self.o(y.transpose(1, 2).reshape(B, Tq, self.num_heads * self.d_kv))
 
 
@@ -188,7 +202,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.wi = nn.Linear(dims.d_model, dims.d_ff, bias=False)
         self.wo = nn.Linear(dims.d_ff, dims.d_model, bias=False)
-        self.dropout = nn.Dropout(dims.dropout)
+        self.dropout = Dropout(dims.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.wo(self.dropout(F.relu(self.wi(x))))
@@ -201,12 +215,12 @@ class EncoderBlock(nn.Module):
         self.attn = Attention(dims)
         self.ff_norm = RMSNorm(dims.d_model, dims.eps)
         self.ff = FeedForward(dims)
-        self.dropout = nn.Dropout(dims.dropout)
+        self.dropout = Dropout(dims.dropout)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        h = self.attn_norm(x)
+        h = to_autocast(self.attn_norm(x))
         x = x + self.dropout(self.attn(h, *self.attn.kv(h), bias))
-        return x + self.dropout(self.ff(self.ff_norm(x)))
+        return x + self.dropout(self.ff(to_autocast(self.ff_norm(x))))
 
 
 class DecoderBlock(nn.Module):
@@ -218,7 +232,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = Attention(dims)
         self.ff_norm = RMSNorm(dims.d_model, dims.eps)
         self.ff = FeedForward(dims)
-        self.dropout = nn.Dropout(dims.dropout)
+        self.dropout = Dropout(dims.dropout)
 
     def forward(
         self,
@@ -237,16 +251,16 @@ class DecoderBlock(nn.Module):
 
         Returns the new x and the self-attention keys/values of all t + L positions.
         """
-        h = self.self_attn_norm(x)
+        h = to_autocast(self.self_attn_norm(x))
         k, v = self.self_attn.kv(h)
         k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, t + L, d_kv)
         x = x + self.dropout(self.self_attn(h, k, v, self_bias))
         # Cross attention has no position bias, so the `group` decoder rows sharing one encoder row (beams of one
         # user) can attend as group * L query positions of that row: the encoder K/V are never copied per beam.
         M, L, d = x.shape
-        h = self.cross_attn_norm(x).reshape(M // group, group * L, d)
+        h = to_autocast(self.cross_attn_norm(x)).reshape(M // group, group * L, d)
         x = x + self.dropout(self.cross_attn(h, cross_k, cross_v, cross_bias).reshape(M, L, d))
-        x = x + self.dropout(self.ff(self.ff_norm(x)))
+        x = x + self.dropout(self.ff(to_autocast(self.ff_norm(x))))
         return x, k, v
 
 
@@ -263,7 +277,7 @@ class T5Encoder(nn.Module):
         self.rel_bias = RelativePositionBias(dims, bidirectional=True)
         self.blocks = nn.ModuleList([EncoderBlock(dims) for _ in range(num_layers)])
         self.final_norm = RMSNorm(dims.d_model, dims.eps)
-        self.dropout = nn.Dropout(dims.dropout)
+        self.dropout = Dropout(dims.dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, d_model) embeddings, mask (B, T) True = real token -> hidden states (B, T, d_model)."""
@@ -372,12 +386,13 @@ class T5Decoder(nn.Module):
         self.rel_bias = RelativePositionBias(dims, bidirectional=False)
         self.blocks = nn.ModuleList([DecoderBlock(dims) for _ in range(num_layers)])
         self.final_norm = RMSNorm(dims.d_model, dims.eps)
-        self.dropout = nn.Dropout(dims.dropout)
+        self.dropout = Dropout(dims.dropout)
         self.num_heads = dims.num_heads
         self.d_kv = dims.d_kv
 
     def start(self, enc: Tensor, enc_mask: Tensor) -> DecoderCache:
         """Empty cache for encoder output enc (B, T, d_model): cross-attention K/V computed once per layer."""
+        enc = to_autocast(enc)
         cross = [block.cross_attn.kv(enc) for block in self.blocks]
         # empty self-attention K/V in the dtype of the projections (bf16 under autocast) so torch.cat keeps it
         empty = cross[0][0].new_zeros(enc.shape[0], self.num_heads, 0, self.d_kv)

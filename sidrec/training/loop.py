@@ -345,8 +345,10 @@ def train_epochs(
         step.end_epoch(epoch, rec)
         improved = False
         if (epoch + 1) % cfg.eval_every == 0 or state["epoch"] >= cfg.epochs or state["step"] >= total_steps:
+            t_valid = time.perf_counter()
             metrics = step.validate()
-            rec.update({f"valid.{k}": v for k, v in metrics.items()})
+            rec.update({f"valid.{k}": v for k, v in metrics.items()},
+                       valid_seconds=round(time.perf_counter() - t_valid, 2))
             improved = metrics["ndcg@10"] > state["best_valid"].get("ndcg@10", -1.0)
             if improved:
                 state.update(best_epoch=epoch, best_valid=metrics, bad_evals=0)

@@ -4,7 +4,7 @@ Two kinds of record share the file, told apart by ``"kind"``:
 
     {"kind": "step", "step": 50, "epoch": 0, "loss": 3.91, "lr": 0.0005, "samples_per_second": 4210.3}
     {"kind": "epoch", "step": 120, "epoch": 0, "loss": 3.42, "lr": 0.0012, "train_seconds": 7.1,
-     "samples_per_second": 4300.2, "valid.recall@10": 0.05, "valid.ndcg@10": 0.026}
+     "samples_per_second": 4300.2, "valid.recall@10": 0.05, "valid.ndcg@10": 0.026, "valid_seconds": 2.3}
 
 ``step`` is the number of optimiser steps done when the record was written, so it never decreases along the
 file; a resumed run first drops the records written after its checkpoint (a crash between a log line and the

@@ -24,7 +24,7 @@ def test_training_logs_steps_and_epochs_and_tensorboard(tiny_args, capsys):
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert {r["kind"] for r in records} == {"step", "epoch"}
     assert [r["epoch"] for r in epochs] == [0, 1]
-    assert all("valid.ndcg@10" in r and r["train_seconds"] >= 0 for r in epochs)
+    assert all("valid.ndcg@10" in r and r["train_seconds"] >= 0 and r["valid_seconds"] >= 0 for r in epochs)
     assert [r["step"] for r in steps] == list(range(4, epochs[-1]["step"] + 1, 4))
     assert [r["step"] for r in records] == sorted(r["step"] for r in records)  # epoch records in step order
     for r in steps:

@@ -80,7 +80,7 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     assert torch.equal(resumed.item_embeddings(), full.item_embeddings())
 
     def untimed(path):  # the log without its wall-clock fields
-        return [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_second")}
+        return [{k: v for k, v in r.items() if k not in ("train_seconds", "valid_seconds", "samples_per_second")}
                 for r in read_jsonl(path)]
 
     assert untimed(tmp_path / "part" / "metrics.jsonl") == untimed(tmp_path / "full" / "metrics.jsonl")

@@ -1,12 +1,12 @@
 """Dropout with a cheaper random mask on CPU.
 
-torch's CPU ``bernoulli_`` draws one double per element on one thread, and in a TIGER-size training step on 2
-cores it took 28% of the time. Here one 64-bit draw (``random_``) serves four elements: each 16-bit lane keeps
-its low 15 bits, which are compared with the threshold. The whole op is ~3x faster than ``F.dropout`` on CPU
-(docs/benchmarks.md). On other devices torch's fused dropout is used unchanged.
+torch's CPU ``bernoulli_`` draws one double per element on one thread, and it was the largest single op of a
+TIGER-size training step on 2 cores. Here one 64-bit draw (``random_``) serves four elements: each 16-bit lane keeps
+its low 15 bits, which are compared with the threshold (timings against ``F.dropout``: docs/benchmarks.md,
+``benchmarks/dropout_cpu.py``). On other devices torch's fused dropout is used unchanged.
 
 The drop rate is ``p`` rounded to a multiple of 2**-15 (an error of at most 1.5e-5), and kept values are scaled by
-1 / (1 - that rate), so the expected output equals the input exactly, as with ``F.dropout``.
+1 / (1 - that rate) in x's dtype, so the expected output equals the input as with ``F.dropout``.
 """
 
 from __future__ import annotations

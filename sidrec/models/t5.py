@@ -8,7 +8,8 @@ biases anywhere.
 
 The stacks take embeddings, not token ids, so the caller owns the vocabulary (and may feed soft embeddings).
 Attention runs through ``F.scaled_dot_product_attention`` with the position bias and the padding / causal mask
-folded into one additive ``attn_mask`` and ``scale=1.0``.
+folded into one additive ``attn_mask`` and ``scale=1.0``; training with dropout writes the same math out, so that
+the attention probabilities get the cheaper CPU mask of ``sidrec.models.dropout``.
 
 Parameter names against transformers (``T5Model.state_dict()``), i = block index:
 

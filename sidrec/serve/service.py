@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidrec.config import load_config
 from sidrec.data.dataset import Dataset
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
@@ -15,7 +16,7 @@ from sidrec.eval.evaluate import model_inputs
 from sidrec.models.registry import load_recommender
 from sidrec.rundir import RunDir
 from sidrec.tokenizers import load_sids
-from sidrec.utils import resolve_device
+from sidrec.utils import bf16_autocast, resolve_device
 
 
 @dataclass
@@ -34,9 +35,11 @@ class Recommender:
         >>> [r.title for r in rec.recommend(["50", "172", "181"], k=3)]  # doctest: +SKIP
     """
 
-    def __init__(self, dataset: Dataset, model, item_sids: np.ndarray, level_sizes: list[int], device="cpu"):
+    def __init__(self, dataset: Dataset, model, item_sids: np.ndarray, level_sizes: list[int], device="cpu",
+                 bf16: bool = False):
         self.dataset = dataset
         self.device = torch.device(device)
+        self.bf16 = bf16_autocast(self.device, bf16)  # asked for and fast here (CUDA, or a CPU with AMX)
         self.model = model.to(self.device).eval()
         self.item_sids = torch.as_tensor(item_sids, device=self.device)
         self.trie = SidTrie(self.item_sids, level_sizes).to(self.device)
@@ -44,14 +47,17 @@ class Recommender:
         self._index = dataset.item_index()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> Recommender:
+    def from_run(cls, run_dir: str | Path, device: str = "auto", bf16: bool | None = None) -> Recommender:
+        """Load a finished run; ``bf16`` None decodes as the run's evaluation did (its ``eval.bf16``)."""
         run = RunDir(run_dir)
-        for need in (run.data / "dataset.json", run.sids_file(run.sids_dir), run.model_json):
+        for need in (run.config, run.data / "dataset.json", run.sids_file(run.sids_dir), run.model_json):
             if not need.exists():
                 raise FileNotFoundError(f"{need}: missing; is {run.root} a finished run directory?")
         sids, _ = load_sids(run.sids_dir)
         model = load_recommender(run.model)  # its level sizes: a joint run widens the dedup level
-        return cls(Dataset.load(run.data), model, sids, model.cfg.level_sizes, str(resolve_device(device)))
+        if bf16 is None:
+            bf16 = load_config(run.config).eval.bf16
+        return cls(Dataset.load(run.data), model, sids, model.cfg.level_sizes, str(resolve_device(device)), bf16)
 
     def unknown_items(self, keys: list[str]) -> list[str]:
         """The keys in ``keys`` that are not in the catalogue, in order, without duplicates."""
@@ -81,6 +87,7 @@ class Recommender:
             "d_model": cfg.d_model,
             "layers": [cfg.num_encoder_layers, cfg.num_decoder_layers],
             "device": str(self.device),
+            "bf16": self.bf16,
         }
 
     def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
@@ -145,8 +152,9 @@ class Recommender:
         beam = min(beam, num_items)
         hist_t = torch.as_tensor(hist, device=self.device)
         users = torch.zeros(n, dtype=torch.long, device=self.device)
-        ids, mask = model_inputs(self.model, self.item_sids, hist_t, users)
-        res = constrained_beam_search(self.model, ids, mask, self.trie, beam_size=beam, topk=beam)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            ids, mask = model_inputs(self.model, self.item_sids, hist_t, users)
+            res = constrained_beam_search(self.model, ids, mask, self.trie, beam_size=beam, topk=beam)
         items, scores, sids = res.items.tolist(), res.scores.tolist(), res.sids.tolist()  # (B, beam[, Lc])
         out = []
         for row in range(n):

@@ -49,3 +49,23 @@ def test_info_describes_the_served_model(rec):
     assert info["items"] == 40 and info["dataset"] == "toy"
     assert info["sid_levels"] == rec.trie.level_sizes and info["max_history"] == 5
     assert info["parameters"] == rec.model.num_parameters() > 0
+
+
+def test_bf16_follows_the_runs_eval_config_and_decodes_in_bf16(tiny_run):
+    import torch
+
+    from sidrec.utils import bf16_autocast
+
+    fast = Recommender.from_run(tiny_run, device="cpu")  # the tiny run keeps eval.bf16's default (true)
+    exact = Recommender.from_run(tiny_run, device="cpu", bf16=False)
+    assert fast.info()["bf16"] == bf16_autocast(torch.device("cpu"), True)
+    assert exact.info()["bf16"] is False
+    dtypes = {}
+    for name, rec in (("fast", fast), ("exact", exact)):
+        linear = next(m for m in rec.model.modules() if isinstance(m, torch.nn.Linear))
+        handle = linear.register_forward_hook(lambda m, i, o, name=name: dtypes.setdefault(name, o.dtype) and None)
+        got = rec.recommend_batch([["i3", "i4"], ["i10"]], 5)
+        handle.remove()
+        assert [len(r) for r in got] == [5, 5]
+    assert dtypes["exact"] == torch.float32
+    assert dtypes["fast"] == (torch.bfloat16 if fast.bf16 else torch.float32)

@@ -1,0 +1,57 @@
+"""``sidrec.models.dropout.dropout`` against ``F.dropout`` on CPU, forward + backward, interleaved in one run.
+
+The tensor is a TIGER feed-forward hidden layer at Beauty's mean bucketed length (256 x 27 x 1024), the largest
+dropout of the training step, in fp32 and in bf16 (its dtype under autocast).
+
+    PYTHONPATH=. python benchmarks/dropout_cpu.py --threads 2      # ~20 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sidrec.models.dropout import dropout
+from sidrec.utils import atomic_write_json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shape", type=int, nargs="+", default=[256, 27, 1024])
+    ap.add_argument("--p", type=float, default=0.1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=10, help="calls per path and round")
+    ap.add_argument("--out", default="benchmarks/results/dropout_cpu.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    paths = {"torch": lambda x: F.dropout(x, args.p, True), "sidrec": lambda x: dropout(x, args.p)}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "shape": args.shape, "p": args.p, "ms_forward_backward": {}}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(args.shape, dtype=dtype, requires_grad=True)
+        grad = torch.randn(args.shape, dtype=dtype)
+        seconds = dict.fromkeys(paths, 0.0)
+        for fn in paths.values():  # warm-up
+            torch.autograd.grad(fn(x), x, grad)
+        for _ in range(args.rounds):
+            for name, fn in paths.items():
+                t0 = time.perf_counter()
+                for _ in range(args.reps):
+                    torch.autograd.grad(fn(x), x, grad)
+                seconds[name] += time.perf_counter() - t0
+        ms = {n: round(s / (args.rounds * args.reps) * 1e3, 2) for n, s in seconds.items()}
+        ms["speedup"] = round(ms["torch"] / ms["sidrec"], 2)
+        result["ms_forward_backward"][str(dtype).removeprefix("torch.")] = ms
+        print(str(dtype), ms)
+    print(json.dumps(result, indent=2))
+    atomic_write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -176,6 +176,16 @@ def bench_decode(args, cfg, item_sids, sizes, split, use_bf16: bool) -> dict:
             "beauty_test_users": len(test), "beauty_test_seconds": round(all_s, 1)}
 
 
+def run_summary(curve_path: Path) -> dict:
+    """``run`` of the result: minutes to the best validation of a whole Beauty run (``tiger_beauty.py --curve``)."""
+    curve = json.loads(curve_path.read_text())
+    best = curve["best_so_far"]
+    return {"curve": str(curve_path), "command": curve["command"], "finished": curve["finished"],
+            "epochs": len(curve["epochs"]), "best_epoch": best["epoch"],
+            "minutes_to_best": best["train_and_valid_minutes"], "train_minutes_to_best": best["train_minutes"],
+            "best_valid_ndcg@10": best["valid.ndcg@10"], "final_metrics": curve.get("final_metrics")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=".sidrec/bench-decode", help="cache of the Beauty SIDs")
@@ -188,6 +198,7 @@ def main() -> None:
     ap.add_argument("--decode-batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["train", "curve", "decode"])
+    ap.add_argument("--run-curve", help="a curve JSON of benchmarks/tiger_beauty.py --curve: fills run.minutes_to_best")
     ap.add_argument("--out", default="benchmarks/results/cpu_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -197,7 +208,8 @@ def main() -> None:
               "cpu_amx_bf16": cpu_has_amx_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "bf16_autocast_fast_path": use_bf16, "train_prefixes": len(split.train.target),
               "command": "PYTHONPATH=. python benchmarks/cpu_speed.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("skip", "out", "work"))
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                  if k not in ("skip", "out", "work") and v is not None)
               + (" --skip " + " ".join(args.skip) if args.skip else "")}
     if "train" not in args.skip:
         result["train"] = bench_train(args, cfg, item_sids, split, use_bf16)
@@ -205,6 +217,8 @@ def main() -> None:
         result["bf16_loss_curve"] = bench_curve(args, cfg, item_sids, split)
     if "decode" not in args.skip:
         result["decode"] = bench_decode(args, cfg, item_sids, sizes, split, use_bf16)
+    if args.run_curve:
+        result["run"] = run_summary(Path(args.run_curve))
     print(json.dumps(result, indent=2))
     atomic_write_json(args.out, result)
 

@@ -28,8 +28,9 @@ from sidrec.training.metrics_log import read_jsonl
 from sidrec.utils import atomic_write_json
 
 
-def write_curve(run_dir: Path, out: Path, args: argparse.Namespace, finished: bool) -> None:
-    """Per epoch: cumulative training and training + validation minutes, loss, samples/s, validation metrics."""
+def write_curve(run_dir: Path, out: Path, args: argparse.Namespace, metrics: dict | None) -> None:
+    """Per epoch: cumulative training and training + validation minutes, loss, samples/s, validation metrics;
+    once the run is finished (``metrics``), its full validation and test metrics and the baselines."""
     train_s = wall_s = 0.0
     epochs = []
     for r in read_jsonl(run_dir / "recommender" / "metrics.jsonl"):
@@ -47,9 +48,10 @@ def write_curve(run_dir: Path, out: Path, args: argparse.Namespace, finished: bo
     atomic_write_json(out, {
         "command": "PYTHONPATH=. python benchmarks/tiger_beauty.py " + " ".join(sys.argv[1:]),
         "config": args.config, "overrides": args.overrides, "commit": run.get("git_commit"),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "finished": finished,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "finished": metrics is not None,
         "threads": run.get("cpu_threads"), "cpu_amx_bf16": run.get("cpu_amx_bf16"), "epochs": epochs,
         "best_so_far": best,
+        "final_metrics": {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)} if metrics else None,
     })
 
 
@@ -68,7 +70,7 @@ def main() -> int:
     # Leave time after the deadline for the final test evaluation.
     metrics = run.run_all(resume=True, deadline=start + args.budget)
     if args.curve:
-        write_curve(run.dir, Path(args.curve), args, finished=metrics is not None)
+        write_curve(run.dir, Path(args.curve), args, metrics)
     if metrics is None:
         return 3
     table = results_table(metrics, cfg.eval.ks)

@@ -1,16 +1,18 @@
 """CPU speed of TIGER training and decoding: the simple path against the fast path, measured in the same run.
 
 Simple path (as before the fast path): random batches of every training prefix, each padded to ``max_history``
-items, fp32, torch's ``nn.Dropout`` (swapped in for ``sidrec.models.dropout.Dropout``); decoding in dataset order, batch 512, padded, fp32. Fast path (the defaults now): length-bucketed
-batches trimmed to their longest history (``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with AMX
-(``train.bf16`` / ``eval.bf16``); decoding batches sorted by history length and trimmed.
+items, fp32, torch's ``nn.Dropout`` (swapped in for ``sidrec.models.dropout.Dropout``); decoding in dataset order,
+batch 512, padded, fp32. Fast path (the defaults now): length-bucketed batches trimmed to their longest history
+(``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with AMX (``train.bf16`` /
+``eval.bf16``); decoding batches sorted by history length and trimmed.
 
 Problem: Amazon Beauty (22,363 users, 131,413 training prefixes) with RQ-KMeans SIDs (3 x 256 + dedup) of
 co-occurrence embeddings (cached in ``--work``), and a TIGER of the paper's size (4 + 4 layers, d_model 128, 6 x 64
 heads, FFN 1024, dropout 0.1, 2000 user buckets) with random weights: speed does not depend on the weights.
 
 Training: both paths start from the same weights; ``--rounds`` rounds of ``--steps`` steps of each path,
-interleaved (the machine is shared: both see the same load), give samples/s of each and their ratio. Then the bf16
+interleaved (the machine is shared: both see the same load), give samples/s of each and their ratio. Dropout: the
+fast step with our mask, with ``nn.Dropout`` and without dropout, interleaved the same way. Then the bf16
 loss curve against fp32: two copies of one model on the same bucketed batches for ``--curve-steps`` steps.
 Decoding: ``--decode-users`` test users by both paths (timed; the fast path also in fp32, which must give the
 simple path's lists exactly; the bf16 agreement is reported), then every test user by the fast path
@@ -22,6 +24,7 @@ simple path's lists exactly; the bf16 agreement is reported), then every test us
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -115,6 +118,28 @@ def bench_train(args, cfg, item_sids, split, use_bf16: bool) -> dict:
             "epoch_minutes_fast": round(len(split.train.target) / sps["fast"] / 60, 1)}
 
 
+def bench_dropout(args, cfg, item_sids, split, use_bf16: bool) -> dict:
+    """What dropout costs the fast step: our mask, torch's ``nn.Dropout``, and no dropout, interleaved rounds."""
+    bs = args.batch_size
+    order = epoch_order(split.train.user, 0, torch.Generator().manual_seed(args.seed))
+    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
+    buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed))
+    paths = {"sidrec_dropout": new_model(cfg, args.seed), "torch_dropout": new_model(cfg, args.seed, True),
+             "no_dropout": new_model(dataclasses.replace(cfg, dropout=0.0), args.seed)}
+    seconds = dict.fromkeys(paths, 0.0)
+    for model, opt in paths.values():  # untimed warm-up step
+        train_step(model, opt, item_sids, split, buckets[:bs], True, use_bf16)
+    for r in range(args.rounds):
+        for name, (model, opt) in paths.items():  # every path trains on the same batches
+            t0 = time.perf_counter()
+            for s in range(1 + r * args.steps, 1 + (r + 1) * args.steps):
+                train_step(model, opt, item_sids, split, buckets[s * bs : (s + 1) * bs], True, use_bf16)
+            seconds[name] += time.perf_counter() - t0
+    sps = {n: round(args.rounds * args.steps * bs / s, 1) for n, s in seconds.items()}
+    print("fast step, samples/s by dropout:", sps)
+    return {"samples_per_s": sps, "dropout": cfg.dropout, "steps_per_path": args.rounds * args.steps}
+
+
 def bench_curve(args, cfg, item_sids, split) -> dict:
     """fp32 and bf16 from the same weights on the same bucketed batches: the loss curves side by side."""
     bs = args.batch_size
@@ -197,7 +222,7 @@ def main() -> None:
     ap.add_argument("--decode-users", type=int, default=1000)
     ap.add_argument("--decode-batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["train", "curve", "decode"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["train", "dropout", "curve", "decode"])
     ap.add_argument("--run-curve", help="a curve JSON of benchmarks/tiger_beauty.py --curve: fills run.minutes_to_best")
     ap.add_argument("--out", default="benchmarks/results/cpu_speed.json")
     args = ap.parse_args()
@@ -213,6 +238,8 @@ def main() -> None:
               + (" --skip " + " ".join(args.skip) if args.skip else "")}
     if "train" not in args.skip:
         result["train"] = bench_train(args, cfg, item_sids, split, use_bf16)
+    if "dropout" not in args.skip:
+        result["dropout"] = bench_dropout(args, cfg, item_sids, split, use_bf16)
     if "curve" not in args.skip and args.curve_steps:
         result["bf16_loss_curve"] = bench_curve(args, cfg, item_sids, split)
     if "decode" not in args.skip:

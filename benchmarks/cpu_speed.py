@@ -118,6 +118,28 @@ def bench_train(args, cfg, item_sids, split, use_bf16: bool) -> dict:
             "epoch_minutes_fast": round(len(split.train.target) / sps["fast"] / 60, 1)}
 
 
+def profile_fast_step(args, cfg, item_sids, split, use_bf16: bool) -> dict:
+    """Share of CPU time per op over ``--profile`` fast steps (after two untimed ones): where the step goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bs = args.batch_size
+    order = epoch_order(split.train.user, 0, torch.Generator().manual_seed(args.seed))
+    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
+    buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed))
+    model, opt = new_model(cfg, args.seed)
+    batches = [buckets[s * bs : (s + 1) * bs] for s in range(args.profile + 2)]
+    for idx in batches[:2]:
+        train_step(model, opt, item_sids, split, idx, True, use_bf16)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for idx in batches[2:]:
+            train_step(model, opt, item_sids, split, idx, True, use_bf16)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    share = {e.key: round(100 * e.self_cpu_time_total / total, 1) for e in events[:15]}
+    print("fast step, % of CPU time by op:", share)
+    return {"steps": args.profile, "self_cpu_percent": share}
+
+
 def bench_dropout(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     """What dropout costs the fast step: our mask, torch's ``nn.Dropout``, and no dropout, interleaved rounds."""
     bs = args.batch_size
@@ -223,6 +245,7 @@ def main() -> None:
     ap.add_argument("--decode-batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["train", "dropout", "curve", "decode"])
+    ap.add_argument("--profile", type=int, default=0, help="profile this many fast steps first (torch.profiler)")
     ap.add_argument("--run-curve", help="a curve JSON of benchmarks/tiger_beauty.py --curve: fills run.minutes_to_best")
     ap.add_argument("--out", default="benchmarks/results/cpu_speed.json")
     args = ap.parse_args()
@@ -236,6 +259,8 @@ def main() -> None:
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                   if k not in ("skip", "out", "work") and v is not None)
               + (" --skip " + " ".join(args.skip) if args.skip else "")}
+    if args.profile:
+        result["profile"] = profile_fast_step(args, cfg, item_sids, split, use_bf16)
     if "train" not in args.skip:
         result["train"] = bench_train(args, cfg, item_sids, split, use_bf16)
     if "dropout" not in args.skip:

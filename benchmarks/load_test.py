@@ -156,7 +156,7 @@ def main() -> int:
     ap.add_argument("--run-dir", type=Path, help="a finished run to serve (default: build one on ML-100K)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=20_000)
-    ap.add_argument("--fp32", action="store_true", help="serve with --fp32 (default: the run's eval.bf16)")
+    ap.add_argument("--bf16", action="store_true", help="serve with --bf16")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load_test.json")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,7 @@ def main() -> int:
             str(port),
             "--api-key-env",
             KEY_ENV,
-            *(["--fp32"] if args.fp32 else []),
+            *(["--bf16"] if args.bf16 else []),
         ],
         env=env,
         cwd=REPO,
@@ -245,7 +245,7 @@ def main() -> int:
         "items": len(keys),
         "clients": args.clients,
         "requests": args.requests,
-        "fp32": args.fp32,
+        "bf16": args.bf16,
         "ok": len(latencies) - sum(isinstance(f, int) for f in failures),
         "errors": len(failures),
         "error_examples": [str(f) for f in failures[:5]],

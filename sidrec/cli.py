@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    rec.add_argument("--fp32", action="store_true", help="decode in fp32 even where the run evaluated in bf16")
+    rec.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
     rec.add_argument("--quiet", action="store_true", help="accepted for uniformity: recommend prints only its result")
     srv = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)",
                          description="Serve a trained run over HTTP: POST /recommend, POST /recommend/batch, "
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key-env", metavar="NAME",
                      help="environment variable holding the key that clients must send as X-API-Key")
-    srv.add_argument("--fp32", action="store_true", help="decode in fp32 even where the run evaluated in bf16")
+    srv.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
     _add_interop_parsers(sub)
     srv.add_argument("--quiet", action="store_true", help="log only warnings and errors (no access log)")
     rep = sub.add_parser("report", help="write a self-contained HTML report of a run (needs the 'report' extra)",
@@ -215,7 +215,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from sidrec.serve.service import Recommender
 
-    rec = Recommender.from_run(args.run_dir, bf16=False if args.fp32 else None)
+    rec = Recommender.from_run(args.run_dir, bf16=args.bf16)
     recs = rec.recommend(args.history, k=args.k, exclude_history=not args.include_history)
     if args.json:
         print(json.dumps([r.__dict__ for r in recs], indent=2))
@@ -231,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ValueError(f"{e}; install the server with: pip install 'sidrec[serve]'") from e
     serve(args.run_dir, host=args.host, port=args.port, api_key_env=args.api_key_env, quiet=args.quiet,
-          bf16=False if args.fp32 else None)
+          bf16=args.bf16)
     return 0
 
 

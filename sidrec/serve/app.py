@@ -226,7 +226,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
-          device: str = "auto", quiet: bool = False, bf16: bool | None = None) -> None:
+          device: str = "auto", quiet: bool = False, bf16: bool = False) -> None:
     """Load a run and serve it with uvicorn until interrupted.
 
     Args:
@@ -237,7 +237,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
             command line, where other users could see it in the process list).
         device: "auto", "cpu", "cuda", ...
         quiet: log only warnings and errors, without the startup banner or the access log.
-        bf16: decode under bf16 autocast (where fast); None follows the run's ``eval.bf16``.
+        bf16: decode under bf16 autocast where it is fast (CUDA, or a CPU with AMX).
 
     Example:
         >>> serve("runs/ml-100k", port=8000)  # doctest: +SKIP

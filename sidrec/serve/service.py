@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidrec.config import load_config
 from sidrec.data.dataset import Dataset
 from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
@@ -47,16 +46,15 @@ class Recommender:
         self._index = dataset.item_index()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", bf16: bool | None = None) -> Recommender:
-        """Load a finished run; ``bf16`` None decodes as the run's evaluation did (its ``eval.bf16``)."""
+    def from_run(cls, run_dir: str | Path, device: str = "auto", bf16: bool = False) -> Recommender:
+        """Load a finished run; ``bf16`` decodes under bf16 autocast where it is fast (fp32 by default: with
+        serving's small batches bf16 gained nothing on the demo model; docs/benchmarks.md)."""
         run = RunDir(run_dir)
-        for need in (run.config, run.data / "dataset.json", run.sids_file(run.sids_dir), run.model_json):
+        for need in (run.data / "dataset.json", run.sids_file(run.sids_dir), run.model_json):
             if not need.exists():
                 raise FileNotFoundError(f"{need}: missing; is {run.root} a finished run directory?")
         sids, _ = load_sids(run.sids_dir)
         model = load_recommender(run.model)  # its level sizes: a joint run widens the dedup level
-        if bf16 is None:
-            bf16 = load_config(run.config).eval.bf16
         return cls(Dataset.load(run.data), model, sids, model.cfg.level_sizes, str(resolve_device(device)), bf16)
 
     def unknown_items(self, keys: list[str]) -> list[str]:

@@ -51,13 +51,13 @@ def test_info_describes_the_served_model(rec):
     assert info["parameters"] == rec.model.num_parameters() > 0
 
 
-def test_bf16_follows_the_runs_eval_config_and_decodes_in_bf16(tiny_run):
+def test_bf16_is_opt_in_and_decodes_in_bf16(tiny_run):
     import torch
 
     from sidrec.utils import bf16_autocast
 
-    fast = Recommender.from_run(tiny_run, device="cpu")  # the tiny run keeps eval.bf16's default (true)
-    exact = Recommender.from_run(tiny_run, device="cpu", bf16=False)
+    exact = Recommender.from_run(tiny_run, device="cpu")
+    fast = Recommender.from_run(tiny_run, device="cpu", bf16=True)
     assert fast.info()["bf16"] == bf16_autocast(torch.device("cpu"), True)
     assert exact.info()["bf16"] is False
     dtypes = {}

@@ -8,8 +8,8 @@ biases anywhere.
 
 The stacks take embeddings, not token ids, so the caller owns the vocabulary (and may feed soft embeddings).
 Attention runs through ``F.scaled_dot_product_attention`` with the position bias and the padding / causal mask
-folded into one additive ``attn_mask`` and ``scale=1.0``; training with dropout writes the same math out, so that
-the attention probabilities get the cheaper CPU mask of ``sidrec.models.dropout``.
+folded into one additive ``attn_mask`` and ``scale=1.0``; training writes the same math out, which is faster on the
+CPU and gives the attention probabilities the cheaper dropout mask of ``sidrec.models.dropout``.
 
 Parameter names against transformers (``T5Model.state_dict()``), i = block index:
 
@@ -184,9 +184,9 @@ class Attention(nn.Module):
         """x (B, Tq, d_model) attends to k, v (B, H, Tk, d_kv); bias broadcastable to (B, H, Tq, Tk)."""
         B, Tq, _ = x.shape
         q = self._split_heads(self.q(x))  # (B, H, Tq, d_kv)
-        if self.training and self.dropout.p > 0:
-            # written out (as transformers' T5 does) rather than SDPA, whose dropout path falls back to the same
-            # math with torch's slower CPU mask
+        if self.training:
+            # written out (as transformers' T5 does): SDPA's CPU training path with a learned bias is its math path
+            # with extra masking work (slower, docs/benchmarks.md), and its dropout would use torch's slower mask
             scores = torch.matmul(q, k.transpose(-1, -2)) + bias  # (B, H, Tq, Tk), fp32 (the bias is)
             probs = self.dropout(scores.softmax(-1).to(v.dtype))
             y = torch.matmul(probs, v)  # (B, H, Tq, d_kv)

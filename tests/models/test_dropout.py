@@ -114,3 +114,11 @@ def test_sasrec_written_out_training_attention_equals_sdpa() -> None:
     allowed[0, :, :, :2] = False
     allowed[0, :, torch.arange(6), torch.arange(6)] = True  # as SASRec builds it: a query always sees itself
     torch.testing.assert_close(attn.train()(x, allowed), attn.eval()(x, allowed), atol=1e-5, rtol=1e-5)
+
+
+def test_training_without_dropout_is_the_eval_attention() -> None:
+    attn = t5.Attention(t5.T5Dims(d_model=32, num_heads=4, d_kv=8, d_ff=64, dropout=0.0))
+    x, enc = torch.randn(2, 3, 32), torch.randn(2, 5, 32)
+    k, v = attn.kv(enc)
+    bias = torch.randn(1, 4, 3, 5)
+    torch.testing.assert_close(attn.train()(x, k, v, bias), attn.eval()(x, k, v, bias), atol=1e-5, rtol=1e-5)

@@ -68,6 +68,13 @@ def new_model(cfg: TigerConfig, seed: int, torch_dropout: bool = False) -> tuple
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.035)
 
 
+def epoch_batches(split, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(random order, length-bucketed order, history lengths) of every training prefix, as the loop makes them."""
+    order = epoch_order(split.train.user, 0, torch.Generator().manual_seed(seed))
+    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
+    return order, bucket_by_length(order, lengths, batch_size, torch.Generator().manual_seed(seed)), lengths
+
+
 def train_step(model, opt, item_sids, split, idx: torch.Tensor, fast: bool, bf16: bool) -> float:
     """One step of the training loop's body: simple = padded inputs, fast = trimmed (``model_inputs``)."""
     hist, users = torch.as_tensor(split.train.history)[idx], torch.as_tensor(split.train.user)[idx]
@@ -86,10 +93,7 @@ def train_step(model, opt, item_sids, split, idx: torch.Tensor, fast: bool, bf16
 
 def bench_train(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     bs = args.batch_size
-    gen = torch.Generator().manual_seed(args.seed)
-    order = epoch_order(split.train.user, 0, gen)
-    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
-    buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed))
+    order, buckets, lengths = epoch_batches(split, bs, args.seed)
     paths = {"simple": new_model(cfg, args.seed, torch_dropout=True), "fast": new_model(cfg, args.seed)}
     seconds, samples, losses = {"simple": 0.0, "fast": 0.0}, {"simple": 0, "fast": 0}, {"simple": [], "fast": []}
     for name in paths:  # untimed warm-up step (allocator, oneDNN kernels)
@@ -123,9 +127,7 @@ def profile_fast_step(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     bs = args.batch_size
-    order = epoch_order(split.train.user, 0, torch.Generator().manual_seed(args.seed))
-    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
-    buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed))
+    _, buckets, _ = epoch_batches(split, bs, args.seed)
     model, opt = new_model(cfg, args.seed)
     batches = [buckets[s * bs : (s + 1) * bs] for s in range(args.profile + 2)]
     for idx in batches[:2]:
@@ -143,9 +145,7 @@ def profile_fast_step(args, cfg, item_sids, split, use_bf16: bool) -> dict:
 def bench_dropout(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     """What dropout costs the fast step: our mask, torch's ``nn.Dropout``, and no dropout, interleaved rounds."""
     bs = args.batch_size
-    order = epoch_order(split.train.user, 0, torch.Generator().manual_seed(args.seed))
-    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
-    buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed))
+    _, buckets, _ = epoch_batches(split, bs, args.seed)
     paths = {"sidrec_dropout": new_model(cfg, args.seed), "torch_dropout": new_model(cfg, args.seed, True),
              "no_dropout": new_model(dataclasses.replace(cfg, dropout=0.0), args.seed)}
     seconds = dict.fromkeys(paths, 0.0)
@@ -165,9 +165,7 @@ def bench_dropout(args, cfg, item_sids, split, use_bf16: bool) -> dict:
 def bench_curve(args, cfg, item_sids, split) -> dict:
     """fp32 and bf16 from the same weights on the same bucketed batches: the loss curves side by side."""
     bs = args.batch_size
-    order = epoch_order(split.train.user, 0, torch.Generator().manual_seed(args.seed + 1))
-    lengths = torch.as_tensor((split.train.history >= 0).sum(1))
-    buckets = bucket_by_length(order, lengths, bs, torch.Generator().manual_seed(args.seed + 1))
+    _, buckets, _ = epoch_batches(split, bs, args.seed + 1)
     curves = {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
         model, opt = new_model(cfg, args.seed)

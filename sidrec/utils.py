@@ -208,6 +208,27 @@ def bf16_autocast(device: torch.device, bf16: bool) -> bool:
     return bf16 and (device.type == "cuda" or (device.type == "cpu" and cpu_has_amx_bf16()))
 
 
+def adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """``torch.optim.AdamW``, with torch's fused kernel when every parameter is on the CPU or CUDA.
+
+    One kernel updates every parameter instead of ~10 tensor ops each (2.5 vs 10 ms per step for TIGER's 4.9 M
+    parameters on 2 CPU cores); the update is AdamW's, equal to the per-parameter loop up to float rounding.
+
+    Args:
+        params: parameters or param groups, as for ``torch.optim.AdamW``.
+        lr, weight_decay: the defaults of every group.
+
+    Example:
+        >>> opt = adamw(torch.nn.Linear(4, 2).parameters(), lr=1e-3, weight_decay=0.01)
+        >>> opt.defaults["fused"]
+        True
+    """
+    params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def run_metadata(seed: int) -> dict[str, Any]:
     """What a run records about where it ran: seed, library versions, git commit, device, CPU threads.
 

@@ -1,11 +1,12 @@
 """Dropout with a cheaper random mask on CPU.
 
 torch's CPU ``bernoulli_`` draws one double per element on one thread, and it was the largest single op of a
-TIGER-size training step on 2 cores. Here one 64-bit draw (``random_``) serves four elements: each 16-bit lane keeps
-its low 15 bits, which are compared with the threshold (timings against ``F.dropout``: docs/benchmarks.md,
-``benchmarks/dropout_cpu.py``). On other devices torch's fused dropout is used unchanged.
+TIGER-size training step on 2 cores. Here one draw of 64 uniform bits (``random_`` over the whole int64 range)
+serves four elements: each 16-bit lane, read as a signed integer, is compared with a threshold (timings against
+``F.dropout``: docs/benchmarks.md, ``benchmarks/dropout_cpu.py``). On other devices torch's fused dropout is used
+unchanged.
 
-The drop rate is ``p`` rounded to a multiple of 2**-15 (an error of at most 1.5e-5), and kept values are scaled by
+The drop rate is ``p`` rounded to a multiple of 2**-16 (an error of at most 7.7e-6), and kept values are scaled by
 1 / (1 - that rate) in x's dtype, so the expected output equals the input as with ``F.dropout``.
 """
 
@@ -16,11 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-_LANE = 1 << 15  # a lane holds a uniform integer in [0, 2**15)
+_LANE = 1 << 16  # a lane holds a uniform integer in [-2**15, 2**15)
+_INT64_MIN = -(1 << 63)  # random_(_INT64_MIN, None) draws all 64 bits (plain random_() leaves the sign bit 0)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """Zero each element of x with probability p (quantized to 2**-15) and scale the rest to keep the mean.
+    """Zero each element of x with probability p (quantized to 2**-16) and scale the rest to keep the mean.
 
     Args:
         x: any tensor.
@@ -43,9 +45,10 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if threshold == 0:
         return x
     n = x.numel()
-    lanes = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n]  # (n,) uniform 16-bit
-    keep = lanes.bitwise_and_(_LANE - 1).ge_(threshold)  # in place: 1 where kept (probability 1 - threshold/2**15)
-    noise = keep.to(x.dtype).mul_(_LANE / (_LANE - threshold))  # 0 or 1 / (1 - rate): the mean is kept
+    lanes = torch.empty((n + 3) // 4, dtype=torch.int64).random_(_INT64_MIN, None).view(torch.int16)[:n]  # (n,)
+    keep = lanes.ge(threshold - _LANE // 2)  # True with probability 1 - threshold / 2**16
+    # via uint8: torch's bool -> bf16 cast is ~5x slower than uint8 -> bf16 on CPU
+    noise = keep.view(torch.uint8).to(x.dtype).mul_(_LANE / (_LANE - threshold))  # 0 or 1 / (1 - rate)
     return x * noise.view(x.shape)  # autograd saves `noise`; the backward is one multiply
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from sidrec.tokenizers.base import Assignment, QuantizerOutput, Tokenizer, codebook_health, require
 from sidrec.tokenizers.residual import ResidualQuantizer
-from sidrec.utils import resolve_device
+from sidrec.utils import adamw, resolve_device
 
 
 @dataclass
@@ -276,7 +276,7 @@ class RQVAE(Tokenizer):
         ]
         if cfg.optimizer == "adagrad":
             return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _init_codebooks(self, x: Tensor, generator: torch.Generator) -> None:
         """k-means initialisation of the codebooks from the fit data ``x (N, D)``, under no_grad in eval mode."""

@@ -32,7 +32,7 @@ from sidrec.eval.metrics import topk_metrics
 from sidrec.models.sasrec import SASRec, SASRecConfig, save_sasrec
 from sidrec.rundir import BaselineDir, TrainingDir
 from sidrec.training.loop import LoopConfig, TrainStep, train_epochs
-from sidrec.utils import atomic_write_json
+from sidrec.utils import adamw, atomic_write_json
 
 
 @dataclass
@@ -171,7 +171,7 @@ class SASRecStep(TrainStep):
             raise ValueError("split.train has no examples to train SASRec on")
         self.users = split.train.user
         self.lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def start_epoch(self, epoch: int) -> dict[str, Any]:
         self.module.train()

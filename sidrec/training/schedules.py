@@ -48,7 +48,7 @@ from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.loop import LoopConfig, TrainResult, TrainStep, train_epochs, write_best
 from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.two_stage import training_data
-from sidrec.utils import atomic_write, save_npy
+from sidrec.utils import adamw, atomic_write, save_npy
 
 
 class JointState(nn.Module):
@@ -252,11 +252,11 @@ class JointStep(TrainStep):
         self.users = split.train.user
         self.lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,) items per training history
         self.module = JointState(model, tokenizer, semantic_ids_for(tokenizer, item_emb, model))
-        self.optimizer = torch.optim.AdamW([
+        self.optimizer = adamw([
             {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
             # the tokenizer's own groups (DIGER's SDUD sigmas have their own rate)
             *({"weight_decay": 0.0, **group} for group in tokenizer.param_groups(schedule.tokenizer_lr)),
-        ])
+        ], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def after_resume(self) -> None:
         # Every process built or resumed the same state; rank 0's copy makes sure (as DDP does when it wraps a model).

@@ -22,6 +22,7 @@ from sidrec.eval.evaluate import evaluate, model_inputs
 from sidrec.rundir import TrainingDir
 from sidrec.training.config import TrainConfig
 from sidrec.training.loop import LoopConfig, TrainResult, TrainStep, train_epochs, write_best
+from sidrec.utils import adamw
 
 
 class LossModule(nn.Module):
@@ -66,7 +67,7 @@ class RecommenderStep(TrainStep):
         self.data = training_data(split, cfg, seed, self.device)
         self.users = split.train.user
         self.lengths = torch.as_tensor((split.train.history >= 0).sum(1))  # (S,) items per training history
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.net = dist.wrap_ddp(LossModule(model), self.device)  # the module itself for one process
         if cfg.compile:  # same results, faster steps on GPU after a one-off compilation
             self.net = torch.compile(self.net)

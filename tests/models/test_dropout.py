@@ -15,10 +15,10 @@ def test_drop_rate_per_lane_and_kept_values_scaled(p: float) -> None:
     y = dropout(torch.ones(400_000), p)
     dropped = (y == 0).float()
     # every 16-bit lane of the 64-bit draws (four consecutive elements) drops at rate p; a lane with a biased
-    # bit (the top lane of random_() has one bit fewer) would show here
+    # bit (plain random_() leaves the sign bit of the top lane 0) would show here
     per_lane = dropped.view(-1, 4).mean(0)
     assert (per_lane - p).abs().max() < 0.006, per_lane
-    rate = round(p * 2**15) / 2**15
+    rate = round(p * 2**16) / 2**16
     kept = y[y != 0]
     assert torch.equal(kept, torch.full_like(kept, 1 / (1 - rate)))
 
@@ -38,7 +38,7 @@ def test_gradient_is_the_mask_times_the_scale() -> None:
     x = torch.randn(64, 33, requires_grad=True)
     y = dropout(x, 0.25)
     y.sum().backward()
-    rate = round(0.25 * 2**15) / 2**15
+    rate = round(0.25 * 2**16) / 2**16
     expected = torch.where(y != 0, 1 / (1 - rate), 0.0)
     torch.testing.assert_close(x.grad, expected)
     torch.testing.assert_close(y, x.detach() * expected)

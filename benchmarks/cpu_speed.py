@@ -1,10 +1,11 @@
 """CPU speed of TIGER training and decoding: the simple path against the fast path, measured in the same run.
 
 Simple path (as before the fast path): random batches of every training prefix, each padded to ``max_history``
-items, fp32, torch's ``nn.Dropout`` (swapped in for ``sidrec.models.dropout.Dropout``); decoding in dataset order,
-batch 512, padded, fp32. Fast path (the defaults now): length-bucketed batches trimmed to their longest history
-(``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with AMX (``train.bf16`` /
-``eval.bf16``); decoding batches sorted by history length and trimmed.
+items, fp32, torch's ``nn.Dropout`` (swapped in for ``sidrec.models.dropout.Dropout``), torch's per-parameter AdamW;
+decoding in dataset order, batch 512, padded, fp32. Fast path (the defaults now): length-bucketed batches trimmed
+to their longest history (``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with AMX
+(``train.bf16`` / ``eval.bf16``), the fused AdamW (``sidrec.utils.adamw``); decoding batches sorted by history
+length and trimmed.
 
 Problem: Amazon Beauty (22,363 users, 131,413 training prefixes) with RQ-KMeans SIDs (3 x 256 + dedup) of
 co-occurrence embeddings (cached in ``--work``), and a TIGER of the paper's size (4 + 4 layers, d_model 128, 6 x 64
@@ -42,7 +43,7 @@ from sidrec.models.dropout import Dropout
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.training.loop import bucket_by_length, epoch_order
 from sidrec.training.two_stage import LossModule
-from sidrec.utils import atomic_write_json, bf16_autocast, cpu_has_amx_bf16
+from sidrec.utils import adamw, atomic_write_json, bf16_autocast, cpu_has_amx_bf16
 
 
 def cpu_model() -> str:
@@ -57,14 +58,18 @@ def load_problem(work: str):
     return cfg, torch.as_tensor(sids), sizes, leave_one_out(ds, cfg.max_history)
 
 
-def new_model(cfg: TigerConfig, seed: int, torch_dropout: bool = False) -> tuple[Tiger, torch.optim.Optimizer]:
-    """A TIGER and its AdamW; ``torch_dropout`` swaps our dropout for ``nn.Dropout`` (torch's mask, the old path)."""
+def new_model(cfg: TigerConfig, seed: int, torch_dropout: bool = False,
+              fused_adamw: bool = True) -> tuple[Tiger, torch.optim.Optimizer]:
+    """A TIGER and its AdamW. The old path: ``torch_dropout`` swaps our dropout for ``nn.Dropout`` (torch's mask),
+    ``fused_adamw=False`` gives torch's per-parameter AdamW instead of the trainers' ``sidrec.utils.adamw``."""
     model = Tiger(cfg, generator=torch.Generator().manual_seed(seed)).train()
     if torch_dropout:
         for module in list(model.modules()):
             for name, child in module.named_children():
                 if isinstance(child, Dropout):
                     setattr(module, name, torch.nn.Dropout(child.p))
+    if fused_adamw:
+        return model, adamw(model.parameters(), lr=1e-3, weight_decay=0.035)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.035)
 
 
@@ -94,7 +99,8 @@ def train_step(model, opt, item_sids, split, idx: torch.Tensor, fast: bool, bf16
 def bench_train(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     bs = args.batch_size
     order, buckets, lengths = epoch_batches(split, bs, args.seed)
-    paths = {"simple": new_model(cfg, args.seed, torch_dropout=True), "fast": new_model(cfg, args.seed)}
+    paths = {"simple": new_model(cfg, args.seed, torch_dropout=True, fused_adamw=False),
+             "fast": new_model(cfg, args.seed)}
     seconds, samples, losses = {"simple": 0.0, "fast": 0.0}, {"simple": 0, "fast": 0}, {"simple": [], "fast": []}
     for name in paths:  # untimed warm-up step (allocator, oneDNN kernels)
         train_step(*paths[name], item_sids, split, order[:bs], name == "fast", use_bf16 and name == "fast")

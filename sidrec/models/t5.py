@@ -145,9 +145,13 @@ class RelativePositionBias(nn.Module):
         return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, Tq, Tk)
 
 
-def padding_bias(mask: Tensor) -> Tensor:
-    """(B, T) bool mask, True = real -> additive key mask (B, 1, 1, T): 0 if real, MASK_VALUE if pad."""
-    bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+def padding_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, T) bool mask, True = real -> additive key mask (B, 1, 1, T): 0 if real, MASK_VALUE if pad.
+
+    ``dtype``: the model's (its position bias's); fp32 under autocast, bf16 for a model cast to bf16, whose attention
+    scores then stay bf16 instead of being promoted to fp32 by the mask.
+    """
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return bias.masked_fill(~mask, MASK_VALUE)[:, None, None, :]
 
 
@@ -284,7 +288,7 @@ class T5Encoder(nn.Module):
         """x (B, T, d_model) embeddings, mask (B, T) True = real token -> hidden states (B, T, d_model)."""
         T = x.shape[1]
         # one bias for all layers: relative positions + key padding
-        bias = self.rel_bias(0, T, T) + padding_bias(mask)  # (B, H, T, T)
+        bias = self.rel_bias(0, T, T) + padding_bias(mask, self.rel_bias.embedding.weight.dtype)  # (B, H, T, T)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, bias)
@@ -416,7 +420,7 @@ class T5Decoder(nn.Module):
         query_pos = torch.arange(t, t + L, device=x.device)
         key_pos = torch.arange(t + L, device=x.device)
         bias = bias.masked_fill(key_pos[None, :] > query_pos[:, None], MASK_VALUE)  # causal
-        cross_bias = padding_bias(cache.enc_mask)  # (B, 1, 1, T)
+        cross_bias = padding_bias(cache.enc_mask, self.rel_bias.embedding.weight.dtype)  # (B, 1, 1, T)
         x = self.dropout(x)
         self_k, self_v = [], []
         for i, block in enumerate(self.blocks):

@@ -309,3 +309,33 @@ def test_parameter_count_at_default_sizes() -> None:
     per_stack_extra = 32 * 6 + d  # relative bias table, final RMSNorm
     expected = 4 * encoder_layer + 4 * decoder_layer + embedding + heads + 2 * per_stack_extra
     assert model.num_parameters() == expected == 4_914_560
+
+
+def test_a_model_cast_to_bf16_attends_in_bf16() -> None:
+    # the padding mask takes the model's dtype, so a bf16 model's attention scores are not promoted to fp32 by it
+    from torch.overrides import TorchFunctionMode
+
+    from sidrec.models.t5 import T5Decoder, T5Dims, T5Encoder
+
+    class SoftmaxInputs(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dtypes: list[torch.dtype] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.softmax:
+                self.dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    dims = T5Dims(d_model=32, num_heads=4, d_kv=8, d_ff=64)  # dropout 0: training attention is written out
+    enc, dec = T5Encoder(dims, 2), T5Decoder(dims, 2)
+    x, y = torch.randn(3, 6, 32), torch.randn(3, 2, 32)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[0, :4] = False
+    ref = dec(y, dec.start(enc(x, mask), mask))[0]
+    enc, dec = enc.to(torch.bfloat16), dec.to(torch.bfloat16)
+    with SoftmaxInputs() as seen:
+        out = dec(y.bfloat16(), dec.start(enc(x.bfloat16(), mask), mask))[0]
+    assert seen.dtypes == [torch.bfloat16] * 6  # 2 encoder + 2 x (self + cross) decoder attentions
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)  # bf16 rounding; padded keys stay masked

@@ -12,6 +12,8 @@ AdamW of ``sidrec.utils.adamw``) go to the JSON.
   and weights cast down once per step (the classic mixed-precision recipe with master weights).
 - ``micro_batches_64``: each batch of 256 as 4 accumulated micro-batches of 64 (smaller working set per op).
 
+Then the optimizer step alone: ms per ``step()`` of the fused and of the per-parameter AdamW on TIGER's parameters.
+
     PYTHONPATH=. python benchmarks/cpu_levers.py --threads 2      # ~3 min on 2 cores
 """
 
@@ -79,6 +81,25 @@ def micro_batch_step(cfg, item_sids, split, seed: int, size: int) -> Callable[[t
     return step
 
 
+def optimizer_step_ms(cfg, seed: int, rounds: int = 5, steps: int = 20) -> dict[str, float]:
+    """ms per ``opt.step()`` over TIGER's parameters (random gradients): fused vs per-parameter AdamW, interleaved."""
+    opts = {}
+    for name, fused in (("fused", True), ("per_parameter", False)):
+        model, opt = new_model(cfg, seed, fused_adamw=fused)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opts[name] = opt
+    seconds = dict.fromkeys(opts, 0.0)
+    for _ in range(rounds):
+        for name, opt in opts.items():
+            opt.step()  # untimed first step of the round
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            seconds[name] += time.perf_counter() - t0
+    return {k: round(1000 * v / (rounds * steps), 2) for k, v in seconds.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=".sidrec/bench-decode", help="cache of the Beauty SIDs")
@@ -113,6 +134,8 @@ def main() -> None:
     sps = {k: round(float(len(v) / np.sum(1 / np.array(v))), 1) for k, v in counted.items()}  # total samples / time
     ratio = {k: round(v / sps["fast"], 3) for k, v in sps.items()}
     print("samples/s:", sps, "\nratio to fast:", ratio)
+    adamw_ms = optimizer_step_ms(cfg, args.seed)
+    print("ms per AdamW step:", adamw_ms)
     atomic_write_json(args.out, {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -121,6 +144,7 @@ def main() -> None:
         "batch_size": bs, "batch_history_items": [int(lengths[b].max()) for b in batches],
         "samples_per_s_per_round": per_round, "samples_per_s": sps, "ratio_to_fast": ratio,
         "mean_loss_last_round": {k: round(float(np.mean(v)), 4) for k, v in losses.items()},
+        "adamw_step_ms": adamw_ms,
     })
 
 

@@ -144,8 +144,9 @@ def profile_fast_step(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
     share = {e.key: round(100 * e.self_cpu_time_total / total, 1) for e in events[:15]}
-    print("fast step, % of CPU time by op:", share)
-    return {"steps": args.profile, "self_cpu_percent": share}
+    ops = round(sum(e.count for e in events if e.key.startswith("aten::")) / args.profile)
+    print("fast step, % of CPU time by op:", share, f"({ops} aten ops per step)")
+    return {"steps": args.profile, "self_cpu_percent": share, "aten_ops_per_step": ops}
 
 
 def bench_dropout(args, cfg, item_sids, split, use_bf16: bool) -> dict:

@@ -11,10 +11,11 @@ Problem: Amazon Beauty (22,363 users, 131,413 training prefixes) with RQ-KMeans 
 co-occurrence embeddings (cached in ``--work``), and a TIGER of the paper's size (4 + 4 layers, d_model 128, 6 x 64
 heads, FFN 1024, dropout 0.1, 2000 user buckets) with random weights: speed does not depend on the weights.
 
-Training: both paths start from the same weights; ``--rounds`` rounds of ``--steps`` steps of each path,
-interleaved (the machine is shared: both see the same load), give samples/s of each and their ratio. Dropout: the
-fast step with our mask, with ``nn.Dropout`` and without dropout, interleaved the same way. Then the bf16
-loss curve against fp32: two copies of one model on the same bucketed batches for ``--curve-steps`` steps.
+Training: both paths start from the same weights and warm up untimed (the fast path on one batch of each history
+length it will meet); ``--rounds`` rounds of ``--steps`` steps of each path, interleaved (the machine is shared:
+both see the same load), give samples/s of each and their ratio. Dropout: the fast step with our mask, with
+``nn.Dropout`` and without dropout, interleaved the same way. Then the bf16 loss curve against fp32: two copies of
+one model on the same bucketed batches for ``--curve-steps`` steps.
 Decoding: ``--decode-users`` test users by both paths (timed; the fast path also in fp32, which must give the
 simple path's lists exactly; the bf16 agreement is reported), then every test user by the fast path
 (``decode.beauty_test_seconds``).
@@ -102,8 +103,14 @@ def bench_train(args, cfg, item_sids, split, use_bf16: bool) -> dict:
     paths = {"simple": new_model(cfg, args.seed, torch_dropout=True, fused_adamw=False),
              "fast": new_model(cfg, args.seed)}
     seconds, samples, losses = {"simple": 0.0, "fast": 0.0}, {"simple": 0, "fast": 0}, {"simple": [], "fast": []}
-    for name in paths:  # untimed warm-up step (allocator, oneDNN kernels)
-        train_step(*paths[name], item_sids, split, order[:bs], name == "fast", use_bf16 and name == "fast")
+    # Untimed warm-up (allocator, oneDNN kernels): the simple path has one batch shape, the fast path one per history
+    # length, each built once per process (an epoch's 500+ steps amortise that), so it warms up on one timed batch
+    # of every length it will meet.
+    timed = [buckets[s * bs : (s + 1) * bs] for s in range(1, 1 + args.rounds * args.steps)]
+    per_length = {int(lengths[idx].max()): idx for idx in timed}
+    train_step(*paths["simple"], item_sids, split, order[:bs], False, False)
+    for idx in [buckets[:bs], *per_length.values()]:
+        train_step(*paths["fast"], item_sids, split, idx, True, use_bf16)
     step = 1
     for r in range(args.rounds):
         for name, (model, opt) in paths.items():  # interleaved: both paths see the same machine load

@@ -11,12 +11,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from sidrec.models.dropout import dropout
 from sidrec.utils import atomic_write_json
+
+
+def ms_forward_backward(paths: dict[str, Callable[[torch.Tensor], torch.Tensor]], shape: list[int],
+                        dtype: torch.dtype, rounds: int, reps: int) -> dict[str, float]:
+    """ms per forward + backward of each path on one random tensor, after a warm-up call, paths interleaved."""
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    grad = torch.randn(shape, dtype=dtype)
+    seconds = dict.fromkeys(paths, 0.0)
+    for fn in paths.values():  # warm-up
+        torch.autograd.grad(fn(x), x, grad)
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.autograd.grad(fn(x), x, grad)
+            seconds[name] += time.perf_counter() - t0
+    return {n: round(s / (rounds * reps) * 1e3, 2) for n, s in seconds.items()}
 
 
 def main() -> None:
@@ -34,18 +52,7 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "shape": args.shape, "p": args.p, "ms_forward_backward": {}}
     for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(args.shape, dtype=dtype, requires_grad=True)
-        grad = torch.randn(args.shape, dtype=dtype)
-        seconds = dict.fromkeys(paths, 0.0)
-        for fn in paths.values():  # warm-up
-            torch.autograd.grad(fn(x), x, grad)
-        for _ in range(args.rounds):
-            for name, fn in paths.items():
-                t0 = time.perf_counter()
-                for _ in range(args.reps):
-                    torch.autograd.grad(fn(x), x, grad)
-                seconds[name] += time.perf_counter() - t0
-        ms = {n: round(s / (args.rounds * args.reps) * 1e3, 2) for n, s in seconds.items()}
+        ms = ms_forward_backward(paths, args.shape, dtype, args.rounds, args.reps)
         ms["speedup"] = round(ms["torch"] / ms["sidrec"], 2)
         result["ms_forward_backward"][str(dtype).removeprefix("torch.")] = ms
         print(str(dtype), ms)

@@ -4,8 +4,8 @@ Not part of the library. The kernels below draw a counter-based random number (s
 elements, write the output and a uint8 keep mask in one parallel pass, and the backward is one more pass: a
 scalar template for fp32 and bf16, and a bf16 kernel written for the compiler's auto-vectorizer (raw bf16 bits,
 blocks of 64 elements). It is
-built with ``torch.utils.cpp_extension.load_inline`` (needs a C++ compiler and ninja). The timing is as in
-``benchmarks/dropout_cpu.py``: forward + backward of a TIGER FFN hidden layer, both paths interleaved.
+built with ``torch.utils.cpp_extension.load_inline`` (needs a C++ compiler and ninja). The timing is
+``benchmarks/dropout_cpu.py``'s: forward + backward of a TIGER FFN hidden layer, the paths interleaved.
 
     PYTHONPATH=. python benchmarks/fused_dropout_probe.py --threads 2     # ~1 min, half of it compiling
 """
@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import torch
+from dropout_cpu import ms_forward_backward  # benchmarks/ is the script's folder
 from torch.utils.cpp_extension import load_inline
 
 from sidrec.models.dropout import dropout
@@ -180,20 +181,9 @@ def main() -> None:
             paths = {"sidrec": lambda x: dropout(x, args.p), "fused_kernel": lambda x: Fused.apply(x, args.p, False)}
             if dtype == torch.bfloat16:
                 paths["fused_kernel_vectorized"] = lambda x: Fused.apply(x, args.p, True)
-            x = torch.randn(args.shape, dtype=dtype, requires_grad=True)
-            grad = torch.randn(args.shape, dtype=dtype)
-            seconds = dict.fromkeys(paths, 0.0)
-            for fn in paths.values():  # warm-up
-                fn(x).backward(grad)
-            for _ in range(args.rounds):
-                for name, fn in paths.items():
-                    t0 = time.perf_counter()
-                    for _ in range(args.reps):
-                        fn(x).backward(grad)
-                    seconds[name] += time.perf_counter() - t0
+            times = ms_forward_backward(paths, args.shape, dtype, args.rounds, args.reps)
             ms[str(dtype).removeprefix("torch.")] = {
-                **{k: round(1000 * v / (args.rounds * args.reps), 2) for k, v in seconds.items()},
-                **{f"speedup_{k}": round(seconds["sidrec"] / v, 2) for k, v in seconds.items() if k != "sidrec"}}
+                **times, **{f"speedup_{k}": round(times["sidrec"] / v, 2) for k, v in times.items() if k != "sidrec"}}
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "shape": args.shape, "p": args.p,
               "compile_seconds": round(compile_seconds, 1), "fused_drop_rate": round(rate, 4),

@@ -30,9 +30,10 @@ from sidrec.data.loaders import load_dataset, needs_path
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.embeddings import EmbedConfig, embed_items, embedding_key
-from sidrec.eval.evaluate import evaluate
+from sidrec.eval.evaluate import generate_rankings
+from sidrec.eval.hybrid import TransitionTable, mix_rankings, select_lambda
 from sidrec.eval.locality import misalignment, prefix_sharing
-from sidrec.eval.metrics import baseline_metrics
+from sidrec.eval.metrics import baseline_metrics, topk_metrics
 from sidrec.models.registry import load_recommender, recommender_spec
 from sidrec.models.tiger import Tiger, save_model
 from sidrec.rundir import RunDir
@@ -457,14 +458,25 @@ class Run:
         item_sids = torch.as_tensor(sids, device=self.device)
         trie = SidTrie(item_sids, model.cfg.level_sizes).to(self.device)  # a joint run's dedup level is wider
         metrics: dict[str, Any] = {}
+        lam = None
         for part, ex in (("valid", split.valid), ("test", split.test)):
-            m = evaluate(model, ex, item_sids, trie, beam_size=e.beam_size, ks=e.ks, batch_size=e.batch_size,
-                         progress=self.progress, desc=f"evaluate {part}", bf16=e.bf16)
-            metrics.update({f"{part}.{k}": v for k, v in m.items()})
-            base = baseline_metrics(ds.sequences, ex.history, ex.target, 2 if part == "valid" else 1,
-                                    ds.num_items, e.ks)
+            if max(e.ks) > e.beam_size:
+                raise ValueError(f"largest K ({max(e.ks)}) exceeds the beam size ({e.beam_size})")
+            ranked, scores = generate_rankings(model, ex, item_sids, trie, e.beam_size, max(e.ks), e.batch_size,
+                                               self.progress, f"evaluate {part}", e.bf16, with_scores=True)
+            metrics.update({f"{part}.{k}": v for k, v in topk_metrics(ranked, ex.target, e.ks).items()})
+            cut = 2 if part == "valid" else 1
+            base = baseline_metrics(ds.sequences, ex.history, ex.target, cut, ds.num_items, e.ks)
             for name, m in base.items():
                 metrics.update({f"{name}.{part}.{k}": v for k, v in m.items()})
+            if e.transition_mix:
+                table = TransitionTable.from_sequences(ds.sequences, cut, ds.num_items)
+                last = ex.history[:, -1]
+                if lam is None:  # chosen on validation, applied once to test
+                    lam = select_lambda(ranked, scores, last, ex.target, table)
+                    metrics["hybrid.lambda"] = lam
+                mixed = mix_rankings(ranked, scores, last, table, lam, max(e.ks))
+                metrics.update({f"hybrid.{part}.{k}": v for k, v in topk_metrics(mixed, ex.target, e.ks).items()})
         metrics["tokenizer.health"] = read_json(RunDir.health_file(self.run.sids_dir))
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}
@@ -546,10 +558,11 @@ def results_table(metrics: dict[str, Any], ks: list[int], part: str = "test", la
         >>> print(results_table(read_json("runs/demo/metrics.json"), [5, 10], label="TIGER (rqvae)"))  # doctest: +SKIP
     """
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    width = max(12, len(label) + 2)
+    mixed = f"{label} + transition mix"  # eval.transition_mix: its own row, never the model's
+    width = max(12, len(mixed if f"hybrid.{part}.{cols[0]}" in metrics else label) + 2)
     head = f"{'model':<{width}}" + "".join(f"{c:>11}" for c in cols)
     rows = [head, "-" * len(head)]
-    for name, prefix in ((label, f"{part}."), ("popularity", f"popularity.{part}."),
+    for name, prefix in ((label, f"{part}."), (mixed, f"hybrid.{part}."), ("popularity", f"popularity.{part}."),
                          ("transition", f"transition.{part}.")):
         if prefix + cols[0] not in metrics:
             continue

@@ -46,8 +46,10 @@ def generate_rankings(
     progress: bool = True,
     desc: str = "decode",
     bf16: bool = True,
-) -> np.ndarray:
-    """Top-``topk`` items (U, topk) for every example via constrained beam search (-1 = empty slot).
+    with_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Top-``topk`` items (U, topk) for every example via constrained beam search (-1 = empty slot); with
+    ``with_scores`` also their log P(SID) (U, topk) (-inf for empty slots).
 
     Examples are decoded in order of history length, so that each batch is trimmed to histories of about one
     length; every user's beam search is independent of the others in its batch, so the rows are the same as in
@@ -60,7 +62,7 @@ def generate_rankings(
     model.eval()
     use_bf16 = bf16_autocast(device, bf16)
     by_length = np.argsort((examples.history >= 0).sum(1), kind="stable")  # (U,) shortest histories first
-    out = []
+    out, out_scores = [], []
     part = dist.shard(len(examples))  # all examples for one process
     for start in tqdm(range(part.start, part.stop, batch_size), desc=desc, disable=not progress, leave=False):
         rows = by_length[start : min(start + batch_size, part.stop)]
@@ -70,10 +72,15 @@ def generate_rankings(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             res = constrained_beam_search(model, ids, mask, trie, beam_size=beam_size, topk=topk)
         out.append(res.items.cpu().numpy())
+        out_scores.append(res.scores.float().cpu().numpy())
     model.train(was_training)
     ranked = np.empty((len(examples), topk), np.int64)
     ranked[by_length] = dist.gather_rows(np.concatenate(out) if out else np.zeros((0, topk), np.int64))
-    return ranked
+    if not with_scores:
+        return ranked
+    scores = np.empty((len(examples), topk), np.float32)
+    scores[by_length] = dist.gather_rows(np.concatenate(out_scores) if out_scores else np.zeros((0, topk), np.float32))
+    return ranked, scores
 
 
 def evaluate(

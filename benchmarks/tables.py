@@ -1,0 +1,286 @@
+"""The result tables of docs/results.md: one runner for every (dataset, row, seed), one renderer from its files.
+
+Every finished run leaves ``benchmarks/results/tables/<dataset>/<row>-seed<N>.json``: the flat metric keys of its
+``metrics.json`` (``test.recall@10``, ``transition.test.ndcg@10``, ...), its config and overrides, seed, commit,
+threads, wall minutes (training + validation, in all and up to the selected epoch) and the codebook health. The
+tables in docs/results.md are regenerated from those files alone (``render``), so a table never holds a number
+that no file backs.
+
+    # run rows (resumable: exit 3 = the budget of this call is used, call again; 0 = every run is done)
+    PYTHONPATH=. python benchmarks/tables.py run beauty --rows tiger --seeds 42 1 2 --budget 540
+    # the SASRec row of a dataset (``sidrec baseline`` on the same split)
+    PYTHONPATH=. python benchmarks/tables.py run beauty --rows sasrec --seeds 42
+    # a run made by another command (e.g. benchmarks/tiger_beauty.py) recorded as a row
+    PYTHONPATH=. python benchmarks/tables.py record beauty tiger runs/beauty
+    # rewrite the tables in docs/results.md (--check: exit 1 if they are not what the files give)
+    PYTHONPATH=. python benchmarks/tables.py render
+
+Each dataset has one recipe (``DATASETS[...].recipe``: the recommender's size and budget rule) that every row
+shares, so rows differ only in the method. Extra ``key=value`` arguments of ``run`` apply to every run and are
+recorded in its file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidrec.config import load_config
+from sidrec.pipeline import Run
+from sidrec.training.metrics_log import read_jsonl
+from sidrec.utils import atomic_write_json, atomic_write_text, read_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "tables"
+DOC = ROOT / "docs" / "results.md"
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
+
+@dataclass
+class Row:
+    label: str
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    title: str
+    recipe: list[str]  # shared by every row: the recommender's size and budget rule
+    rows: dict[str, Row]
+    paper: dict[str, tuple[float | None, ...]]  # label -> (R@5, N@5, R@10, N@10), from ../shared/TARGETS.md
+
+
+SODA = "schedule.losses.soda={weight: 0.1, direction: forward, tau: 1.0, in_batch: true}"
+ALTERNATING = ["schedule.name=alternating", "schedule.cycle_epochs=2", "schedule.warmup_epochs=10",
+               "schedule.finetune_epochs=100"]
+
+DATASETS: dict[str, Dataset] = {
+    "beauty": Dataset(
+        title="Amazon Beauty (2014, S3Rec split)",
+        # The Beauty recipe of configs/beauty.yaml; rows differ only in the method.
+        recipe=["train.valid_users=3000"],
+        rows={
+            "tiger": Row("TIGER (rqvae)", "configs/beauty.yaml"),
+            "letter": Row("LETTER-TIGER", "configs/letter-beauty.yaml"),
+            "cost": Row("CoST-TIGER", "configs/cost-beauty.yaml"),
+            "etegrec": Row("ETEGRec", "configs/etegrec-beauty.yaml"),
+            "tiger-soda": Row("TIGER + SODA", "configs/beauty.yaml", [*ALTERNATING, SODA]),
+            "diger-sdud": Row("DIGER-SDUD", "configs/diger-sdud-beauty.yaml"),
+            "sasrec": Row("SASRec (sidrec baseline)", "configs/beauty.yaml"),
+        },
+        paper={
+            "TIGER paper": (.0454, .0321, .0648, .0384),
+            "TIGER paper, 3 seeds mean": (.0441, .0309, .0642, .0374),
+            "LETTER-TIGER (LETTER paper)": (.0431, .0286, .0672, .0364),
+            "TIGER reproduction (cornac)": (.0419, .0270, .0634, .0338),
+            "TIGER reproduction (GRID, 4.9 GPU-hours)": (None, None, .0655, .0369),
+            "tuned SASRec (cornac)": (.0508, .0348, .0740, .0423),
+            "RPG (KDD'25)": (.0550, .0381, .0809, .0464),
+        },
+    ),
+    "office": Dataset(
+        title="Amazon Office (2018, LC-Rec split)",
+        recipe=["train.valid_users=3000"],
+        rows={
+            "tiger": Row("TIGER (rqvae)", "configs/office.yaml"),
+            "rqkmeans": Row("TIGER (rqkmeans)", "configs/office.yaml", ["tokenizer.name=rqkmeans"]),
+            "sasrec": Row("SASRec (sidrec baseline)", "configs/office.yaml"),
+        },
+        paper={},
+    ),
+}
+
+
+# -- running --------------------------------------------------------------------------------------------------------
+def result_path(dataset: str, row: str, seed: int) -> Path:
+    return RESULTS / dataset / f"{row}-seed{seed}.json"
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def training_minutes(run_dir: Path) -> tuple[float, float | None, int | None, int]:
+    """(training + validation minutes in all, the same up to the selected epoch, that epoch, epochs run)."""
+    log = run_dir / "recommender" / "metrics.jsonl"
+    epochs = [r for r in read_jsonl(log) if r["kind"] == "epoch"] if log.exists() else []
+    best_file = run_dir / "recommender" / "best" / "best.json"
+    best = read_json(best_file)["epoch"] if best_file.exists() else None
+    total = to_best = 0.0
+    for r in epochs:
+        total += r["train_seconds"] + r.get("valid_seconds", 0.0)
+        if best is not None and r["epoch"] <= best:
+            to_best = total
+    return round(total / 60, 2), (round(to_best / 60, 2) if best is not None else None), best, len(epochs)
+
+
+def record(dataset: str, row: str, seed: int, run_dir: Path, metrics: dict[str, Any], overrides: list[str],
+           preset: str) -> Path:
+    """Write one finished run's file (see the module docstring) and return its path."""
+    run = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    total, to_best, best, epochs = training_minutes(run_dir)
+    flat = {k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)}
+    out = result_path(dataset, row, seed)
+    atomic_write_json(out, {
+        "dataset": dataset, "row": row, "label": DATASETS[dataset].rows[row].label, "seed": seed,
+        "config": preset, "overrides": overrides, "commit": run.get("git_commit") or git_commit(),
+        "threads": run.get("cpu_threads"), "cpu_amx_bf16": run.get("cpu_amx_bf16"), "torch": run.get("torch"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_minutes": total, "minutes_to_best": to_best, "best_epoch": best, "epochs_run": epochs,
+        **flat, "tokenizer.health": metrics.get("tokenizer.health"), "protocol": metrics.get("protocol"),
+    })
+    return out
+
+
+def run_rows(args: argparse.Namespace) -> int:
+    ds = DATASETS[args.dataset]
+    rows = list(ds.rows) if args.rows == ["all"] else args.rows
+    unknown = [r for r in rows if r not in ds.rows]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown} of {args.dataset}; rows: {', '.join(ds.rows)}")
+    deadline = time.time() + args.budget
+    for seed in args.seeds:
+        for name in rows:
+            if result_path(args.dataset, name, seed).exists():
+                continue
+            if time.time() >= deadline:
+                return 3
+            row = ds.rows[name]
+            run_dir = Path(args.runs) / args.dataset / f"{name}-seed{seed}"
+            overrides = [*ds.recipe, *row.overrides, *args.overrides, f"seed={seed}", f"run_dir={run_dir}"]
+            cfg = load_config(str(ROOT / row.preset), overrides)
+            run = Run(cfg, progress=not args.quiet)
+            if name == "sasrec":  # the baseline of the same split, trained to its own early stop
+                metrics = {**run.stage_sasrec(run.stage_prepare()), "protocol": {"split": "leave-one-out",
+                                                                                "ranking": "full"}}
+            else:
+                metrics = run.run_all(resume=True, deadline=deadline)
+                if metrics is None:
+                    return 3
+            print(f"recorded {record(args.dataset, name, seed, run_dir, metrics, overrides, row.preset)}")
+    return 0
+
+
+def record_cmd(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    cfg = read_json(run_dir / "run.json")
+    metrics = read_json(run_dir / "metrics.json")
+    seed = cfg.get("seed", args.seed)
+    overrides = args.overrides or [f"run_dir={run_dir}"]
+    print(record(args.dataset, args.row, seed, run_dir, metrics, overrides, args.preset or
+                 DATASETS[args.dataset].rows[args.row].preset))
+    return 0
+
+
+# -- rendering ------------------------------------------------------------------------------------------------------
+def load_results(dataset: str) -> dict[str, list[dict[str, Any]]]:
+    """Row name -> its finished runs (one per seed), in seed order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((RESULTS / dataset).glob("*-seed*.json")):
+        r = read_json(path)
+        out.setdefault(r["row"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in out.items()}
+
+
+def cell(values: list[float]) -> str:
+    """Mean, and ± sample std over seeds when there are several; 4 decimals without the leading 0."""
+    f = lambda x: f"{x:.4f}".lstrip("0") if x >= 0 else f"-{abs(x):.4f}".lstrip("0")  # noqa: E731
+    if len(values) == 1:
+        return f(values[0])
+    return f"{f(statistics.fmean(values))} ± {f(statistics.stdev(values))}"
+
+
+def render_dataset(name: str) -> str:
+    ds = DATASETS[name]
+    results = load_results(name)
+    head = "| test | seeds | R@5 | N@5 | R@10 | N@10 | valid N@10 | minutes to best | collisions |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    first = None
+    for row, runs in ((r, results[r]) for r in ds.rows if r in results):
+        first = first or runs[0]
+        prefix = "sasrec.test." if row == "sasrec" else "test."
+        valid = "sasrec.valid.ndcg@10" if row == "sasrec" else "valid.ndcg@10"
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        health = [r["tokenizer.health"]["collision_rate"] for r in runs if r.get("tokenizer.health")]
+        minutes = [r["minutes_to_best"] for r in runs if r.get("minutes_to_best") is not None]
+        lines.append(f"| {ds.rows[row].label} | {seeds} | "
+                     + " | ".join(cell([r[prefix + m] for r in runs]) for m in METRICS)
+                     + f" | {cell([r[valid] for r in runs]) if all(valid in r for r in runs) else ''}"
+                     + f" | {cell(minutes) if minutes else ''} | {cell(health) if health and row != 'sasrec' else ''} |")
+        if all(f"hybrid.test.{METRICS[0]}" in r for r in runs):  # eval.transition_mix: its own row
+            lams = ", ".join(f"{r['hybrid.lambda']:g}" for r in runs)
+            lines.append(f"| {ds.rows[row].label} + transition mix (lambda {lams}, on validation) | {seeds} | "
+                         + " | ".join(cell([r[f"hybrid.test.{m}"] for r in runs]) for m in METRICS)
+                         + f" | {cell([r['hybrid.valid.ndcg@10'] for r in runs])} | | |")
+    if first is not None and "transition.test.recall@5" in first:
+        for base, label in (("popularity", "popularity"), ("transition", "last-item transition")):
+            lines.append(f"| {label} (same split) | | "
+                         + " | ".join(cell([first[f"{base}.test.{m}"]]) for m in METRICS)
+                         + f" | {cell([first[f'{base}.valid.ndcg@10']])} | | |")
+    for label, values in ds.paper.items():
+        lines.append(f"| {label} | | " + " | ".join("" if v is None else cell([v]) for v in values) + " | | | |")
+    missing = [f"{r}" for r in ds.rows if r not in results]
+    note = (f"\n\nRows not run yet: {', '.join(missing)}." if missing else "")
+    return (f"{ds.title}, test metrics of the checkpoint selected on validation NDCG@10 (mean ± sample std over "
+            "the seeds listed); generated by `benchmarks/tables.py render` from "
+            f"`benchmarks/results/tables/{name}/`.\n\n" + "\n".join(lines) + note)
+
+
+def render_doc(text: str) -> str:
+    """``text`` with every ``<!-- table:NAME -->`` ... ``<!-- /table:NAME -->`` block regenerated."""
+    def sub(m: re.Match) -> str:
+        return f"<!-- table:{m[1]} -->\n{render_dataset(m[1])}\n<!-- /table:{m[1]} -->"
+    return re.sub(r"<!-- table:(\w+) -->.*?<!-- /table:\1 -->", sub, text, flags=re.S)
+
+
+def render_cmd(args: argparse.Namespace) -> int:
+    text = DOC.read_text()
+    new = render_doc(text)
+    if args.check:
+        if new != text:
+            print("docs/results.md: the tables differ from what benchmarks/results/tables gives; run render")
+            return 1
+        return 0
+    if new != text:
+        atomic_write_text(DOC, new)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run rows x seeds (resumable)")
+    r.add_argument("dataset", choices=DATASETS)
+    r.add_argument("--rows", nargs="+", default=["all"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
+    r.add_argument("--budget", type=float, default=540.0, help="seconds of work in this call")
+    r.add_argument("--runs", default="runs/tables", help="run directories go to <runs>/<dataset>/<row>-seed<N>")
+    r.add_argument("--quiet", action="store_true")
+    r.add_argument("overrides", nargs="*")
+    c = sub.add_parser("record", help="record a finished run directory as a row")
+    c.add_argument("dataset", choices=DATASETS)
+    c.add_argument("row")
+    c.add_argument("run_dir")
+    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--preset")
+    c.add_argument("--overrides", nargs="*")
+    g = sub.add_parser("render", help="regenerate the tables in docs/results.md")
+    g.add_argument("--check", action="store_true")
+    args = ap.parse_args(argv)
+    return {"run": run_rows, "record": record_cmd, "render": render_cmd}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

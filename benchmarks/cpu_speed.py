@@ -44,7 +44,7 @@ from sidrec.models.dropout import Dropout
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.training.loop import bucket_by_length, epoch_order
 from sidrec.training.two_stage import LossModule
-from sidrec.utils import adamw, atomic_write_json, bf16_autocast, cpu_has_amx_bf16
+from sidrec.utils import adamw, atomic_write_json, bf16_autocast, cpu_bf16_isa
 
 
 def cpu_model() -> str:
@@ -265,7 +265,7 @@ def main() -> None:
     cfg, item_sids, sizes, split = load_problem(args.work)
     use_bf16 = bf16_autocast(torch.device("cpu"), True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
-              "cpu_amx_bf16": cpu_has_amx_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "cpu_bf16": cpu_bf16_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "bf16_autocast_fast_path": use_bf16, "train_prefixes": len(split.train.target),
               "command": "PYTHONPATH=. python benchmarks/cpu_speed.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()

@@ -59,23 +59,42 @@ class Dataset:
 
 
 SODA = "schedule.losses.soda={weight: 0.1, direction: forward, tau: 1.0, in_batch: true}"
-ALTERNATING = ["schedule.name=alternating", "schedule.cycle_epochs=2", "schedule.warmup_epochs=10",
-               "schedule.finetune_epochs=100"]
+# A tokenizer trained with alignment losses reduces its own loss to means (RunConfig.validate): the TIGER + SODA
+# rows' RQ-VAE is therefore fitted on the mean scale, unlike the TIGER row's (METHODS 1.1, summed).
+MEAN = "tokenizer.params.reduction=mean"
+ALTERNATING = ["schedule.name=alternating", "schedule.cycle_epochs=2", "schedule.tokenizer_lr=0.0001",
+               "schedule.warmup_epochs=10", "schedule.finetune_epochs=100"]
+SASREC = "SASRec (sidrec baseline)"
+
+
+def seed_rows(tiger: str, letter: str, cost: str, etegrec: str, diger: str, st_joint: str) -> dict[str, Row]:
+    """The rows of the seed methods on one dataset, from its presets."""
+    return {
+        "tiger": Row("TIGER (rqvae)", tiger),
+        "rqkmeans": Row("TIGER (rqkmeans)", tiger, ["tokenizer.name=rqkmeans",
+                                                     "tokenizer.params={num_levels: 3, codebook_size: 256}"]),
+        "letter": Row("LETTER-TIGER", letter),
+        "cost": Row("CoST-TIGER (contrastive)", cost),
+        "cost-mse-cl": Row("CoST-TIGER (mse + contrastive)", cost, ["tokenizer.params.recon=mse+contrastive"]),
+        "etegrec": Row("ETEGRec", etegrec),
+        "etegrec-joint": Row("ETEGRec, fully joint", etegrec, ["schedule.name=joint"]),
+        "diger-frqud": Row("DIGER-FrqUD", diger.format(ud="frqud")),
+        "diger-sdud": Row("DIGER-SDUD", diger.format(ud="sdud")),
+        "st-joint": Row("straight-through joint", st_joint),
+        "tiger-soda": Row("TIGER + SODA", tiger, [*ALTERNATING, SODA, MEAN]),
+        "letter-soda": Row("LETTER + SODA", letter, [*ALTERNATING, SODA]),
+        "etegrec-soda": Row("ETEGRec + SODA", etegrec, [SODA]),
+        "tiger-soda-joint": Row("TIGER + SODA, no alternation", tiger, [*ALTERNATING, "schedule.name=joint", SODA, MEAN]),
+        "sasrec": Row(SASREC, tiger),
+    }
+
 
 DATASETS: dict[str, Dataset] = {
     "beauty": Dataset(
         title="Amazon Beauty (2014, S3Rec split)",
-        # The Beauty recipe of configs/beauty.yaml; rows differ only in the method.
         recipe=["train.valid_users=3000"],
-        rows={
-            "tiger": Row("TIGER (rqvae)", "configs/beauty.yaml"),
-            "letter": Row("LETTER-TIGER", "configs/letter-beauty.yaml"),
-            "cost": Row("CoST-TIGER", "configs/cost-beauty.yaml"),
-            "etegrec": Row("ETEGRec", "configs/etegrec-beauty.yaml"),
-            "tiger-soda": Row("TIGER + SODA", "configs/beauty.yaml", [*ALTERNATING, SODA]),
-            "diger-sdud": Row("DIGER-SDUD", "configs/diger-sdud-beauty.yaml"),
-            "sasrec": Row("SASRec (sidrec baseline)", "configs/beauty.yaml"),
-        },
+        rows=seed_rows("configs/beauty.yaml", "configs/letter-beauty.yaml", "configs/cost-beauty.yaml",
+                       "configs/etegrec-beauty.yaml", "configs/diger-{ud}-beauty.yaml", "configs/st-joint-beauty.yaml"),
         paper={
             "TIGER paper": (.0454, .0321, .0648, .0384),
             "TIGER paper, 3 seeds mean": (.0441, .0309, .0642, .0374),
@@ -86,22 +105,61 @@ DATASETS: dict[str, Dataset] = {
             "RPG (KDD'25)": (.0550, .0381, .0809, .0464),
         },
     ),
+    "instruments": Dataset(
+        title="Amazon Instruments (2018, LC-Rec split)",
+        recipe=["train.valid_users=3000"],
+        rows={"tiger": Row("TIGER (rqvae)", "configs/instruments.yaml"),
+              "rqkmeans": Row("TIGER (rqkmeans)", "configs/instruments.yaml", ["tokenizer.name=rqkmeans",
+                              "tokenizer.params={num_levels: 3, codebook_size: 256}"]),
+              "letter": Row("LETTER-TIGER", "configs/letter-instruments.yaml"),
+              "cost": Row("CoST-TIGER (contrastive)", "configs/cost-instruments.yaml"),
+              "sasrec": Row(SASREC, "configs/instruments.yaml")},
+        paper={"SASRec (LETTER paper)": (.0751, .0627, .0947, .0690),
+               "TIGER (LETTER's run)": (.0870, .0737, .1058, .0797),
+               "LETTER-TIGER (LETTER paper)": (.0909, .0763, .1122, .0831)},
+    ),
     "office": Dataset(
         title="Amazon Office (2018, LC-Rec split)",
         recipe=["train.valid_users=3000"],
-        rows={
-            "tiger": Row("TIGER (rqvae)", "configs/office.yaml"),
-            "rqkmeans": Row("TIGER (rqkmeans)", "configs/office.yaml", ["tokenizer.name=rqkmeans"]),
-            "sasrec": Row("SASRec (sidrec baseline)", "configs/office.yaml"),
-        },
+        rows={"tiger": Row("TIGER (rqvae)", "configs/office.yaml"),
+              "rqkmeans": Row("TIGER (rqkmeans)", "configs/office.yaml", ["tokenizer.name=rqkmeans",
+                              "tokenizer.params={num_levels: 3, codebook_size: 256}"]),
+              "sasrec": Row(SASREC, "configs/office.yaml")},
+        paper={},
+    ),
+    "ml-100k": Dataset(
+        title="MovieLens-100K, the `make demo` preset",
+        recipe=[],
+        rows={"tiger": Row("TIGER (demo)", "configs/ml-100k-demo.yaml"),
+              "sasrec": Row(SASREC, "configs/ml-100k-demo.yaml")},
         paper={},
     ),
 }
 
+# --smoke: tiny models, tiny codebooks, 3 short epochs on the real data; checks the runner, not the methods. Its
+# files go to benchmarks/results/tables-smoke/, which no table reads.
+SMOKE = [
+    "data.max_history=10", "embed.sources=[cooccurrence]", "embed.cooccurrence_dim=32",
+    "tokenizer.params.codebook_size=16",
+    "model.params.d_model=16", "model.params.num_heads=2", "model.params.d_kv=8", "model.params.d_ff=32",
+    "model.params.num_encoder_layers=1", "model.params.num_decoder_layers=1", "train.epochs=3",
+    "train.prefixes_per_user=1", "train.valid_users=200", "train.warmup_steps=10", "train.device=cpu",
+    "eval.beam_size=10", "eval.ks=[5, 10]", "sasrec.params.d_model=16", "sasrec.train.epochs=1",
+]
+SMOKE_TOKENIZER = {"rqkmeans": ["tokenizer.params.iters=5"],
+                   "letter": ["tokenizer.params.epochs=2", "tokenizer.params.div_clusters=4",
+                              "tokenizer.collab={sources: [cooccurrence], cooccurrence_dim: 8}"]}
+
+
+def smoke_overrides(preset: str, overrides: list[str]) -> list[str]:
+    """SMOKE plus the shrinking of the row's tokenizer (k-means has iterations, the others epochs)."""
+    name = load_config(str(ROOT / preset), overrides).tokenizer.name
+    return SMOKE + SMOKE_TOKENIZER.get(name, ["tokenizer.params.epochs=2"])
+
 
 # -- running --------------------------------------------------------------------------------------------------------
-def result_path(dataset: str, row: str, seed: int) -> Path:
-    return RESULTS / dataset / f"{row}-seed{seed}.json"
+def result_path(dataset: str, row: str, seed: int, smoke: bool = False) -> Path:
+    return (RESULTS.with_name("tables-smoke") if smoke else RESULTS) / dataset / f"{row}-seed{seed}.json"
 
 
 def git_commit() -> str | None:
@@ -127,16 +185,16 @@ def training_minutes(run_dir: Path) -> tuple[float, float | None, int | None, in
 
 
 def record(dataset: str, row: str, seed: int, run_dir: Path, metrics: dict[str, Any], overrides: list[str],
-           preset: str) -> Path:
+           preset: str, smoke: bool = False) -> Path:
     """Write one finished run's file (see the module docstring) and return its path."""
     run = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     total, to_best, best, epochs = training_minutes(run_dir)
     flat = {k: v for k, v in metrics.items() if isinstance(v, float | int) and not isinstance(v, bool)}
-    out = result_path(dataset, row, seed)
+    out = result_path(dataset, row, seed, smoke)
     atomic_write_json(out, {
         "dataset": dataset, "row": row, "label": DATASETS[dataset].rows[row].label, "seed": seed,
         "config": preset, "overrides": overrides, "commit": run.get("git_commit") or git_commit(),
-        "threads": run.get("cpu_threads"), "cpu_amx_bf16": run.get("cpu_amx_bf16"), "torch": run.get("torch"),
+        "threads": run.get("cpu_threads"), "cpu_bf16": run.get("cpu_bf16", run.get("cpu_amx_bf16")), "torch": run.get("torch"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_minutes": total, "minutes_to_best": to_best, "best_epoch": best, "epochs_run": epochs,
         **flat, "tokenizer.health": metrics.get("tokenizer.health"), "protocol": metrics.get("protocol"),
@@ -153,23 +211,32 @@ def run_rows(args: argparse.Namespace) -> int:
     deadline = time.time() + args.budget
     for seed in args.seeds:
         for name in rows:
-            if result_path(args.dataset, name, seed).exists():
-                continue
-            if time.time() >= deadline:
-                return 3
             row = ds.rows[name]
+            if result_path(args.dataset, name, seed, args.smoke).exists():
+                continue
+            if not (ROOT / row.preset).exists():
+                print(f"skipping {name}: {row.preset} is not in this checkout")
+                continue
+            if time.time() >= deadline - args.min_seconds:
+                print(f"budget used before {name} / seed {seed}; call again to continue")
+                return 3
             run_dir = Path(args.runs) / args.dataset / f"{name}-seed{seed}"
-            overrides = [*ds.recipe, *row.overrides, *args.overrides, f"seed={seed}", f"run_dir={run_dir}"]
+            overrides = [*ds.recipe, *row.overrides,
+                         *(smoke_overrides(row.preset, row.overrides) if args.smoke else []), *args.overrides,
+                         f"seed={seed}", f"run_dir={run_dir}", f"cache_dir={args.cache}"]
             cfg = load_config(str(ROOT / row.preset), overrides)
-            run = Run(cfg, progress=not args.quiet)
+            run = Run(cfg, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
+            print(f"== {args.dataset} / {name} / seed {seed}", flush=True)
             if name == "sasrec":  # the baseline of the same split, trained to its own early stop
-                metrics = {**run.stage_sasrec(run.stage_prepare()), "protocol": {"split": "leave-one-out",
-                                                                                "ranking": "full"}}
+                metrics = {**run.stage_sasrec(run.stage_prepare()),
+                           "protocol": {"split": "leave-one-out", "ranking": "full"}}
             else:
                 metrics = run.run_all(resume=True, deadline=deadline)
                 if metrics is None:
+                    print(f"budget used during {name} / seed {seed}; call again to resume it")
                     return 3
-            print(f"recorded {record(args.dataset, name, seed, run_dir, metrics, overrides, row.preset)}")
+            out = record(args.dataset, name, seed, run_dir, metrics, overrides, row.preset, args.smoke)
+            print(f"recorded {out}", flush=True)
     return 0
 
 
@@ -267,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
     r.add_argument("--budget", type=float, default=540.0, help="seconds of work in this call")
     r.add_argument("--runs", default="runs/tables", help="run directories go to <runs>/<dataset>/<row>-seed<N>")
+    r.add_argument("--cache", default=".sidrec/cache", help="cache_dir shared by all runs (embeddings)")
+    r.add_argument("--min-seconds", type=float, default=60.0,
+                   help="do not start another run with less than this left of the budget")
+    r.add_argument("--smoke", action="store_true", help="shrink everything: checks the runner, not the methods")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("overrides", nargs="*")
     c = sub.add_parser("record", help="record a finished run directory as a row")

@@ -49,7 +49,7 @@ def write_curve(run_dir: Path, out: Path, args: argparse.Namespace, metrics: dic
         "command": "PYTHONPATH=. python benchmarks/tiger_beauty.py " + " ".join(sys.argv[1:]),
         "config": args.config, "overrides": args.overrides, "commit": run.get("git_commit"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "finished": metrics is not None,
-        "threads": run.get("cpu_threads"), "cpu_amx_bf16": run.get("cpu_amx_bf16"), "epochs": epochs,
+        "threads": run.get("cpu_threads"), "cpu_bf16": run.get("cpu_bf16", run.get("cpu_amx_bf16")), "epochs": epochs,
         "best_so_far": best,
         "final_metrics": {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)} if metrics else None,
     })

@@ -95,7 +95,7 @@ class EvalConfig:
     beam_size: int = 20
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     batch_size: int = 512
-    bf16: bool = True  # decode under bf16 autocast where it is fast (CUDA, or a CPU with AMX)
+    bf16: bool = True  # decode under bf16 autocast where it is fast (CUDA, or a CPU with native bf16: AMX or AVX512-BF16)
     # Also report the beam mixed with a last-item transition prior (``sidrec.eval.hybrid``), its weight chosen on
     # validation: the ``hybrid.*`` row, a method beyond the paper, never reported as the model itself.
     transition_mix: bool = False

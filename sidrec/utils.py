@@ -193,19 +193,27 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles (``amx_bf16`` in /proc/cpuinfo), where oneDNN runs bf16 matrix
-    products several times faster than fp32; without them bf16 autocast on the CPU is slower, not faster."""
+def cpu_bf16_isa(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's native bf16 matrix instructions from /proc/cpuinfo: ``"amx_bf16"`` (AMX tiles), else
+    ``"avx512_bf16"`` (bf16 dot products), else None. With either, oneDNN runs bf16 matrix products faster than
+    fp32 (TIGER's training step: 2.3x with avx512_bf16 on an AMD EPYC, docs/benchmarks.md); without them bf16
+    autocast on the CPU is emulated and slower, not faster."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+        with open(cpuinfo, encoding="utf-8") as f:
+            flags = next((set(line.split()) for line in f if line.startswith("flags")), set())
     except OSError:
-        return False
+        return None
+    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), None)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (``cpu_bf16_isa``)."""
+    return cpu_bf16_isa() is not None
 
 
 def bf16_autocast(device: torch.device, bf16: bool) -> bool:
-    """Whether to run under bf16 autocast: asked for (``bf16``) and fast here (CUDA, or a CPU with AMX)."""
-    return bf16 and (device.type == "cuda" or (device.type == "cpu" and cpu_has_amx_bf16()))
+    """Whether to run under bf16 autocast: asked for (``bf16``) and fast here (CUDA, or a CPU with native bf16)."""
+    return bf16 and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
 
 
 def adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -247,5 +255,5 @@ def run_metadata(seed: int) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "git_commit": git_commit(),
         "cpu_threads": torch.get_num_threads(),
-        "cpu_amx_bf16": cpu_has_amx_bf16(),  # with train.bf16 / eval.bf16: whether CPU runs used bf16 autocast
+        "cpu_bf16": cpu_bf16_isa(),  # with train.bf16 / eval.bf16: whether (and how) CPU runs used bf16 autocast
     }

@@ -25,7 +25,7 @@ class TrainConfig:
     eval_beam_size: int = 20  # beam used for validation during training
     valid_users: int = 0  # 0 = all users; else a fixed seeded subset for faster validation
     device: str = "auto"
-    bf16: bool = True  # bf16 autocast (fp32 weights) where it is fast: CUDA, or a CPU with AMX (run.json: cpu_amx_bf16)
+    bf16: bool = True  # bf16 autocast (fp32 weights) where it is fast: CUDA, or a CPU with AMX or AVX512-BF16 (run.json: cpu_bf16)
     length_buckets: bool = True  # batches of similar history length, each trimmed to its longest (same losses)
     max_steps: int = 0  # 0 = no cap (a cap for quick smoke runs)
     prefixes_per_user: int = 0  # 0 = every training prefix each epoch (METHODS 1.3); k > 0 = k random per user

@@ -99,12 +99,22 @@ def test_sorted_decoding_gives_the_rows_of_dataset_order():
     np.testing.assert_array_equal(fast, np.concatenate(simple))
 
 
+def test_native_bf16_is_amx_or_avx512_bf16(tmp_path):
+    from sidrec.utils import cpu_bf16_isa
+
+    for flags, isa in (("fpu avx2 avx512f", None), ("fpu avx512f avx512_bf16", "avx512_bf16"),
+                       ("fpu avx512_bf16 amx_bf16 amx_tile", "amx_bf16")):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_bf16_isa(str(tmp_path / "cpuinfo")) == isa
+    assert cpu_bf16_isa(str(tmp_path / "missing")) is None
+
+
 def test_bf16_autocast_only_where_it_is_fast(monkeypatch):
     import sidrec.utils as utils
 
-    monkeypatch.setattr(utils, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(utils, "cpu_has_bf16", lambda: False)
     assert not bf16_autocast(torch.device("cpu"), True)
-    monkeypatch.setattr(utils, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(utils, "cpu_has_bf16", lambda: True)
     assert bf16_autocast(torch.device("cpu"), True)
     assert not bf16_autocast(torch.device("cpu"), False)
     assert bf16_autocast(torch.device("cuda"), True)

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate a trained run directory and print the results table.")
     ev.add_argument("run_dir")
     ev.add_argument("--quiet", action="store_true")
+    _add_allow_stale(ev)
     rec = sub.add_parser("recommend", help="recommend items after a history of item keys",
                          description="Top-k items (with titles) after a history of item keys, oldest first.")
     rec.add_argument("run_dir")
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
     rec.add_argument("--quiet", action="store_true", help="accepted for uniformity: recommend prints only its result")
+    _add_allow_stale(rec)
     srv = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)",
                          description="Serve a trained run over HTTP: POST /recommend, POST /recommend/batch, "
                                      "GET /items/{key}, GET /health. A host other than loopback needs an API key.")
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key-env", metavar="NAME",
                      help="environment variable holding the key that clients must send as X-API-Key")
     srv.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
+    _add_allow_stale(srv)
     _add_interop_parsers(sub)
     srv.add_argument("--quiet", action="store_true", help="log only warnings and errors (no access log)")
     rep = sub.add_parser("report", help="write a self-contained HTML report of a run (needs the 'report' extra)",
@@ -90,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--users", type=int, default=3, help="example users with recommendations")
     rep.add_argument("--quiet", action="store_true", help="no notes about sections that could not be drawn")
     return parser
+
+
+def _add_allow_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-stale", action="store_true",
+                   help="use model/ even when an earlier stage re-ran after it was trained (e.g. prepare on changed "
+                        "data), with a warning; by default that is an error naming the stage")
 
 
 def _add_interop_parsers(sub) -> None:
@@ -200,9 +209,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sidrec.data.dataset import Dataset
     from sidrec.data.splits import leave_one_out
     from sidrec.models.registry import load_recommender
-    from sidrec.pipeline import Run, model_label, results_table
+    from sidrec.pipeline import Run, check_model, model_label, results_table
     from sidrec.tokenizers import load_sids
 
+    check_model(args.run_dir, args.allow_stale)
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
     ds = Dataset.load(run.run.data)
     sids, sizes = load_sids(run.run.sids_dir)
@@ -215,7 +225,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from sidrec.serve.service import Recommender
 
-    rec = Recommender.from_run(args.run_dir, bf16=args.bf16)
+    rec = Recommender.from_run(args.run_dir, bf16=args.bf16, allow_stale=args.allow_stale)
     recs = rec.recommend(args.history, k=args.k, exclude_history=not args.include_history)
     if args.json:
         print(json.dumps([r.__dict__ for r in recs], indent=2))
@@ -231,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ValueError(f"{e}; install the server with: pip install 'sidrec[serve]'") from e
     serve(args.run_dir, host=args.host, port=args.port, api_key_env=args.api_key_env, quiet=args.quiet,
-          bf16=args.bf16)
+          bf16=args.bf16, allow_stale=args.allow_stale)
     return 0
 
 

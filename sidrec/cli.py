@@ -1,7 +1,9 @@
 """The ``sidrec`` command line: one subcommand per stage, plus ``run`` for all of them.
 
-    sidrec run configs/movielens-100k.yaml train.epochs=5 run_dir=runs/quick
-    sidrec run configs/beauty.yaml --nproc 4          # data-parallel on 4 GPUs (torchrun + DDP)
+    sidrec presets                      # the shipped presets, one line each
+    sidrec run movielens-100k train.epochs=5 run_dir=runs/quick
+    sidrec run my-config.yaml           # a YAML file of your own (sidrec presets beauty > my-config.yaml)
+    sidrec run beauty --nproc 4         # data-parallel on 4 GPUs (torchrun + DDP)
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
@@ -35,7 +37,7 @@ STAGE_HELP = {
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML preset, e.g. configs/movielens-100k.yaml")
+    p.add_argument("config", help="a preset name (see `sidrec presets`), e.g. ml-100k-demo, or a YAML file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 seed=1")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
@@ -85,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_stale(srv)
     _add_interop_parsers(sub)
     srv.add_argument("--quiet", action="store_true", help="log only warnings and errors (no access log)")
+    pre = sub.add_parser("presets", help="list the shipped presets (data, tokenizer, model, what each reproduces)",
+                         description="The presets that ship with sidrec, one line each; with a name, print that "
+                                     "preset's YAML (a starting point for a config of your own).")
+    pre.add_argument("name", nargs="?", help="print this preset's YAML")
+    pre.add_argument("--quiet", action="store_true", help="accepted for uniformity")
     rep = sub.add_parser("report", help="write a self-contained HTML report of a run (needs the 'report' extra)",
                          description="Metrics beside the baselines, training curves, codebook health, a sample "
                                      "of the SID tree and example recommendations, in one HTML file.")
@@ -245,6 +252,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _presets(args: argparse.Namespace) -> int:
+    from sidrec.config import preset_path, preset_summary, presets
+
+    if args.name is not None:
+        print(preset_path(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    rows = [("name", "data", "tokenizer", "model", "what it is")]
+    for name, path in presets().items():
+        cfg = load_config(path)
+        model = cfg.model.name + ("" if cfg.schedule.plain else f" ({cfg.schedule.name})")
+        rows.append((name, f"{cfg.data.name} ({cfg.data.format})", cfg.tokenizer.name, model, preset_summary(path)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[4])
+    print("\nsidrec run NAME [key=value ...] runs one; sidrec presets NAME prints its YAML")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sidrec.report import write_report
 
@@ -327,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export_sids(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "presets":
+            return _presets(args)
         return _stage(args, argv)
     except (ConfigError, ValueError, FileNotFoundError, KeyError, ImportError, CheckpointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

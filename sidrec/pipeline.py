@@ -77,7 +77,7 @@ class Run:
     """A run directory and its config; each ``stage_*`` method is idempotent and cached.
 
     Example:
-        >>> run = Run(load_config("configs/movielens-100k.yaml", ["run_dir=runs/demo"]))  # doctest: +SKIP
+        >>> run = Run(load_config("movielens-100k", ["run_dir=runs/demo"]))  # doctest: +SKIP
         >>> run.run_all()  # doctest: +SKIP
     """
 

@@ -148,3 +148,15 @@ def test_etegrec_presets_restate_no_defaults():
         cfg = load_config(p)
         if cfg.model.name == "etegrec":
             assert cfg.model.params == {}, p
+
+
+def test_presets_resolve_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    from sidrec.config import preset_path, presets
+
+    assert {"ml-100k-demo", "beauty", "office"} <= set(presets())
+    assert load_config("ml-100k-demo") == load_config(presets()["ml-100k-demo"])
+    with pytest.raises(FileNotFoundError, match="nor a preset name \\(presets: beauty, "):
+        load_config("beuaty")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "beauty").write_text("seed: 7\n")  # a file of that name in the working directory
+    assert preset_path("beauty").resolve() == tmp_path / "beauty" and load_config("beauty").seed == 7

@@ -571,8 +571,8 @@ def stale_model(run_dir: str | Path) -> str | None:
     After, say, ``sidrec prepare`` alone on changed data, ``data/`` holds the new data while ``model/`` and the
     SIDs it reads were made from the old: stages.json flags the train stage stale, naming the stage that re-ran
     (``Run._mark``). Also caught: a config.yaml whose tokenizer or training settings are not those the recorded
-    stages ran under, and runs of earlier versions, which dropped the later stages' keys instead of flagging them.
-    Run directories without stages.json (made by hand) are not judged.
+    stages ran under (when this version can read it), and runs of earlier versions, which dropped the later stages'
+    keys instead of flagging them. Run directories without stages.json (made by hand) are not judged.
     """
     run = RunDir(run_dir)
     if not run.stages.exists():
@@ -585,7 +585,10 @@ def stale_model(run_dir: str | Path) -> str | None:
                 "model was trained" if done else "stages.json records no stage")
     if "stale" in train:
         return f"the {train['stale']} stage re-ran with other results after the model was trained"
-    cfg = load_config(run.config)
+    try:
+        cfg = load_config(run.config)
+    except (ConfigError, FileNotFoundError):  # missing, or written by a version whose keys this one does not read
+        return None
     tokenize = _tokenize_key(cfg, records.get("embed", {}).get("key", ""))
     if tokenize != records.get("tokenize", {}).get("key"):
         return "config.yaml's tokenize settings are not those the tokenize stage ran under"

@@ -88,6 +88,16 @@ def test_a_config_that_no_longer_matches_the_model_is_stale(tiny_run, tmp_path):
     assert stale_model(run) == "config.yaml's train settings are not those the model was trained under"
 
 
+def test_runs_of_earlier_versions_are_read_and_judged(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    keys = {stage: rec["key"] for stage, rec in stages(run).items()}  # the format before per-stage records
+    (run / "stages.json").write_text(json.dumps(keys))
+    assert stale_model(run) is None
+    (run / "stages.json").write_text(json.dumps({"prepare": keys["prepare"]}))  # how they dropped later stages
+    assert stale_model(run) == ("stages.json records no train stage: the prepare stage re-ran with other results "
+                                "after the model was trained")
+
+
 def test_stages_record_their_own_provenance_and_cached_stages_keep_theirs(tiny_args, monkeypatch):
     run, args = tiny_args
     assert main(["run", DEMO, *args, "--quiet"]) == 0

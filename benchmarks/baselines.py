@@ -28,7 +28,7 @@ KS = [5, 10, 20]
 
 
 def baselines(preset: str, runs: Path, train_only: bool) -> dict[str, float]:
-    cfg = load_config(f"configs/{preset}.yaml", [f"run_dir={runs / preset}"])
+    cfg = load_config(preset, [f"run_dir={runs / preset}"])
     ds = Run(cfg, progress=False, log=lambda *_: None).stage_prepare()
     split = leave_one_out(ds, cfg.data.max_history)
     out: dict[str, float] = {}

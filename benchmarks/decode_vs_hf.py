@@ -51,11 +51,11 @@ def _sync(device: torch.device) -> None:
 
 def beauty_problem(work: str) -> tuple[Dataset, np.ndarray, list[int], TigerConfig]:
     """Amazon Beauty with RQ-KMeans SIDs (3 x 256 + dedup) of co-occurrence embeddings (stages cached in ``work``)
-    and configs/beauty.yaml's TIGER config (the paper's sizes): (dataset, SIDs (N, Lc), level sizes, config)."""
+    and the beauty preset's TIGER config (the paper's sizes): (dataset, SIDs (N, Lc), level sizes, config)."""
     overrides = [f"run_dir={work}/run", f"cache_dir={work}/cache", "embed.sources=[cooccurrence]",
                  "tokenizer.name=rqkmeans", "tokenizer.params={num_levels: 3, codebook_size: 256, iters: 20}",
                  "train.device=cpu"]
-    run = Run(load_config("configs/beauty.yaml", overrides), progress=False, log=lambda *_: None)
+    run = Run(load_config("beauty", overrides), progress=False, log=lambda *_: None)
     ds, sids, sizes = run.stage_inputs()
     return ds, sids, sizes, run.cfg.model.model_config(level_sizes=sizes, max_history=run.cfg.data.max_history)
 

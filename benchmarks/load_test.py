@@ -47,7 +47,7 @@ def build_run(run_dir: Path) -> None:
         f"run_dir={run_dir}",
         f"cache_dir={run_dir.parent / 'cache'}",
     ]
-    if cli(["run", "configs/ml-100k-demo.yaml", *overrides, "--quiet"]) != 0:
+    if cli(["run", "ml-100k-demo", *overrides, "--quiet"]) != 0:
         raise SystemExit("building the run failed")
 
 

@@ -1,7 +1,9 @@
 """The ``sidrec`` command line: one subcommand per stage, plus ``run`` for all of them.
 
-    sidrec run configs/movielens-100k.yaml train.epochs=5 run_dir=runs/quick
-    sidrec run configs/beauty.yaml --nproc 4          # data-parallel on 4 GPUs (torchrun + DDP)
+    sidrec presets                      # the shipped presets, one line each
+    sidrec run movielens-100k train.epochs=5 run_dir=runs/quick
+    sidrec run my-config.yaml           # a YAML file of your own (sidrec presets beauty > my-config.yaml)
+    sidrec run beauty --nproc 4         # data-parallel on 4 GPUs (torchrun + DDP)
     sidrec evaluate runs/quick
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
@@ -35,7 +37,7 @@ STAGE_HELP = {
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML preset, e.g. configs/movielens-100k.yaml")
+    p.add_argument("config", help="a preset name (see `sidrec presets`), e.g. ml-100k-demo, or a YAML file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 seed=1")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate a trained run directory and print the results table.")
     ev.add_argument("run_dir")
     ev.add_argument("--quiet", action="store_true")
+    _add_allow_stale(ev)
     rec = sub.add_parser("recommend", help="recommend items after a history of item keys",
                          description="Top-k items (with titles) after a history of item keys, oldest first.")
     rec.add_argument("run_dir")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
     rec.add_argument("--quiet", action="store_true", help="accepted for uniformity: recommend prints only its result")
+    _add_allow_stale(rec)
     srv = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)",
                          description="Serve a trained run over HTTP: POST /recommend, POST /recommend/batch, "
                                      "GET /items/{key}, GET /health. A host other than loopback needs an API key.")
@@ -80,8 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key-env", metavar="NAME",
                      help="environment variable holding the key that clients must send as X-API-Key")
     srv.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
+    _add_allow_stale(srv)
     _add_interop_parsers(sub)
     srv.add_argument("--quiet", action="store_true", help="log only warnings and errors (no access log)")
+    pre = sub.add_parser("presets", help="list the shipped presets (data, tokenizer, model, what each reproduces)",
+                         description="The presets that ship with sidrec, one line each; with a name, print that "
+                                     "preset's YAML (a starting point for a config of your own).")
+    pre.add_argument("name", nargs="?", help="print this preset's YAML")
+    pre.add_argument("--quiet", action="store_true", help="accepted for uniformity")
     rep = sub.add_parser("report", help="write a self-contained HTML report of a run (needs the 'report' extra)",
                          description="Metrics beside the baselines, training curves, codebook health, a sample "
                                      "of the SID tree and example recommendations, in one HTML file.")
@@ -90,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--users", type=int, default=3, help="example users with recommendations")
     rep.add_argument("--quiet", action="store_true", help="no notes about sections that could not be drawn")
     return parser
+
+
+def _add_allow_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-stale", action="store_true",
+                   help="use model/ even when an earlier stage re-ran after it was trained (e.g. prepare on changed "
+                        "data), with a warning; by default that is an error naming the stage")
 
 
 def _add_interop_parsers(sub) -> None:
@@ -200,9 +216,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sidrec.data.dataset import Dataset
     from sidrec.data.splits import leave_one_out
     from sidrec.models.registry import load_recommender
-    from sidrec.pipeline import Run, model_label, results_table
+    from sidrec.pipeline import Run, check_model, model_label, results_table
     from sidrec.tokenizers import load_sids
 
+    check_model(args.run_dir, args.allow_stale)
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
     ds = Dataset.load(run.run.data)
     sids, sizes = load_sids(run.run.sids_dir)
@@ -215,7 +232,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from sidrec.serve.service import Recommender
 
-    rec = Recommender.from_run(args.run_dir, bf16=args.bf16)
+    rec = Recommender.from_run(args.run_dir, bf16=args.bf16, allow_stale=args.allow_stale)
     recs = rec.recommend(args.history, k=args.k, exclude_history=not args.include_history)
     if args.json:
         print(json.dumps([r.__dict__ for r in recs], indent=2))
@@ -231,7 +248,25 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ValueError(f"{e}; install the server with: pip install 'sidrec[serve]'") from e
     serve(args.run_dir, host=args.host, port=args.port, api_key_env=args.api_key_env, quiet=args.quiet,
-          bf16=args.bf16)
+          bf16=args.bf16, allow_stale=args.allow_stale)
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from sidrec.config import preset_path, preset_summary, presets
+
+    if args.name is not None:
+        print(preset_path(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    rows = [("name", "data", "tokenizer", "model", "what it is")]
+    for name, path in presets().items():
+        cfg = load_config(path)
+        model = cfg.model.name + ("" if cfg.schedule.plain else f" ({cfg.schedule.name})")
+        rows.append((name, f"{cfg.data.name} ({cfg.data.format})", cfg.tokenizer.name, model, preset_summary(path)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[4])
+    print("\nsidrec run NAME [key=value ...] runs one; sidrec presets NAME prints its YAML")
     return 0
 
 
@@ -317,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export_sids(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "presets":
+            return _presets(args)
         return _stage(args, argv)
     except (ConfigError, ValueError, FileNotFoundError, KeyError, ImportError, CheckpointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

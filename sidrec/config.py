@@ -9,6 +9,7 @@ their own config classes, whose defaults apply.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from sidrec.schema import ConfigError, apply_overrides, from_dict, read_yaml_map
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.sasrec import SASRecTrainConfig
 
-__all__ = ["ConfigError", "RunConfig", "dump_config", "input_path", "load_config", "resolve_embed"]
+__all__ = ["ConfigError", "RunConfig", "dump_config", "input_path", "load_config", "preset_path", "preset_summary",
+           "presets", "resolve_embed"]
 
 
 @dataclass
@@ -228,14 +230,66 @@ def resolve_embed(cfg: EmbedConfig, key: str) -> EmbedConfig:
     return dataclasses.replace(cfg, npy_path=npy, model_path=model)
 
 
+# The presets ship inside the package (configs/ in the repository is a link to this folder).
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> dict[str, Path]:
+    """``{name: YAML file}`` of the shipped presets, e.g. ``"ml-100k-demo"``.
+
+    Example:
+        >>> presets()["ml-100k-demo"].name
+        'ml-100k-demo.yaml'
+    """
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.yaml"))}
+
+
+def preset_path(config: str | Path) -> Path:
+    """The YAML file of ``config``: a path to a file, or the name of a shipped preset (``sidrec presets``).
+
+    A file of that name wins over a preset; a name that is neither is an error listing the presets.
+
+    Example:
+        >>> preset_path("beauty") == PRESETS_DIR / "beauty.yaml"
+        True
+    """
+    path = Path(config)
+    if path.exists() or str(config) not in presets():
+        if not path.exists():
+            raise FileNotFoundError(f"{config}: config file not found, nor a preset name (presets: "
+                                    f"{', '.join(presets())}; `sidrec presets` describes them)")
+        return path
+    return presets()[str(config)]
+
+
+def preset_summary(path: str | Path) -> str:
+    """What a preset reproduces: its leading comment up to the first ``: `` or ``. `` (one line), without the
+    references to the repository's method statements.
+
+    Example:
+        >>> preset_summary(presets()["beauty"])
+        'Amazon Beauty 2014 (S3Rec/P5/TIGER preprocessing)'
+    """
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = re.sub(r" \(METHODS [\d.]+\)", "", " ".join(lines))  # the method statements of the repository's docs
+    cut = min((i for i in (text.find(": "), text.find(". ")) if i >= 0), default=len(text))
+    return text[:cut].rstrip(".")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML preset (or the defaults), apply overrides, validate.
+    """Load a YAML file or a shipped preset by name (or the defaults), apply overrides, validate.
 
     Example:
         >>> load_config(None, ["train.epochs=3", "data.name=beauty"]).train.epochs
         3
+        >>> load_config("ml-100k-demo").data.max_history
+        10
     """
-    data = read_yaml_mapping(path) if path is not None else {}
+    data = read_yaml_mapping(preset_path(path)) if path is not None else {}
     apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
 

@@ -10,13 +10,13 @@ parameters train in the current phase.
 
 Launch on one machine (the two lines are equivalent)::
 
-    sidrec run configs/beauty.yaml --nproc 4
-    torchrun --standalone --nproc_per_node 4 -m sidrec run configs/beauty.yaml
+    sidrec run beauty --nproc 4
+    torchrun --standalone --nproc_per_node 4 -m sidrec run beauty
 
 Across machines, run on every node (R = 0 .. nodes - 1, HOST = the address of node 0)::
 
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
-        -m sidrec run configs/beauty.yaml
+        -m sidrec run beauty
 
 Without torchrun's environment (``WORLD_SIZE`` unset or 1) every helper here is a no-op for one process.
 """
@@ -252,7 +252,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     fails.
 
     Example:
-        >>> launch(2, ["run", "configs/ml-100k-demo.yaml", "--quiet"])  # doctest: +SKIP
+        >>> launch(2, ["run", "ml-100k-demo", "--quiet"])  # doctest: +SKIP
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sidrec", *argv]

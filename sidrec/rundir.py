@@ -1,8 +1,11 @@
 """The layout of a run directory: ``RunDir`` is the only place that knows a path inside a run.
 
     config.yaml          the resolved RunConfig          run.json       seed, versions, git commit, threads of the
-                                                                        process that trained
-    stages.json          a key per finished stage, a hash of what the stage read (``sidrec.pipeline.Run.keys``)
+                                                                        last process that ran a stage
+    stages.json          a record per finished stage: its key, a hash of what the stage read
+                         (``sidrec.pipeline.Run.keys``), and its provenance (commit, versions, device, threads,
+                         processes, precision, finish time); a record flagged ``"stale": STAGE`` was made before
+                         STAGE re-ran with other results (``sidrec.pipeline.stale_model``)
     data/                the prepared Dataset
     tokenizer/           the tokenize stage's output: weights, tokenizer.json, sids.npy, health.json, fit_log.jsonl
     recommender/         the recommender's training (``TrainingDir``): key, checkpoints/, best/, metrics.jsonl (a

@@ -1,4 +1,9 @@
-"""The README's Python API example, on a tiny trained run."""
+"""The Python examples of the README and docs/guide.md, on a tiny trained run."""
+
+import re
+from pathlib import Path
+
+import pytest
 
 import sidrec
 
@@ -11,17 +16,15 @@ def test_load_run_and_recommend(tiny_run):
     assert all(len(r.sid) == rec.item_sids.shape[1] for r in out)
 
 
-def test_readme_python_examples_run(tiny_run, capsys):
-    """Every ```python block of README.md, on the tiny run (its path and item keys substituted)."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+@pytest.mark.parametrize("doc, lines", [("README.md", 5), ("docs/guide.md", 5 + 2)])
+def test_python_examples_of_the_docs_run(doc, lines, tiny_run, capsys):
+    """Every ```python block of the README and the guide, on the tiny run (its path and item keys substituted)."""
+    text = (Path(__file__).resolve().parents[1] / doc).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks
     for code in blocks:
         code = code.replace("runs/ml-100k-demo", str(tiny_run))
         code = code.replace('["50", "172", "181"]', '["i3", "i4", "i5"]')
-        exec(compile(code, "README.md", "exec"), {})  # our own README: running it is the point
+        exec(compile(code, doc, "exec"), {})  # our own docs: running them is the point
     out = capsys.readouterr().out
-    assert out.count("\n") >= 5 + 2  # five recommendations, then the codes of two items
+    assert out.count("\n") >= lines  # five recommendations (and in the guide the codes of two items)

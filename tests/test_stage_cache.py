@@ -2,13 +2,17 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sidrec.cli import main
 from sidrec.data.dataset import Dataset
 from sidrec.embeddings import EmbedConfig, embedding_key
+from sidrec.pipeline import StaleRunError, stale_model
+from sidrec.serve.service import Recommender
 
 DEMO = "configs/ml-100k-demo.yaml"
 DEMO_ABS = Path(__file__).parents[1] / DEMO
@@ -51,13 +55,65 @@ def test_changed_data_retrains_and_unchanged_content_does_not(tiny_args):
     assert all(new[s] != old[s] for s in ("embed", "tokenize", "train", "evaluate"))
 
 
-def test_prepare_alone_drops_the_stages_of_changed_data(tiny_args):
+def test_prepare_alone_on_changed_data_makes_the_model_stale(tiny_args, capsys):
     run, args = tiny_args
     assert main(["run", DEMO, *args, "--quiet"]) == 0
+    trained = stages(run)
     inter = run.parent / "data" / "toy.inter"
     inter.write_text("\n".join(inter.read_text().splitlines()[:-1]) + "\n")
     assert main(["prepare", DEMO, *args, "--quiet"]) == 0
-    assert set(stages(run)) == {"prepare"}  # the model was trained on other data: never reported as current
+    after = stages(run)
+    assert "stale" not in after["prepare"]
+    for stage in ("embed", "tokenize", "train", "evaluate"):  # kept with their provenance, never reused
+        assert after[stage] == {**trained[stage], "stale": "prepare"}
+    capsys.readouterr()
+    for command in (["recommend", str(run), "--history", "i1", "i2"], ["evaluate", str(run), "--quiet"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'model'} is stale: the prepare stage re-ran with other results after the model was " \
+               "trained" in err and "--allow-stale" in err
+    with pytest.raises(StaleRunError, match="the prepare stage re-ran"):
+        Recommender.from_run(run, "cpu")  # what `sidrec serve` and sidrec.load_run load
+    assert main(["recommend", str(run), "--history", "i1", "i2", "--allow-stale"]) == 0
+    assert "is stale: the prepare stage re-ran" in capsys.readouterr().err  # warned, not refused
+    assert main(["run", DEMO, *args, "--quiet"]) == 0  # trained again: current
+    assert stale_model(run) is None and not any("stale" in rec for rec in stages(run).values())
+
+
+def test_a_config_that_no_longer_matches_the_model_is_stale(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert stale_model(run) is None
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 2", "epochs: 3", 1))
+    assert stale_model(run) == "config.yaml's train settings are not those the model was trained under"
+
+
+def test_runs_of_earlier_versions_are_read_and_judged(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    keys = {stage: rec["key"] for stage, rec in stages(run).items()}  # the format before per-stage records
+    (run / "stages.json").write_text(json.dumps(keys))
+    assert stale_model(run) is None
+    (run / "stages.json").write_text(json.dumps({"prepare": keys["prepare"]}))  # how they dropped later stages
+    assert stale_model(run) == ("stages.json records no train stage: the prepare stage re-ran with other results "
+                                "after the model was trained")
+
+
+def test_stages_record_their_own_provenance_and_cached_stages_keep_theirs(tiny_args, monkeypatch):
+    run, args = tiny_args
+    assert main(["run", DEMO, *args, "--quiet"]) == 0
+    first = stages(run)
+    for stage, rec in first.items():
+        prov = rec["provenance"]
+        assert {"git_commit", "torch", "sidrec", "cpu_threads", "processes", "finished"} <= set(prov), stage
+        assert prov["precision"] in ("fp32", "bf16 autocast")
+    run_json = (run / "run.json").read_text()
+    monkeypatch.setattr("sidrec.pipeline.run_metadata", lambda seed: {"seed": seed, "git_commit": "another"})
+    assert main(["run", DEMO, *args, "--quiet"]) == 0  # everything cached: nothing is rewritten
+    assert stages(run) == first and (run / "run.json").read_text() == run_json
+    assert main(["run", DEMO, *args, "eval.beam_size=12", "--quiet"]) == 0  # only evaluate re-runs
+    second = stages(run)
+    assert second["evaluate"]["provenance"]["git_commit"] == "another"
+    assert all(second[s] == first[s] for s in ("prepare", "embed", "tokenize", "train"))
 
 
 def test_fresh_re_reads_what_size_and_mtime_cannot_tell(tiny_args):

@@ -3,7 +3,7 @@
 torch's CPU ``bernoulli_`` draws one double per element on one thread, and it was the largest single op of a
 TIGER-size training step on 2 cores. Here one draw of 64 uniform bits (``random_`` over the whole int64 range)
 serves four elements: each 16-bit lane, read as a signed integer, is compared with a threshold (timings against
-``F.dropout``: docs/benchmarks.md, ``benchmarks/dropout_cpu.py``). On other devices torch's fused dropout is used
+``F.dropout``: docs/benchmarks.md, ``benchmarks/probes/dropout_cpu.py``). On other devices torch's fused dropout is used
 unchanged.
 
 The drop rate is ``p`` rounded to a multiple of 2**-16 (an error of at most 7.7e-6), and kept values are scaled by

@@ -226,7 +226,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
-          device: str = "auto", quiet: bool = False, bf16: bool = False) -> None:
+          device: str = "auto", quiet: bool = False, bf16: bool = False, allow_stale: bool = False) -> None:
     """Load a run and serve it with uvicorn until interrupted.
 
     Args:
@@ -238,6 +238,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
         device: "auto", "cpu", "cuda", ...
         quiet: log only warnings and errors, without the startup banner or the access log.
         bf16: decode under bf16 autocast where it is fast (CUDA, or a CPU with AMX).
+        allow_stale: serve a stale ``model/`` with a warning instead of refusing (``Recommender.from_run``).
 
     Example:
         >>> serve("runs/ml-100k", port=8000)  # doctest: +SKIP
@@ -256,5 +257,5 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
         )
     if not 0 <= port <= 65535:
         raise ValueError(f"--port {port}: must be in 0..65535")
-    app = create_app(Recommender.from_run(run_dir, device, bf16), api_key=api_key)
+    app = create_app(Recommender.from_run(run_dir, device, bf16, allow_stale), api_key=api_key)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)

@@ -13,6 +13,7 @@ from sidrec.decoding.beam import constrained_beam_search
 from sidrec.decoding.trie import SidTrie
 from sidrec.eval.evaluate import model_inputs
 from sidrec.models.registry import load_recommender
+from sidrec.pipeline import check_model
 from sidrec.rundir import RunDir
 from sidrec.tokenizers import load_sids
 from sidrec.utils import bf16_autocast, resolve_device
@@ -46,13 +47,23 @@ class Recommender:
         self._index = dataset.item_index()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", bf16: bool = False) -> Recommender:
-        """Load a finished run; ``bf16`` decodes under bf16 autocast where it is fast (fp32 by default: with
-        serving's small batches bf16 gained nothing on the demo model; docs/benchmarks.md)."""
+    def from_run(cls, run_dir: str | Path, device: str = "auto", bf16: bool = False,
+                 allow_stale: bool = False) -> Recommender:
+        """Load a finished run.
+
+        Args:
+            run_dir: a directory written by ``sidrec run``.
+            device: ``"auto"`` (GPU if available), ``"cpu"`` or ``"cuda"``.
+            bf16: decode under bf16 autocast where it is fast (fp32 by default: with serving's small batches
+                bf16 gained nothing on the demo model; docs/benchmarks.md).
+            allow_stale: load a ``model/`` that an earlier stage has re-run under (``sidrec.pipeline.stale_model``)
+                with a warning; by default that is a ``StaleRunError``.
+        """
         run = RunDir(run_dir)
         for need in (run.data / "dataset.json", run.sids_file(run.sids_dir), run.model_json):
             if not need.exists():
                 raise FileNotFoundError(f"{need}: missing; is {run.root} a finished run directory?")
+        check_model(run.root, allow_stale)
         sids, _ = load_sids(run.sids_dir)
         model = load_recommender(run.model)  # its level sizes: a joint run widens the dedup level
         return cls(Dataset.load(run.data), model, sids, model.cfg.level_sizes, str(resolve_device(device)), bf16)

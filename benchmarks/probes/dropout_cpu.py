@@ -3,7 +3,7 @@
 The tensor is a TIGER feed-forward hidden layer at Beauty's mean bucketed length (256 x 27 x 1024), the largest
 dropout of the training step, in fp32 and in bf16 (its dtype under autocast).
 
-    PYTHONPATH=. python benchmarks/dropout_cpu.py --threads 2      # ~20 s
+    PYTHONPATH=. python benchmarks/probes/dropout_cpu.py --threads 2      # ~20 s
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ elements, write the output and a uint8 keep mask in one parallel pass, and the b
 scalar template for fp32 and bf16, and a bf16 kernel written for the compiler's auto-vectorizer (raw bf16 bits,
 blocks of 64 elements). It is
 built with ``torch.utils.cpp_extension.load_inline`` (needs a C++ compiler and ninja). The timing is
-``benchmarks/dropout_cpu.py``'s: forward + backward of a TIGER FFN hidden layer, the paths interleaved.
+``benchmarks/probes/dropout_cpu.py``'s: forward + backward of a TIGER FFN hidden layer, the paths interleaved.
 
-    PYTHONPATH=. python benchmarks/fused_dropout_probe.py --threads 2     # ~1 min, half of it compiling
+    PYTHONPATH=. python benchmarks/probes/fused_dropout_probe.py --threads 2     # ~1 min, half of it compiling
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import torch
-from dropout_cpu import ms_forward_backward  # benchmarks/ is the script's folder
+from dropout_cpu import ms_forward_backward  # benchmarks/probes/ is the script's folder
 from torch.utils.cpp_extension import load_inline
 
 from sidrec.models.dropout import dropout
@@ -189,7 +189,7 @@ def main() -> None:
               "compile_seconds": round(compile_seconds, 1), "fused_drop_rate": round(rate, 4),
               "vectorized_drop_rate": round(vec_rate, 4),
               "ms_forward_backward": ms,
-              "command": "PYTHONPATH=. python benchmarks/fused_dropout_probe.py " + " ".join(
+              "command": "PYTHONPATH=. python benchmarks/probes/fused_dropout_probe.py " + " ".join(
                   f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                   for k, v in vars(args).items() if k != "out")}
     print(result)

@@ -7,7 +7,7 @@ users (beam 20, top-10, constrained, the fast path's length-sorted trimmed batch
 batch size for offline evaluation and one for serving. Quality: Recall@10 / NDCG@10 on the sample, and agreement
 of the top-10 lists with fp32's.
 
-    PYTHONPATH=. python benchmarks/decode_int8.py --run runs/beauty-60min --threads 2      # ~3 min
+    PYTHONPATH=. python benchmarks/probes/decode_int8.py --run runs/beauty-60min --threads 2      # ~3 min
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "run": args.run,
-        "command": "PYTHONPATH=. python benchmarks/decode_int8.py " + " ".join(
+        "command": "PYTHONPATH=. python benchmarks/probes/decode_int8.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "users": {"eval": len(sample), "serve": len(serve_sample)},
         "batch_size": {"eval": args.batch_size, "serve": args.serve_batch_size},

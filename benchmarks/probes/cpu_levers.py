@@ -14,7 +14,7 @@ AdamW of ``sidrec.utils.adamw``) go to the JSON.
 
 Then the optimizer step alone: ms per ``step()`` of the fused and of the per-parameter AdamW on TIGER's parameters.
 
-    PYTHONPATH=. python benchmarks/cpu_levers.py --threads 2      # ~3 min on 2 cores
+    PYTHONPATH=.:benchmarks python benchmarks/probes/cpu_levers.py --threads 2      # ~3 min on 2 cores
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main() -> None:
     atomic_write_json(args.out, {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "command": "PYTHONPATH=. python benchmarks/cpu_levers.py " + " ".join(
+        "command": "PYTHONPATH=.:benchmarks python benchmarks/probes/cpu_levers.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("work", "out")),
         "batch_size": bs, "batch_history_items": [int(lengths[b].max()) for b in batches],
         "samples_per_s_per_round": per_round, "samples_per_s": sps, "ratio_to_fast": ratio,

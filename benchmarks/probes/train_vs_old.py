@@ -11,7 +11,7 @@ prefixes with the RQ-KMeans SIDs of ``cpu_speed.py`` and a TIGER of the paper's 
 - ``simple``: ``cpu_speed.py``'s simple path (this commit), the same random batches.
 - ``fast``: ``cpu_speed.py``'s fast path (this commit), length-bucketed batches.
 
-    PYTHONPATH=. python benchmarks/train_vs_old.py --threads 2       # ~8 min on 2 cores
+    PYTHONPATH=.:benchmarks python benchmarks/probes/train_vs_old.py --threads 2       # ~8 min on 2 cores
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def export_problem(work: str, seed: int, path: Path) -> None:
@@ -133,7 +133,7 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
         "torch": torch.__version__, "old_commit": args.old_commit,
-        "command": "PYTHONPATH=. python benchmarks/train_vs_old.py " + " ".join(
+        "command": "PYTHONPATH=.:benchmarks python benchmarks/probes/train_vs_old.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("work", "out", "worker")),
         "samples_per_s_per_round": rates, "samples_per_s": mean,
         "fast_over_old": round(mean["fast"] / mean["old"], 2),

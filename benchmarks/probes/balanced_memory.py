@@ -6,8 +6,8 @@ during the call and ``delta_rss_mb``, that minus the RSS before it (the input is
 warm-up call has loaded the libraries). ``digest`` is a SHA-256 of the returned centroids and assignment, so
 runs of two versions of sidrec can be checked for identical results:
 
-    PYTHONPATH=. nice -n 10 python benchmarks/balanced_memory.py --n 200000 --k 256 --dim 64
-    PYTHONPATH=/path/to/older/checkout nice -n 10 python benchmarks/balanced_memory.py --n 200000 --k 256 --dim 64
+    PYTHONPATH=.:benchmarks nice -n 10 python benchmarks/probes/balanced_memory.py --n 200000 --k 256 --dim 64
+    PYTHONPATH=/path/to/older/checkout:benchmarks nice -n 10 python benchmarks/probes/balanced_memory.py --n 200000 --k 256 --dim 64
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import platform
 import time
 
 import torch
-from scale import RssSampler, rss_bytes  # benchmarks/scale.py (the script's folder is on sys.path)
+from scale import RssSampler, rss_bytes  # benchmarks/scale.py (benchmarks/ is on PYTHONPATH)
 
 import sidrec
 from sidrec.tokenizers.kmeans import balanced_kmeans

@@ -349,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--overrides", nargs="*")
     g = sub.add_parser("render", help="regenerate the tables in docs/results.md")
     g.add_argument("--check", action="store_true")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)  # key=value overrides may follow the flags
+    if extra and (args.cmd != "run" or any(e.startswith("-") or "=" not in e for e in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     return {"run": run_rows, "record": record_cmd, "render": render_cmd}[args.cmd](args)
 
 

@@ -94,19 +94,18 @@ def write_joint_best(folder: Path, model: nn.Module, epoch: int, metrics: dict[s
 def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str, schedule: ScheduleConfig | None = None) -> None:
     """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other.
 
-    ``schedule.frozen_encoder_layers`` / ``freeze_decoder`` keep those parts of the recommender frozen (no
-    gradient; still in train mode for dropout) even when it trains (DIGER's reference recipe).
+    ``schedule.frozen_tokenizer_layers`` keeps the bottom linear layers of the tokenizer's encoder frozen (no
+    gradient) even when the tokenizer trains (DIGER's reference ``freeze_id_encoder``).
     """
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
-    if schedule is None:
+    if schedule is None or schedule.frozen_tokenizer_layers == 0:
         return
-    # The SID token embeddings stay trainable: L_REC reaches the codebooks through onehot @ their rows either way.
-    for block in model.encoder.blocks[: schedule.frozen_encoder_layers]:
-        block.requires_grad_(False)
-    if schedule.freeze_decoder:
-        model.decoder.blocks.requires_grad_(False)
+    linears = [m for m in tokenizer.encoder.modules() if isinstance(m, nn.Linear)]
+    count = len(linears) if schedule.frozen_tokenizer_layers < 0 else schedule.frozen_tokenizer_layers
+    for linear in linears[:count]:
+        linear.requires_grad_(False)
 
 
 def joint_losses(
@@ -177,10 +176,10 @@ def joint_losses(
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
     if schedule.soft_codes:
-        # The recommender embeds the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel
-        # noise in training). Labels and hard ids stay the deterministic table's, as DIGER's reference code (it
-        # trains on a per-epoch code table and uses the noise on the soft input path only); noisy_labels (ours,
-        # the ablation) writes the noisy codes into the table, so they become the cross-entropy labels too.
+        # Ours (DIGER's reference feeds the recommender the per-epoch table's hard codes): the recommender embeds
+        # the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel noise in training).
+        # Labels and hard ids stay the deterministic table's; noisy_labels (the ablation) writes the noisy codes
+        # into the table, so they become the cross-entropy labels too.
         if schedule.noisy_labels:
             item_sids = item_sids.clone()
             item_sids[uniq, : a.codes.shape[1]] = a.codes  # dedup token from the table
@@ -243,6 +242,10 @@ class JointStep(TrainStep):
                  schedule: ScheduleConfig, seed: int, progress: bool):
         if not hasattr(tokenizer, "assign"):
             raise ValueError(f"schedule: tokenizer {tokenizer.name!r} has no assign(); use rqvae, letter or diger")
+        layers = sum(isinstance(m, nn.Linear) for m in getattr(tokenizer, "encoder", nn.Module()).modules())
+        if schedule.frozen_tokenizer_layers > layers:
+            raise ValueError(f"schedule.frozen_tokenizer_layers: {schedule.frozen_tokenizer_layers}, but tokenizer "
+                             f"{tokenizer.name!r} has {layers} encoder layers")
         self.device = item_emb.device
         model.to(self.device)
         tokenizer.to(self.device)

@@ -45,7 +45,9 @@ class ScheduleConfig:
         name: ``"two_stage"``, ``"alternating"`` or ``"joint"``.
         cycle_epochs: C, epochs per alternation cycle (1 tokenizer epoch + C - 1 recommender epochs); C >= 2.
         tokenizer_lr: AdamW learning rate of the tokenizer's parameters (ETEGRec: 5e-5 .. 5e-4).
-        warmup_epochs: first epochs without the alignment losses (ETEGRec: 10).
+        warmup_epochs: first epochs without the alignment losses (ETEGRec: 10). Default 2 (ours): with cycles of 2
+            epochs the first aligned tokenizer phase (epoch 2) meets a recommender trained for an epoch, not an
+            untrained one, whose code distributions SODA's score would align the tokenizer to (issue 22).
         finetune_epochs: last epochs with the tokenizer frozen (recommender fine-tuning).
         soft_codes: the recommender embeds SID tokens from the tokenizer's ``onehot`` so that L_REC reaches the
             tokenizer (needs a straight-through tokenizer such as DIGER to have any effect).
@@ -69,7 +71,7 @@ class ScheduleConfig:
     name: str = "two_stage"
     cycle_epochs: int = 2
     tokenizer_lr: float = 1e-4
-    warmup_epochs: int = 0
+    warmup_epochs: int = 2
     finetune_epochs: int = 0
     soft_codes: bool = False
     noisy_labels: bool = False

@@ -46,7 +46,7 @@ from sidrec.rundir import TrainingDir
 from sidrec.tokenizers.base import SIDS_FILE, Assignment, Tokenizer, codebook_health
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.loop import LoopConfig, TrainResult, TrainStep, train_epochs, write_best
-from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
+from sidrec.training.losses import level_normalized, psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.two_stage import training_data
 from sidrec.utils import adamw, atomic_write, save_npy
 
@@ -218,12 +218,17 @@ def joint_losses(
         if soda.user_source == "recommender":
             user = torch.stack(logits[: a.logits.shape[1]], dim=1)  # (B, L, K) teacher-forced, learned levels
         else:
-            user = latent_logits / soda.tau
+            user = latent_logits
         if soda.soft_residuals:
             with torch.autocast(a.latent.device.type, enabled=False):
-                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau) / soda.tau
+                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau)
         else:
-            items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
+            items = a.logits[row[candidates]]  # (M, L, K)
+        if soda.normalize:
+            user, items = level_normalized(user, soda.tau), level_normalized(items, soda.tau)
+        else:  # the scale before issue 22: raw recommender logits, minus squared distances / tau
+            user = user if soda.user_source == "recommender" else user / soda.tau
+            items = items / soda.tau
         out["soda"] = soda_loss(user, items, candidates, target, negative, soda.direction)
         total = total + soda.weight * out["soda"]
     out["total"] = total

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from sidrec.tokenizers import DIGER, RQVAE, DIGERConfig, RQVAEConfig, build_tokenizer, load_tokenizer
 from sidrec.tokenizers.diger import gumbel_noise
 from sidrec.tokenizers.kmeans import squared_distances
+from sidrec.tokenizers.residual import sinkhorn_codes
 
 K, L, D = 8, 3, 12
 BASE = dict(num_levels=L, codebook_size=K, latent_dim=4, hidden_dims=[16], batch_size=64, epochs=3)
@@ -291,3 +292,29 @@ def test_noise_changed_share_is_logged_per_level_and_gap_scaling_evens_it_out():
     spread = max(plain) - min(plain)
     assert plain[0] < plain[-1] and max(scaled) - min(scaled) < 0.5 * spread, (plain, scaled)
     assert all(0 < s < 1 for s in scaled)
+
+
+def test_reference_joint_loss_is_latent_and_codes_are_sinkhorn_balanced():
+    """DIGER's reference (junchen-fu/DIGER): mse(z_hat, z) + the VQ loss of Ind . E, no decoder; Sinkhorn codes
+    (epsilon 0.003) over the batch for the noise-free samples and over the catalogue in the code table."""
+    model = fitted(decay="frqud", sk_epsilon=0.003)
+    x = items(96, seed=9)
+    model.train()
+    a = model.assign(x, generator=torch.Generator().manual_seed(0))
+    assert set(a.terms) == {"recon", "rq"}
+    assert torch.allclose(a.terms["recon"], F.mse_loss(a.quantized, a.latent))
+    # the decoder gets nothing from the joint loss: only the codebooks and the encoder do
+    grads = torch.autograd.grad(a.loss, [model.quantizer.codebooks, *model.decoder.parameters()], allow_unused=True)
+    assert grads[0].abs().sum() > 0 and all(g is None for g in grads[1:])
+    # nothing is hot on the first batch (the EMA starts uniform): every code is the batch's Sinkhorn code
+    z = model.encoder(model.standardize(x)).detach()
+    residual = z
+    for level in range(L):
+        d = squared_distances(residual, model.quantizer.codebooks[level].detach())
+        assert torch.equal(a.codes[:, level], sinkhorn_codes(d, 0.003, 50))
+        scale = (d.max() - d.min()) / 2 + 1e-5
+        assert torch.allclose(a.logits[:, level], -(d - (d.max() + d.min()) / 2) / scale, atol=1e-5)  # in [-1, 1]
+        residual = residual - model.quantizer.codebooks[level].detach()[a.codes[:, level]]
+    # the code table is balanced over the whole catalogue: flatter level-1 usage than the nearest codeword's
+    table, nearest = model.encode(x), model.quantizer.encode(z)
+    assert torch.bincount(table[:, 0], minlength=K).max() < torch.bincount(nearest[:, 0], minlength=K).max()

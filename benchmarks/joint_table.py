@@ -11,7 +11,7 @@ letter              configs/letter-beauty.yaml (two-stage)
 letter-soda         + alternating schedule + SODA
 etegrec             configs/etegrec-beauty.yaml (alternating, L_SIA + L_PSA)
 etegrec-soda        + SODA
-diger-frqud         configs/diger-frqud-beauty.yaml (ETEGRec's model, DIGER tokenizer, joint schedule, soft codes)
+diger-frqud         configs/diger-frqud-beauty.yaml (ETEGRec's model, DIGER tokenizer, joint schedule, hard codes)
 diger-sdud          configs/diger-sdud-beauty.yaml (the same with SDUD)
 st-joint            configs/st-joint-beauty.yaml (DIGER without Gumbel noise: naive straight-through)
 ==================  ====================================================================================

@@ -204,9 +204,11 @@ class DIGER(RQVAE):
 
     def _codes(self, x: Tensor) -> Tensor:
         """Noise-free codes ``(B, L)``: per level the Sinkhorn-balanced codes over ``x`` (``sk_epsilon > 0``, as the
-        reference's ``get_indices``) or the nearest codeword."""
+        reference's ``get_indices``) or the nearest codeword. Fewer rows than codes cannot be balanced over the
+        codebook (one row alone would take code 0): they get the nearest codeword (ours; the reference only
+        encodes its whole catalogue)."""
         cfg = self.config
-        if cfg.sk_epsilon == 0:
+        if cfg.sk_epsilon == 0 or x.shape[0] < cfg.codebook_size:
             return super()._codes(x)
         residual = self.encoder(self.standardize(x))  # (B, d)
         codes = []

@@ -318,3 +318,4 @@ def test_reference_joint_loss_is_latent_and_codes_are_sinkhorn_balanced():
     # the code table is balanced over the whole catalogue: flatter level-1 usage than the nearest codeword's
     table, nearest = model.encode(x), model.quantizer.encode(z)
     assert torch.bincount(table[:, 0], minlength=K).max() < torch.bincount(nearest[:, 0], minlength=K).max()
+    assert torch.equal(model.encode(x[:3]), nearest[:3])  # fewer rows than codes: the nearest codewords

@@ -13,7 +13,8 @@ For each method the tokenizer is pre-fitted briefly on synthetic items with plan
   at all tokenizer parameters, with ETEGRec's recommender (d_model 128, 2 + 2 layers instead of 6 + 6 to fit a
   CPU budget: the alignment heads read its last states either way) trained 20 steps first;
 - SODA tokenizer phase on TIGER (gamma 0.1): gamma * L_SODA against L_SQ at the tokenizer;
-- DIGER joint phase (SDUD, soft codes): L_REC (through SDUD's wrapping) against L_SQ at the codebooks.
+- DIGER joint phase (SDUD, soft codes on raw distances, ours): L_REC (through SDUD's wrapping) against L_SQ at the
+  codebooks.
 
 "before" is the behaviour of commit 738ce40: every tokenizer loss summed over dimensions (``reduction: sum``; for
 CoST its old ``rq_reduction: mean``, i.e. the summed codebook terms / d), L_SIA summed over levels (L times the
@@ -182,8 +183,10 @@ def soda(reduction: str, seed: int) -> dict[str, float]:
 
 
 def diger(reduction: str, seed: int) -> dict[str, float]:
+    # soft codes (ours) on raw distances (sk_epsilon 0): on the reference's centred distances the soft path carries
+    # ~1e-4 of L_SQ's gradient (docs/results.md, "Fidelity to the reference code"), and the presets use hard codes
     tok_cfg = DIGERConfig(num_levels=3, codebook_size=256, latent_dim=128, reduction=reduction, epochs=20,
-                          batch_size=1024, decay="sdud")
+                          batch_size=1024, decay="sdud", sk_epsilon=0.0)
     model_cfg = ETEGRecConfig(level_sizes=[256, 256, 256, 64], max_history=10, latent_dim=128, recon_dim=256,
                               num_encoder_layers=2, num_decoder_layers=2)
     tok, model, x, sids, data, rng = joint_setup(DIGER, tok_cfg, ETEGRec, model_cfg, seed)

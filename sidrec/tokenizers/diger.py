@@ -1,13 +1,18 @@
-"""DIGER tokenizer (METHODS 5): an RQ-VAE whose code assignment is differentiable, so that the recommendation
-loss trains the codebooks.
+"""DIGER tokenizer (METHODS 5): an RQ-VAE whose code assignment is differentiable, trained jointly with the
+recommender after its RQ-VAE pre-training.
 
-During joint training each level picks its code with Gumbel noise, ``y_soft = softmax((-d + s * g) / tau_g)``,
-``index = argmax(y_soft)``, and hands the recommender a straight-through indicator
-``Ind = onehot(index) - sg(y_soft) + y_soft``: hard in the forward pass, but its gradient reaches every codeword
-through the distances ``d``. Uncertainty decay lets the noise fade as training settles (FrqUD: only samples whose
-level-1 code is over-used are perturbed; SDUD: a learnable noise scale per level tied to the task loss).
-``gumbel: false`` is the naive straight-through baseline (hard argmin, ``z + sg(z_hat - z)``), which METHODS 5
-expects to collapse. At inference (eval mode, ``encode``) codes are the deterministic argmin, as in RQ-VAE.
+As DIGER's reference code (``junchen-fu/DIGER``, ``vq.py`` / ``trainer.py``): during joint training each level
+picks its code with Gumbel noise, ``y_soft = softmax((-d + s * g) / tau_g)``, ``index = argmax(y_soft)``, and
+quantises with the straight-through indicator ``Ind = onehot(index) - sg(y_soft) + y_soft``: hard in the forward
+pass, its gradient reaches every codeword through the distances ``d``. The joint tokenizer loss is the latent
+reconstruction ``mse(z_hat, z)`` (no decoder) plus the VQ loss of ``Ind . E``. With ``sk_epsilon > 0`` the
+distances of a batch are centred onto [-1, 1] (the logits the noise is added to) and the noise-free codes are
+Sinkhorn-balanced over the batch, in the training forward and, over the whole catalogue, in the code table
+(``encode``). Uncertainty decay lets the noise fade as training settles (FrqUD: only samples whose level-1 code is
+over-used are perturbed; SDUD: a learnable noise scale per level tied to the task loss). ``gumbel: false`` is the
+naive straight-through baseline (hard argmin, ``z + sg(z_hat - z)``), which METHODS 5 expects to collapse.
+The recommender reads the hard codes of the per-epoch table (``schedule.soft_codes: false``), as the reference;
+``soft_codes: true`` (ours) feeds it the indicators so that L_REC reaches the codebooks too.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 
 from sidrec.tokenizers.base import Assignment, require
 from sidrec.tokenizers.kmeans import squared_distances
+from sidrec.tokenizers.residual import sinkhorn_codes
 from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
 
 
@@ -28,10 +34,11 @@ from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
 class DIGERConfig(RQVAEConfig):
     """DIGER hyper-parameters: every RQ-VAE field (architecture and pre-training) plus the assignment noise.
 
-    Paper values (METHODS 5): ``gumbel_tau=2``, FrqUD momentum 0.99 and hot threshold 1.5 / K, SDUD sigma init
-    1.0 with lr 1e-3 and lambda 1.7. Our choices, where the paper is silent: FrqUD perturbs all levels of a hot
-    sample; its EMA starts at the first batch's usage (not uniform, which would hide an initial skew for ~100
-    steps); SDUD averages the wrapped loss over the levels' sigmas; the default decay is FrqUD.
+    Paper and reference-code values (METHODS 5, ``run_FrqUD.sh`` / ``run_SDUD.sh``): ``gumbel_tau=2``, FrqUD
+    momentum 0.99 and hot threshold 1.5 / K (its EMA starts uniform, a sample's hotness is read before its batch
+    updates the EMA, and all levels of a hot sample are perturbed), SDUD sigma init 1.0 with lr 1e-3 and lambda
+    1.7 (the wrapped loss reads the levels' mean sigma), Sinkhorn epsilon 0.003 on every level; the default decay
+    is FrqUD.
 
     Args:
         gumbel: Gumbel assignment in training mode; ``False`` (with ``decay="none"``) is naive straight-through.
@@ -42,7 +49,12 @@ class DIGERConfig(RQVAEConfig):
         frqud_hot_factor: a level-1 code is hot when its EMA frequency exceeds ``frqud_hot_factor / K``.
         sdud_lambda: lambda in ``L / (2 (|sigma| + lambda)^2) + log(|sigma| + lambda)``.
         sigma_lr: learning rate of the SDUD sigmas (see ``DIGER.param_groups``).
-        balance_weight: weight of the code-balance loss ``sum_l ||mean(y_soft_l) - 1/K||_1`` (0: off).
+        balance_weight: weight of the code-balance loss ``mean_l ||mean(y_soft_l) - 1/K||_1`` (0: off; the
+            reference's default, 0.1, applies in its SDUD script, which does not set it; FrqUD sets 0).
+        sk_epsilon: Sinkhorn epsilon of the noise-free codes (training forward and code table) on distances
+            centred onto [-1, 1], which are then also the logits the noise is added to; 0: argmin codes and raw
+            minus squared distances as logits (ours before the reference was followed).
+        sk_iters: Sinkhorn iterations.
         noise_gap_scaled: multiply each level's noise by that level's batch-mean gap between the nearest and
             second-nearest codeword distance (ours). Unscaled noise is tiny next to level 1's gaps and large next
             to the deeper levels' (docs/results.md); scaled, each level's share of changed codes depends on
@@ -68,6 +80,8 @@ class DIGERConfig(RQVAEConfig):
     # L_REC (weight 1) meets L_SQ when the recommendation loss trains the codebooks.
     reduction: Literal["sum", "mean"] = "mean"
     noise_gap_scaled: bool = False
+    sk_epsilon: float = 0.003
+    sk_iters: int = 50
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +99,8 @@ class DIGERConfig(RQVAEConfig):
         require(self.sdud_lambda > 0, "sdud_lambda", f"must be > 0, got {self.sdud_lambda}")
         require(self.sigma_lr > 0, "sigma_lr", f"must be > 0, got {self.sigma_lr}")
         require(self.balance_weight >= 0, "balance_weight", f"must be >= 0, got {self.balance_weight}")
+        require(self.sk_epsilon >= 0, "sk_epsilon", f"must be >= 0, got {self.sk_epsilon}")
+        require(self.sk_iters >= 1, "sk_iters", f"must be >= 1, got {self.sk_iters}")
         # |sigma| has no gradient at 0, so an SDUD sigma started there would never move.
         require(
             self.decay != "sdud" or self.noise_scale > 0,
@@ -119,9 +135,10 @@ def gumbel_noise(
 class DIGER(RQVAE):
     """RQ-VAE with differentiable (Gumbel, straight-through) code assignment for joint training.
 
-    ``fit``, ``forward``, ``encode`` and save/load are RQ-VAE's: the tokenize stage pre-trains DIGER exactly as
-    an RQ-VAE. Joint training calls ``assign`` in training mode, adds ``wrap_task_loss`` around the
-    recommender's loss and builds its optimiser from ``param_groups``.
+    ``fit``, ``forward`` and save/load are RQ-VAE's: the tokenize stage pre-trains DIGER exactly as an RQ-VAE
+    (the reference starts from such a checkpoint). ``encode`` (the code table) is Sinkhorn-balanced over the
+    catalogue with ``sk_epsilon > 0``. Joint training calls ``assign`` in training mode, adds ``wrap_task_loss``
+    around the recommender's loss and builds its optimiser from ``param_groups``.
 
     Args:
         config: a ``DIGERConfig``.
@@ -133,7 +150,7 @@ class DIGER(RQVAE):
         >>> tok = DIGER(cfg, input_dim=16).fit(x, seed=0, device="cpu", progress=False)  # pre-trained as an RQ-VAE
         >>> a = tok.train().assign(x[:8])  # training mode: Gumbel noise, straight-through one-hots
         >>> code_table = torch.randn(3, 8, 5, requires_grad=True)  # (L, K, h): a recommender's SID token rows
-        >>> rows = torch.einsum("blk,lkh->blh", a.onehot, code_table)  # L_REC on rows reaches the codebooks
+        >>> rows = torch.einsum("blk,lkh->blh", a.onehot, code_table)  # soft_codes (ours): L_REC reaches the codebooks
         >>> loss = tok.wrap_task_loss(rows.pow(2).mean()) + a.loss
         >>> loss.backward()
     """
@@ -144,7 +161,7 @@ class DIGER(RQVAE):
         super().__init__(config, input_dim)
         # Registered only for the decay that uses them, so a saved state dict holds exactly what the config needs.
         if config.decay == "frqud":
-            self.register_buffer("usage_ema", torch.zeros(config.codebook_size))
+            self.register_buffer("usage_ema", torch.full((config.codebook_size,), 1.0 / config.codebook_size))
             self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))
         if config.decay == "sdud":
             self.sigma = nn.Parameter(torch.full((config.num_levels,), config.noise_scale))
@@ -154,12 +171,12 @@ class DIGER(RQVAE):
         self.register_buffer("changed_steps", torch.zeros((), dtype=torch.long), persistent=False)
 
     def reset_noise_state(self) -> None:
-        """Forget the FrqUD usage and changed-code statistics and put the SDUD sigmas back to ``noise_scale``."""
+        """Forget the FrqUD usage (back to uniform) and changed-code statistics; SDUD sigmas back to ``noise_scale``."""
         with torch.no_grad():
             self.changed_sum.zero_()
             self.changed_steps.zero_()
             if self.config.decay == "frqud":
-                self.usage_ema.zero_()
+                self.usage_ema.fill_(1.0 / self.config.codebook_size)
                 self.usage_steps.zero_()
             if self.config.decay == "sdud":
                 self.sigma.fill_(self.config.noise_scale)
@@ -170,28 +187,57 @@ class DIGER(RQVAE):
         super().fit(emb, **kwargs)
         return self
 
-    @torch.no_grad()
-    def update_usage(self, codes: Tensor) -> Tensor:
-        """FrqUD: fold a batch's deterministic level-1 codes ``(B,)`` into the usage EMA; return the hot ones.
+    def hot(self, codes: Tensor) -> Tensor:
+        """FrqUD: ``(B,)`` bool, True where the level-1 code's EMA frequency exceeds ``frqud_hot_factor / K``."""
+        cfg = self.config
+        require(cfg.decay == "frqud", "decay", f"hot needs 'frqud', got {cfg.decay!r}")
+        return self.usage_ema[codes] > cfg.frqud_hot_factor / cfg.codebook_size
 
-        Returns:
-            ``(B,)`` bool, True where the sample's code has EMA frequency above ``frqud_hot_factor / K``.
-        """
+    @torch.no_grad()
+    def update_usage(self, codes: Tensor) -> None:
+        """FrqUD: fold a batch's noise-free level-1 codes ``(B,)`` into the usage EMA."""
         cfg = self.config
         require(cfg.decay == "frqud", "decay", f"update_usage needs 'frqud', got {cfg.decay!r}")
         freq = torch.bincount(codes, minlength=cfg.codebook_size).float() / max(len(codes), 1)  # (K,)
-        ema = cfg.frqud_momentum * self.usage_ema + (1 - cfg.frqud_momentum) * freq
-        # torch.where rather than an `if` on the step count: no host sync per step on GPU.
-        self.usage_ema.copy_(torch.where(self.usage_steps == 0, freq, ema))
+        self.usage_ema.mul_(cfg.frqud_momentum).add_((1 - cfg.frqud_momentum) * freq)
         self.usage_steps.add_(1)
-        return self.usage_ema[codes] > cfg.frqud_hot_factor / cfg.codebook_size
+
+    def _codes(self, x: Tensor) -> Tensor:
+        """Noise-free codes ``(B, L)``: per level the Sinkhorn-balanced codes over ``x`` (``sk_epsilon > 0``, as the
+        reference's ``get_indices``) or the nearest codeword. Fewer rows than codes cannot be balanced over the
+        codebook (one row alone would take code 0): they get the nearest codeword (ours; the reference only
+        encodes its whole catalogue)."""
+        cfg = self.config
+        if cfg.sk_epsilon == 0 or x.shape[0] < cfg.codebook_size:
+            return super()._codes(x)
+        residual = self.encoder(self.standardize(x))  # (B, d)
+        codes = []
+        for level in range(cfg.num_levels):
+            code = sinkhorn_codes(self.quantizer.distances(residual, level), cfg.sk_epsilon, cfg.sk_iters)  # (B,)
+            codes.append(code)
+            residual = residual - self.quantizer.codebooks[level][code]
+        return torch.stack(codes, dim=1)
+
+    @torch.no_grad()
+    def encode(self, emb: Tensor, batch_size: int = 4096) -> Tensor:
+        """The code table ``(N, L)``: with ``sk_epsilon > 0`` balanced over the whole catalogue at once, as the
+        reference's ``get_code`` (``batch_size`` is then unused; the Sinkhorn plan is N x K in float64)."""
+        if self.config.sk_epsilon == 0:
+            return super().encode(emb, batch_size)
+        was_training = self.training
+        self.eval()
+        try:
+            return self._codes(emb.to(self.device, torch.float32)).to(emb.device)
+        finally:
+            self.train(was_training)
 
     def assign(self, x: Tensor, items: Tensor | None = None, generator: torch.Generator | None = None) -> Assignment:
         """Quantize a batch ``x (B, D)`` for joint training.
 
-        Training mode with ``gumbel``: per level, Gumbel-perturbed softmax over minus squared distances,
-        straight-through indicator, quantized vector ``Ind . E_l``, next residual from it. Otherwise (eval mode,
-        or the naive baseline) ``RQVAE.assign``: argmin codes, constant one-hot, quantized ``z + sg(z_hat - z)``.
+        Training mode with ``gumbel``: per level, Gumbel-perturbed softmax over the logits (minus the centred
+        distances with ``sk_epsilon > 0``, else minus the squared distances), straight-through indicator, quantized
+        vector ``Ind . E_l``, next residual from it. Otherwise (eval mode, or the naive baseline)
+        ``RQVAE.assign``: argmin codes, constant one-hot, quantized ``z + sg(z_hat - z)``.
 
         Args:
             x: item embeddings ``(B, D)`` on the tokenizer's device.
@@ -200,21 +246,23 @@ class DIGER(RQVAE):
                 training loop seeds and saves in its checkpoints (so a resumed run draws the same noise).
 
         Returns:
-            ``Assignment``; ``loss`` is the RQ-VAE loss of the chosen codes (``terms``: ``recon`` of the decoded
-            quantized vector, ``rq`` codebook and commitment terms) plus the weighted ``balance`` loss.
+            ``Assignment``; ``loss`` is the reference's joint tokenizer loss (``terms``: ``recon`` = the latent
+            reconstruction ``mse(z_hat, z)``, ``rq`` the codebook and commitment terms of ``Ind . E``) plus the
+            weighted ``balance`` loss. ``reconstruction`` is the decoder's ``x_hat`` of ``z_hat`` (for PSA; no
+            loss reads it here).
         """
         cfg = self.config
         if not (self.training and cfg.gumbel):
             return super().assign(x, items, generator)
         # float32 even under the recommender's bf16 autocast (the tokenizer is small): bf16 latents and distances
-        # flip near-ties, so noise-free samples would get codes other than encode()'s argmin.
+        # flip near-ties, so noise-free samples would get codes other than encode()'s.
         with torch.autocast(x.device.type, enabled=False):
             xs = self.standardize(x.float())
             z = self.encoder(xs)  # (B, d)
             codes, onehot, logits, z_hat, terms = self._gumbel_levels(z, generator)
-            # The decoder reads Ind . E (no straight-through to z), so reconstruction trains the codebooks too.
+            # The reference has no decoder in joint training: its reconstruction loss is in the latent space.
+            terms = {"recon": F.mse_loss(z_hat, z), **terms}
             x_hat = self.decoder(z_hat)  # (B, D)
-            terms = {"recon": self.recon_loss(xs, x_hat), **terms}
         loss = torch.stack(list(terms.values())).sum()
         return Assignment(codes, onehot, logits, z, z_hat, x_hat, loss, terms)
 
@@ -227,11 +275,22 @@ class DIGER(RQVAE):
         residual, z_hat = z, torch.zeros_like(z)
         codes, onehots, logits_all, rq, balance, changed = [], [], [], [], [], []
         scale: Tensor | float = cfg.noise_scale
+        noisy: Tensor | None = None  # (B,) FrqUD: the samples that take the noisy code
         for level in range(cfg.num_levels):
-            logits = -squared_distances(residual, codebooks[level])  # (B, K)
+            d = squared_distances(residual, codebooks[level])  # (B, K)
+            if cfg.sk_epsilon > 0:
+                # The reference's center_distance_for_constraint: the batch's distances mapped onto [-1, 1] (with
+                # gradient), the Sinkhorn plan's input and the logits the Gumbel noise is added to.
+                mid, amplitude = (d.max() + d.min()) / 2, (d.max() - d.min()) / 2 + 1e-5
+                logits = -(d - mid) / amplitude
+                quiet = sinkhorn_codes(d.detach(), cfg.sk_epsilon, cfg.sk_iters)  # (B,) noise-free codes
+            else:
+                logits = -d
+                quiet = logits.detach().argmax(dim=1)
             if cfg.decay == "frqud" and level == 0:
-                hot = self.update_usage(logits.argmax(dim=1))  # (B,)
-                scale = cfg.noise_scale * hot.to(logits.dtype)[:, None]  # (B, 1), kept for every level
+                noisy = self.hot(logits.detach().argmax(dim=1))  # read before this batch updates the EMA
+                self.update_usage(quiet)
+                scale = cfg.noise_scale * noisy.to(logits.dtype)[:, None]  # (B, 1), kept for every level
             elif cfg.decay == "sdud":
                 scale = self.sigma[level].abs()
             level_scale = scale
@@ -241,11 +300,13 @@ class DIGER(RQVAE):
             noise = gumbel_noise(tuple(logits.shape), logits.device, generator)  # (B, K)
             y_soft = F.softmax((logits + level_scale * noise) / cfg.gumbel_tau, dim=1)  # (B, K)
             code = y_soft.argmax(dim=1)  # (B,)
-            changed.append((code != logits.detach().argmax(dim=1)).float().mean())  # vs this level's argmin
+            if noisy is not None:  # FrqUD: cold samples keep their noise-free code
+                code = torch.where(noisy, code, quiet)
+            changed.append((code != quiet).float().mean())  # vs this level's noise-free code
             onehot = F.one_hot(code, cfg.codebook_size).to(y_soft.dtype) - y_soft.detach() + y_soft
             chosen = onehot @ codebooks[level]  # (B, d): the hard codeword, with gradient to all of them
-            hard = codebooks[level][code]  # (B, d), for the codebook and commitment terms
-            rq.append(self.quantizer.level_loss(residual, hard))
+            # The reference's VQ loss reads Ind . E too, so its codebook term also reaches every codeword.
+            rq.append(self.quantizer.level_loss(residual, chosen))
             balance.append((y_soft.mean(dim=0) - 1.0 / cfg.codebook_size).abs().sum())
             codes.append(code)
             onehots.append(onehot)
@@ -265,11 +326,11 @@ class DIGER(RQVAE):
         """The current noise and its effect, to follow its decay in the training log.
 
         Returns:
-            ``"noise.changed"``: per level, the share of codes the Gumbel noise changed (vs that level's argmin on
-            the same residual), averaged over the training-mode ``assign`` calls since the last call (then reset).
+            ``"noise.changed"``: per level, the share of codes the Gumbel noise changed (vs that level's noise-free
+            code on the same residual), averaged over the training-mode ``assign`` calls since the last call (then reset).
             SDUD adds ``"noise.sigma"``: ``|sigma_l|`` per level. FrqUD adds ``"noise.hot_codes"`` (share of
             level-1 codes that are hot) and ``"noise.perturbed"`` (EMA share of samples whose code is hot, i.e.
-            perturbed). ``{}`` before any noisy assignment.
+            perturbed); ``{}`` before any noisy assignment.
 
         Example:
             >>> tok = DIGER(DIGERConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], decay="frqud"), input_dim=16)
@@ -293,10 +354,11 @@ class DIGER(RQVAE):
         return stats
 
     def wrap_task_loss(self, task_loss: Tensor) -> Tensor:
-        """SDUD: ``mean_l [ L / (2 (|sigma_l| + lambda)^2) + log(|sigma_l| + lambda) ]``; unchanged otherwise.
+        """SDUD: ``L / (2 s^2) + log s`` with ``s = |mean_l sigma_l| + lambda`` (the reference's mean sigma);
+        unchanged otherwise.
 
-        Each term is minimal at ``|sigma_l| + lambda = sqrt(L)``, so the noise scale follows the task loss and
-        decays as the recommender converges.
+        It is minimal at ``s = sqrt(L)``, so the noise scale follows the task loss and decays as the recommender
+        converges.
 
         Example:
             >>> cfg = DIGERConfig(codebook_size=8, latent_dim=4, hidden_dims=[16], decay="sdud")  # sigma 1, lambda 1.7
@@ -305,8 +367,8 @@ class DIGER(RQVAE):
         """
         if self.config.decay != "sdud":
             return task_loss
-        s = self.sigma.abs() + self.config.sdud_lambda  # (L,)
-        return (task_loss / (2 * s.pow(2)) + s.log()).mean()
+        s = self.sigma.mean().abs() + self.config.sdud_lambda
+        return task_loss / (2 * s.pow(2)) + s.log()
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups: everything at ``lr``; with SDUD the sigmas at ``sigma_lr``, no decay.

@@ -45,17 +45,18 @@ class ScheduleConfig:
         name: ``"two_stage"``, ``"alternating"`` or ``"joint"``.
         cycle_epochs: C, epochs per alternation cycle (1 tokenizer epoch + C - 1 recommender epochs); C >= 2.
         tokenizer_lr: AdamW learning rate of the tokenizer's parameters (ETEGRec: 5e-5 .. 5e-4).
-        warmup_epochs: first epochs without the alignment losses (ETEGRec: 10).
+        warmup_epochs: first epochs without the alignment losses (ETEGRec: 10). Default 2 (ours): with cycles of 2
+            epochs the first aligned tokenizer phase (epoch 2) meets a recommender trained for an epoch, not an
+            untrained one, whose code distributions SODA's score would align the tokenizer to (issue 22).
         finetune_epochs: last epochs with the tokenizer frozen (recommender fine-tuning).
         soft_codes: the recommender embeds SID tokens from the tokenizer's ``onehot`` so that L_REC reaches the
             tokenizer (needs a straight-through tokenizer such as DIGER to have any effect).
         noisy_labels: with ``soft_codes``, the tokenizer's training-mode codes (DIGER: Gumbel-sampled) also become
             the cross-entropy labels and hard input ids (ours, the ablation). Default False, DIGER's reference:
             labels and ids from the deterministic per-epoch SID table, the noise only on the soft input path.
-        frozen_encoder_layers: the recommender's bottom encoder layers kept frozen in every phase (DIGER's
-            reference: all layers with FrqUD, the bottom 3 with SDUD, of a recommender pre-trained before; sidrec
-            starts the recommender from scratch, so freezing is for a warm start only); 0 = none.
-        freeze_decoder: keep the recommender's decoder layers frozen in every phase (DIGER's reference).
+        frozen_tokenizer_layers: the bottom linear layers of the tokenizer's encoder kept frozen while it trains;
+            -1 = the whole encoder, 0 = none. DIGER's reference (``freeze_id_encoder``): the whole encoder with
+            FrqUD (only the codebooks train), the bottom 3 of its 4 layers with SDUD.
         dedup_capacity: size of the recommender's last (dedup) level when the tokenizer trains: the largest group
             of items sharing one code tuple that later codes may form. 0 = max(2 x the pre-trained tokenizer's
             largest group, K) (our choice).
@@ -70,12 +71,11 @@ class ScheduleConfig:
     name: str = "two_stage"
     cycle_epochs: int = 2
     tokenizer_lr: float = 1e-4
-    warmup_epochs: int = 0
+    warmup_epochs: int = 2
     finetune_epochs: int = 0
     soft_codes: bool = False
     noisy_labels: bool = False
-    frozen_encoder_layers: int = 0
-    freeze_decoder: bool = False
+    frozen_tokenizer_layers: int = 0
     dedup_capacity: int = 0
     losses: LossesConfig = field(default_factory=LossesConfig)
 
@@ -90,8 +90,8 @@ class ScheduleConfig:
             ("soft_codes", not (self.soft_codes and self.name == "two_stage"),
              "needs a schedule that trains the tokenizer (alternating or joint)"),
             ("noisy_labels", self.soft_codes or not self.noisy_labels, "needs soft_codes: true"),
-            ("frozen_encoder_layers", self.frozen_encoder_layers >= 0,
-             f"must be >= 0, got {self.frozen_encoder_layers}"),
+            ("frozen_tokenizer_layers", self.frozen_tokenizer_layers >= -1,
+             f"must be >= -1 (-1 = the whole encoder), got {self.frozen_tokenizer_layers}"),
         ]
         for key, ok, message in checks:
             if not ok:

@@ -8,11 +8,15 @@ TIGER, ETEGRec) and any tokenizer exposing ``assign``. Configs are strict datacl
 SODA (METHODS 6): the paper's body and code are not public. **The formulation here is ours**, written to be
 faithful to the abstract and with every choice configurable so it can be ablated:
 
-- item distribution per level ``P_i^l = softmax(logits_i^l / tau)``, logits from the tokenizer (residuals follow the
-  hard codes of earlier levels, or with ``soft_residuals`` the expected codewords);
-- user distribution per level: the recommender's teacher-forced next-token distribution at level l
-  (``user_source="recommender"``, default) or the sequence latent ``z_E = MLP(mean_pool(encoder states))``
-  quantised by the tokenizer (``user_source="latent"``, ETEGRec-style), at the same temperature;
+- item distribution per level ``P_i^l = softmax(n(logits_i^l) / tau)``, logits from the tokenizer (minus squared
+  distances; residuals follow the hard codes of earlier levels, or with ``soft_residuals`` the expected codewords);
+- user distribution per level ``P_u^l = softmax(n(logits_u^l) / tau)``: the recommender's teacher-forced
+  next-token logits at level l (``user_source="recommender"``, default) or the sequence latent
+  ``z_E = MLP(mean_pool(encoder states))`` quantised by the tokenizer (``user_source="latent"``, ETEGRec-style);
+- ``n`` puts both sides on one scale, a temperature per level: each level's logits centred over the K codes and
+  divided by their root mean square over the batch (not differentiated). Squared distances and a recommender's
+  logits have unrelated, drifting scales (on standardised inputs the raw distances made P_i nearly one-hot while
+  P_u stayed flat, and the score ranked the positive above a negative 51% of the time: issue 22);
 - score ``s(u, i) = -sum_l D(P_u^l, P_i^l)``, D = KL(P_u || P_i) (``"forward"``), KL(P_i || P_u) (``"reverse"``)
   or their sum (``"symmetric"``);
 - ``L_SODA = -mean log sigmoid(s(u, i+) - s(u, i-))`` over in-batch negatives (the other targets of the batch)
@@ -45,10 +49,13 @@ class SODAConfig:
         direction: ``"forward"`` KL(P_u || P_i), ``"reverse"`` KL(P_i || P_u) or ``"symmetric"`` (their sum).
         user_source: ``"recommender"`` (teacher-forced next-token distributions) or ``"latent"`` (z_E quantised
             by the tokenizer; adds a latent head to the recommender).
-        tau: temperature of the item (and latent user) distributions, softmax(-distance / tau).
+        tau: temperature of both distributions on the normalised logits, softmax(n(logits) / tau).
         in_batch: use the other targets of the batch as negatives.
         sampled: negatives drawn uniformly from the catalogue per batch (0 = none).
         soft_residuals: item residuals subtract each level's expected codeword instead of the chosen one.
+        normalize: the per-level normalisation ``n`` of both sides' logits (``level_normalized``); False is the
+            scale before issue 22 (items: minus squared distances / tau; recommender users: raw logits), kept to
+            reproduce that measurement.
 
     Example:
         >>> SODAConfig(weight=0.1, direction="symmetric", sampled=64).user_source
@@ -62,6 +69,7 @@ class SODAConfig:
     in_batch: bool = True
     sampled: int = 0
     soft_residuals: bool = False
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         key = "schedule.losses.soda"
@@ -171,6 +179,19 @@ def _first_occurrence(values: Tensor) -> tuple[Tensor, Tensor]:
     pos = torch.arange(len(values), device=values.device)
     first = torch.full((len(uniq),), len(values), device=values.device, dtype=pos.dtype)
     return uniq, first.scatter_reduce(0, inverse, pos, reduce="amin")
+
+
+def level_normalized(logits: Tensor, tau: float) -> Tensor:
+    """SODA's common scale: ``(B, L, K)`` logits centred over K, over their RMS per level (no gradient), / tau.
+
+    Example:
+        >>> x = level_normalized(torch.randn(64, 3, 8) * torch.tensor([1.0, 50.0, 1e-3])[:, None], tau=1.0)
+        >>> [round(float(v), 3) for v in x.pow(2).mean((0, 2)).sqrt()]  # every level at unit RMS
+        [1.0, 1.0, 1.0]
+    """
+    centred = logits.float() - logits.float().mean(-1, keepdim=True)
+    rms = centred.detach().pow(2).mean((0, 2), keepdim=True).sqrt().clamp_min(1e-12)  # (1, L, 1)
+    return centred / (rms * tau)
 
 
 def soda_scores(user_logits: Tensor, item_logits: Tensor, direction: str) -> Tensor:

@@ -46,7 +46,7 @@ from sidrec.rundir import TrainingDir
 from sidrec.tokenizers.base import SIDS_FILE, Assignment, Tokenizer, codebook_health
 from sidrec.training.config import ScheduleConfig, TrainConfig
 from sidrec.training.loop import LoopConfig, TrainResult, TrainStep, train_epochs, write_best
-from sidrec.training.losses import psa_loss, sia_loss, soda_candidates, soda_loss
+from sidrec.training.losses import level_normalized, psa_loss, sia_loss, soda_candidates, soda_loss
 from sidrec.training.two_stage import training_data
 from sidrec.utils import adamw, atomic_write, save_npy
 
@@ -94,19 +94,18 @@ def write_joint_best(folder: Path, model: nn.Module, epoch: int, metrics: dict[s
 def set_phase(model: nn.Module, tokenizer: nn.Module, phase: str, schedule: ScheduleConfig | None = None) -> None:
     """Make the side(s) that train in ``phase`` trainable (train mode, requires_grad) and freeze the other.
 
-    ``schedule.frozen_encoder_layers`` / ``freeze_decoder`` keep those parts of the recommender frozen (no
-    gradient; still in train mode for dropout) even when it trains (DIGER's reference recipe).
+    ``schedule.frozen_tokenizer_layers`` keeps the bottom linear layers of the tokenizer's encoder frozen (no
+    gradient) even when the tokenizer trains (DIGER's reference ``freeze_id_encoder``).
     """
     train_rec, train_tok = phase in ("recommender", "joint"), phase in ("tokenizer", "joint")
     model.train(train_rec).requires_grad_(train_rec)
     tokenizer.train(train_tok).requires_grad_(train_tok)
-    if schedule is None:
+    if schedule is None or schedule.frozen_tokenizer_layers == 0:
         return
-    # The SID token embeddings stay trainable: L_REC reaches the codebooks through onehot @ their rows either way.
-    for block in model.encoder.blocks[: schedule.frozen_encoder_layers]:
-        block.requires_grad_(False)
-    if schedule.freeze_decoder:
-        model.decoder.blocks.requires_grad_(False)
+    linears = [m for m in tokenizer.encoder.modules() if isinstance(m, nn.Linear)]
+    count = len(linears) if schedule.frozen_tokenizer_layers < 0 else schedule.frozen_tokenizer_layers
+    for linear in linears[:count]:
+        linear.requires_grad_(False)
 
 
 def joint_losses(
@@ -177,10 +176,10 @@ def joint_losses(
         row[uniq] = torch.arange(len(uniq), device=uniq.device)  # item -> row of the assignment
     history_onehot = target_onehot = None
     if schedule.soft_codes:
-        # The recommender embeds the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel
-        # noise in training). Labels and hard ids stay the deterministic table's, as DIGER's reference code (it
-        # trains on a per-epoch code table and uses the noise on the soft input path only); noisy_labels (ours,
-        # the ablation) writes the noisy codes into the table, so they become the cross-entropy labels too.
+        # Ours (DIGER's reference feeds the recommender the per-epoch table's hard codes): the recommender embeds
+        # the history and decoder-input tokens from the assignment's one-hots (DIGER: Gumbel noise in training).
+        # Labels and hard ids stay the deterministic table's; noisy_labels (the ablation) writes the noisy codes
+        # into the table, so they become the cross-entropy labels too.
         if schedule.noisy_labels:
             item_sids = item_sids.clone()
             item_sids[uniq, : a.codes.shape[1]] = a.codes  # dedup token from the table
@@ -219,12 +218,17 @@ def joint_losses(
         if soda.user_source == "recommender":
             user = torch.stack(logits[: a.logits.shape[1]], dim=1)  # (B, L, K) teacher-forced, learned levels
         else:
-            user = latent_logits / soda.tau
+            user = latent_logits
         if soda.soft_residuals:
             with torch.autocast(a.latent.device.type, enabled=False):
-                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau) / soda.tau
+                items = tokenizer.quantizer.soft_logits(a.latent[row[candidates]], soda.tau)
         else:
-            items = a.logits[row[candidates]] / soda.tau  # (M, L, K)
+            items = a.logits[row[candidates]]  # (M, L, K)
+        if soda.normalize:
+            user, items = level_normalized(user, soda.tau), level_normalized(items, soda.tau)
+        else:  # the scale before issue 22: raw recommender logits, minus squared distances / tau
+            user = user if soda.user_source == "recommender" else user / soda.tau
+            items = items / soda.tau
         out["soda"] = soda_loss(user, items, candidates, target, negative, soda.direction)
         total = total + soda.weight * out["soda"]
     out["total"] = total
@@ -243,6 +247,10 @@ class JointStep(TrainStep):
                  schedule: ScheduleConfig, seed: int, progress: bool):
         if not hasattr(tokenizer, "assign"):
             raise ValueError(f"schedule: tokenizer {tokenizer.name!r} has no assign(); use rqvae, letter or diger")
+        layers = sum(isinstance(m, nn.Linear) for m in getattr(tokenizer, "encoder", nn.Module()).modules())
+        if schedule.frozen_tokenizer_layers > layers:
+            raise ValueError(f"schedule.frozen_tokenizer_layers: {schedule.frozen_tokenizer_layers}, but tokenizer "
+                             f"{tokenizer.name!r} has {layers} encoder layers")
         self.device = item_emb.device
         model.to(self.device)
         tokenizer.to(self.device)

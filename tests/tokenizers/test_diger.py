@@ -7,9 +7,12 @@ import torch.nn.functional as F
 from sidrec.tokenizers import DIGER, RQVAE, DIGERConfig, RQVAEConfig, build_tokenizer, load_tokenizer
 from sidrec.tokenizers.diger import gumbel_noise
 from sidrec.tokenizers.kmeans import squared_distances
+from sidrec.tokenizers.residual import sinkhorn_codes
 
 K, L, D = 8, 3, 12
 BASE = dict(num_levels=L, codebook_size=K, latent_dim=4, hidden_dims=[16], batch_size=64, epochs=3)
+# sk_epsilon 0: argmin codes and raw distances, the plain path most tests replay (Sinkhorn: its own test)
+DBASE = {**BASE, "sk_epsilon": 0.0}
 
 
 def items(n: int = 96, seed: int = 0) -> torch.Tensor:
@@ -19,7 +22,7 @@ def items(n: int = 96, seed: int = 0) -> torch.Tensor:
 
 
 def fitted(**overrides) -> DIGER:
-    return DIGER(DIGERConfig(**{**BASE, **overrides}), input_dim=D).fit(
+    return DIGER(DIGERConfig(**{**DBASE, **overrides}), input_dim=D).fit(
         items(), seed=0, device="cpu", progress=False
     )
 
@@ -108,23 +111,29 @@ def test_assignment_follows_the_gumbel_softmax_formula_and_balance_loss():
 
 
 def test_frqud_perturbs_fewer_samples_as_usage_balances():
-    model = DIGER(DIGERConfig(**BASE, decay="frqud"), input_dim=D)
+    model = DIGER(DIGERConfig(**DBASE, decay="frqud"), input_dim=D)
     skewed = torch.zeros(64, dtype=torch.long)  # every sample on code 0
     balanced = torch.arange(64) % K
-    assert model.joint_stats() == {}  # no usage seen yet
-    assert int(model.update_usage(skewed).sum()) == 64  # the EMA starts at the first batch's usage
-    assert model.joint_stats() == {"noise.hot_codes": 1 / K, "noise.perturbed": 1.0}
-    counts = [int(model.update_usage(balanced).sum()) for _ in range(400)]
-    # Reference: code 0's EMA decays as 0.99 e + 0.01 / K from 1; it stays hot while above 1.5 / K; the
-    # other codes rise from 0 towards 1 / K and never become hot.
-    ema, expected = 1.0, []
+    assert not model.hot(skewed).any()  # the EMA starts uniform (1 / K, below 1.5 / K), as the reference's
+    ema = 1 / K
+    for _ in range(50):  # code 0's EMA rises as 0.99 e + 0.01 past 1.5 / K after 8 skewed batches
+        model.update_usage(skewed)
+        ema = 0.99 * ema + 0.01
+    assert int(model.hot(skewed).sum()) == 64
+    counts = []
     for _ in range(400):
-        ema = 0.99 * ema + 0.01 / K
+        counts.append(int(model.hot(balanced).sum()))  # read before the batch updates the EMA
+        model.update_usage(balanced)
+    # Reference: code 0's EMA decays as 0.99 e + 0.01 / K; it stays hot while above 1.5 / K; the other codes
+    # rise from below 1 / K towards it and never become hot.
+    expected = []
+    for _ in range(400):
         expected.append(64 // K if ema > 1.5 / K else 0)
+        ema = 0.99 * ema + 0.01 / K
     assert counts == expected
     assert counts[0] == 8 and counts[-1] == 0
     assert model.joint_stats() == {"noise.hot_codes": 0.0, "noise.perturbed": 0.0}
-    assert int(model.usage_steps) == 401
+    assert int(model.usage_steps) == 450
 
 
 def test_frqud_assign_perturbs_only_samples_whose_level1_code_is_hot():
@@ -134,7 +143,6 @@ def test_frqud_assign_perturbs_only_samples_whose_level1_code_is_hot():
     hot_code = int(argmin[0, 0])
     with torch.no_grad():
         model.usage_ema.copy_(F.one_hot(torch.tensor(hot_code), K).float())
-        model.usage_steps.fill_(1000)
     model.train()
     a = model.assign(x, generator=torch.Generator().manual_seed(0))
     hot = argmin[:, 0] == hot_code
@@ -144,7 +152,7 @@ def test_frqud_assign_perturbs_only_samples_whose_level1_code_is_hot():
 
 
 def test_sdud_wrapped_loss_value_gradient_sign_and_optimum():
-    model = DIGER(DIGERConfig(**BASE, decay="sdud"), input_dim=D)
+    model = DIGER(DIGERConfig(**DBASE, decay="sdud"), input_dim=D)
     assert torch.equal(model.sigma.detach(), torch.ones(L))
     s = 1.0 + 1.7
     task = torch.tensor(5.0)
@@ -188,7 +196,7 @@ def test_sdud_sigma_scales_the_noise_gets_the_rec_gradient_and_its_own_lr():
 
 def test_fit_is_rqvae_fit():
     rq = RQVAE(RQVAEConfig(**BASE, reduction="mean"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
-    dg = DIGER(DIGERConfig(**BASE, decay="sdud"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
+    dg = DIGER(DIGERConfig(**DBASE, decay="sdud"), input_dim=D).fit(items(), seed=3, device="cpu", progress=False)
     state = dg.state_dict()
     assert set(state) == set(rq.state_dict()) | {"sigma"}
     for key, value in rq.state_dict().items():
@@ -218,13 +226,16 @@ def test_seeded_determinism():
     outs = []
     for model in (a, b):
         model.train()
+        with torch.no_grad():  # every level-1 code hot, so that every sample draws noise
+            model.usage_ema.fill_(1.0)
         torch.manual_seed(11)  # the default noise source is torch's seeded RNG
         out = model.assign(x)
         (grad,) = torch.autograd.grad(rec_loss(out.onehot) + out.loss, model.quantizer.codebooks)
         outs.append((out.codes, grad, model.usage_ema.clone()))
     for left, right in zip(*outs):
         assert torch.equal(left, right)
-    a.reset_noise_state()
+    with torch.no_grad():
+        a.usage_ema.fill_(1.0)
     torch.manual_seed(12)
     assert not torch.equal(a.assign(x).codes, outs[0][0])
     gen = torch.Generator().manual_seed(3)
@@ -281,3 +292,30 @@ def test_noise_changed_share_is_logged_per_level_and_gap_scaling_evens_it_out():
     spread = max(plain) - min(plain)
     assert plain[0] < plain[-1] and max(scaled) - min(scaled) < 0.5 * spread, (plain, scaled)
     assert all(0 < s < 1 for s in scaled)
+
+
+def test_reference_joint_loss_is_latent_and_codes_are_sinkhorn_balanced():
+    """DIGER's reference (junchen-fu/DIGER): mse(z_hat, z) + the VQ loss of Ind . E, no decoder; Sinkhorn codes
+    (epsilon 0.003) over the batch for the noise-free samples and over the catalogue in the code table."""
+    model = fitted(decay="frqud", sk_epsilon=0.003)
+    x = items(96, seed=9)
+    model.train()
+    a = model.assign(x, generator=torch.Generator().manual_seed(0))
+    assert set(a.terms) == {"recon", "rq"}
+    assert torch.allclose(a.terms["recon"], F.mse_loss(a.quantized, a.latent))
+    # the decoder gets nothing from the joint loss: only the codebooks and the encoder do
+    grads = torch.autograd.grad(a.loss, [model.quantizer.codebooks, *model.decoder.parameters()], allow_unused=True)
+    assert grads[0].abs().sum() > 0 and all(g is None for g in grads[1:])
+    # nothing is hot on the first batch (the EMA starts uniform): every code is the batch's Sinkhorn code
+    z = model.encoder(model.standardize(x)).detach()
+    residual = z
+    for level in range(L):
+        d = squared_distances(residual, model.quantizer.codebooks[level].detach())
+        assert torch.equal(a.codes[:, level], sinkhorn_codes(d, 0.003, 50))
+        scale = (d.max() - d.min()) / 2 + 1e-5
+        assert torch.allclose(a.logits[:, level], -(d - (d.max() + d.min()) / 2) / scale, atol=1e-5)  # in [-1, 1]
+        residual = residual - model.quantizer.codebooks[level].detach()[a.codes[:, level]]
+    # the code table is balanced over the whole catalogue: flatter level-1 usage than the nearest codeword's
+    table, nearest = model.encode(x), model.quantizer.encode(z)
+    assert torch.bincount(table[:, 0], minlength=K).max() < torch.bincount(nearest[:, 0], minlength=K).max()
+    assert torch.equal(model.encode(x[:3]), nearest[:3])  # fewer rows than codes: the nearest codewords

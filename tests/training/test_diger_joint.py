@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
-from conftest import write_recbole
 from safetensors.torch import load_file
 
+from conftest import write_recbole
 from sidrec.cli import main
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
@@ -84,6 +84,26 @@ def test_joint_schedule_trains_diger_sdud_end_to_end(tiny_args):
     assert [g["lr"] / groups[0]["lr"] for g in groups[1:]] == pytest.approx([1e-4 / 3e-3, 1e-3 / 3e-3])
     assert "tokenizer.sigma" in load_file(str(ckpt / (ckpt / "LATEST").read_text().strip() / "model.safetensors"))
     assert (run / "metrics.json").exists()
+
+
+def test_reference_recipe_end_to_end_trains_only_the_codebooks(tiny_args):
+    """The presets' recipe (DIGER's reference): FrqUD, hard codes for the recommender, the tokenizer's encoder
+    frozen, Sinkhorn codes; the joint epoch moves the codebooks and nothing else of the tokenizer."""
+    run, args = tiny_args
+    args = [a for a in args if not a.startswith(("tokenizer.params", "train.epochs"))] + [
+        "tokenizer.name=diger",
+        "tokenizer.params={num_levels: 2, codebook_size: 8, epochs: 3, hidden_dims: [16], latent_dim: 8, "
+        "decay: frqud, sk_epsilon: 0.003}",
+        "schedule.name=joint", "schedule.frozen_tokenizer_layers=-1", "schedule.finetune_epochs=1", "train.epochs=2",
+    ]
+    assert main(["run", "configs/ml-100k-demo.yaml", *args, "--quiet"]) == 0
+    log = [r for r in read_jsonl(run / "recommender" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["phase"] for r in log] == ["joint", "recommender"] and "noise.changed" in log[0]
+    pretrained = load_tokenizer(run / "tokenizer")
+    trained = load_tokenizer(run / "model" / "tokenizer")
+    assert not torch.equal(trained.quantizer.codebooks, pretrained.quantizer.codebooks)
+    for name, value in pretrained.encoder.state_dict().items():
+        assert torch.equal(trained.encoder.state_dict()[name], value), name
 
 
 def test_joint_objective_wraps_the_recommendation_loss_while_sdud_trains():

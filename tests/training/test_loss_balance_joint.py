@@ -18,7 +18,14 @@ from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import RQVAE, RQVAEConfig
 from sidrec.tokenizers.diger import DIGER, DIGERConfig
-from sidrec.training.losses import LossesConfig, PSAConfig, SIAConfig, SODAConfig, kl_matrix
+from sidrec.training.losses import (
+    LossesConfig,
+    PSAConfig,
+    SIAConfig,
+    SODAConfig,
+    level_normalized,
+    soda_scores,
+)
 from sidrec.training.schedules import joint_losses, semantic_ids_for, set_phase
 
 N, D, B = 1024, 256, 128
@@ -46,8 +53,8 @@ def grad_norm(term: torch.Tensor, params: list[torch.Tensor]) -> float:
     return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
 
 
-def setup(model_cls, tok_cls=RQVAE, **tok_kw):
-    """A tokenizer pre-fitted 5 epochs, a recommender trained 15 steps on its SIDs, and the data."""
+def setup(model_cls, tok_cls=RQVAE, rec_steps: int = 15, **tok_kw):
+    """A tokenizer pre-fitted 5 epochs, a recommender trained ``rec_steps`` steps on its SIDs, and the data."""
     x, data = planted()
     cfg_cls = DIGERConfig if tok_cls is DIGER else RQVAEConfig
     cfg = cfg_cls(num_levels=3, codebook_size=256, latent_dim=128, reduction="mean", epochs=5, batch_size=512,
@@ -61,7 +68,7 @@ def setup(model_cls, tok_cls=RQVAE, **tok_kw):
     sids = semantic_ids_for(tok, x, model)
     set_phase(model, tok, "recommender")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(15):
+    for step in range(rec_steps):
         idx = torch.arange(step * B, (step + 1) * B) % len(data[2])
         loss = joint_losses(model, tok, x, sids, *(d[idx] for d in data), ScheduleConfig(name="alternating"),
                             aligned=False)["total"]
@@ -89,32 +96,45 @@ def test_etegrec_alignment_gradients_at_the_papers_weights():
     assert 1e-3 < psa < 10, psa
 
 
-def test_soda_gradient_and_tokenizer_moving_toward_the_recommender():
-    tok, model, x, sids, data = setup(Tiger)
+def soda_win_rate(tok, model, x, sids, data, soda: SODAConfig, start: int = 2048) -> float:
+    """Share of (user, in-batch negative) pairs of held-out rows (after the rows any step trains on) where SODA's
+    score -sum_l KL(P_u^l || P_i^l), at ``soda``'s scale, ranks the user's next item above the negative."""
+    hist, users, target = rows(data, start)
+    with torch.no_grad():
+        ids, mask = model_inputs(model, sids, hist, users)
+        _, dec = model.hidden_states(ids, mask, sids[target])
+        user = torch.stack(model.all_level_logits(dec)[:3], 1)  # (B, L, K) teacher-forced
+        uniq = torch.unique(target)
+        items = tok.eval().assign(x[uniq]).logits  # (M, L, K)
+        if soda.normalize:
+            user, items = level_normalized(user, soda.tau), level_normalized(items, soda.tau)
+        else:
+            items = items / soda.tau
+        scores = soda_scores(user, items, soda.direction)  # (B, M)
+    pos = scores.gather(1, torch.searchsorted(uniq, target)[:, None])  # (B, 1)
+    neg = uniq[None, :] != target[:, None]
+    return float(((pos > scores) & neg).sum() / neg.sum())
+
+
+def test_soda_is_balanced_against_l_sq_and_ranks_held_out_positives():
+    # standardised inputs, the setting in which issue 22 found SODA at chance and ~16x L_SQ; a recommender trained
+    # long enough (200 steps) that its code distributions carry the planted groups
+    tok, model, x, sids, data = setup(Tiger, rec_steps=200, standardize=True)
+    soda = SODAConfig()  # the default scale and gamma
+    sched = ScheduleConfig(name="alternating", losses=LossesConfig(soda=soda))
     set_phase(model, tok, "tokenizer")
-    sched = ScheduleConfig(name="alternating", losses=LossesConfig(soda=SODAConfig(weight=0.1)))
     out = joint_losses(model, tok, x, sids, *rows(data), sched, aligned=True)
     params = list(tok.parameters())
-    ratio = grad_norm(0.1 * out["soda"], params) / grad_norm(out["sq"], params)
-    # gamma = 0.1 is ours (SODA's weights are not public): on the mean scale it outweighs L_SQ (measured ~15x)
-    assert 0.1 < ratio < 100, ratio
-
-    def gap(tokenizer) -> float:
-        """Mean KL(P_u || P_i) over levels between the recommender's and the tokenizer's code distributions of
-        each row's target (what L_SODA's positive pairs shrink)."""
-        hist, users, target = rows(data, 3 * B)
-        with torch.no_grad():
-            ids, mask = model_inputs(model, sids, hist, users)
-            _, dec = model.hidden_states(ids, mask, sids[target])
-            user = torch.stack(model.all_level_logits(dec)[:3], 1)  # (B, L, K) teacher-forced
-            item = tokenizer.assign(x[target]).logits  # (B, L, K)
-        return float(kl_matrix(user, item).diag().mean())
-
-    before = gap(tok.eval())
-    with_soda = gap(tokenizer_steps(tok, model, x, sids, data, sched))
-    without = gap(tokenizer_steps(tok, model, x, sids, data, ScheduleConfig(name="alternating")))
-    # L_SQ alone leaves the distance between the two distributions about where it was; gamma L_SODA shrinks it
-    assert with_soda < without and with_soda < 0.9 * before, (before, with_soda, without)
+    ratio = grad_norm(soda.weight * out["soda"], params) / grad_norm(out["sq"], params)
+    # gamma L_SODA is a fraction of L_SQ at the tokenizer (measured 0.06; the raw scale of issue 22: 13.6)
+    assert 0.01 < ratio < 2, ratio
+    # the score ranks held-out positives above in-batch negatives (measured 0.79; raw scale 0.61)
+    assert soda_win_rate(tok, model, x, sids, data, soda) > 0.7
+    plain = ScheduleConfig(name="alternating")
+    with_soda = soda_win_rate(tokenizer_steps(tok, model, x, sids, data, sched), model, x, sids, data, soda)
+    without = soda_win_rate(tokenizer_steps(tok, model, x, sids, data, plain), model, x, sids, data, soda)
+    # L_SQ alone lets the ranking decay (0.71); gamma L_SODA holds it up (0.76; raw scale 0.68)
+    assert with_soda > 0.7 and with_soda > without + 0.02, (with_soda, without)
 
 
 def tokenizer_steps(tok, model, x, sids, data, sched, steps: int = 8, lr: float = 1e-3, phase: str = "tokenizer"):
@@ -152,19 +172,47 @@ def test_sia_moves_the_item_distributions_toward_the_sequence_latents():
     assert with_sia < 0.95 * without, (before, with_sia, without)
 
 
-def test_diger_rec_loss_moves_the_codebooks():
-    tok, model, x, sids, data = setup(Tiger, DIGER, decay="sdud")
+def sgd_codebooks(tok, model, x, sids, data, sched, steps: int = 4, lr: float = 0.05) -> torch.Tensor:
+    """The codebooks after ``steps`` plain SGD steps of the joint phase on copies: unlike Adam's, an SGD step is
+    proportional to the gradient, so what a term adds to the displacement follows its size."""
+    t = type(tok)(tok.config, D)
+    t.load_state_dict(tok.state_dict())
+    m = type(model)(model.cfg)
+    m.load_state_dict(model.state_dict())
+    set_phase(m, t, "joint")
+    opt = torch.optim.SGD([p for p in [*t.parameters(), *m.parameters()] if p.requires_grad], lr=lr)
+    torch.manual_seed(1)
+    for step in range(steps):
+        loss = joint_losses(m, t, x, sids, *rows(data, step * B), sched, aligned=True)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return t.quantizer.codebooks.detach()
+
+
+def test_diger_rec_loss_reaches_the_codebooks_only_through_soft_codes_and_by_its_size(monkeypatch):
+    # sk_epsilon 0: raw distances as logits. On the reference's centred [-1, 1] distances (sk_epsilon 0.003) y_soft
+    # is nearly flat at tau 2 and the soft path carries ~1e-4 of L_SQ's gradient (measured), not ~0.1
+    tok, model, x, sids, data = setup(Tiger, DIGER, decay="sdud", sk_epsilon=0.0)
     set_phase(model, tok, "joint")
+    books = [tok.quantizer.codebooks]
+    # DIGER's reference: the recommender reads the table's hard codes, so L_REC reaches no codeword (only the
+    # SDUD sigmas, through the wrapping)
+    hard = ScheduleConfig(name="joint")
+    out = joint_losses(model, tok, x, sids, *rows(data), hard, aligned=True)
+    wrapped = tok.wrap_task_loss(out["rec"])
+    assert grad_norm(wrapped, books) == 0 and grad_norm(wrapped, [tok.sigma]) > 0
+    # soft_codes (ours): through SDUD's wrapping (/ 2 (|sigma| + 1.7)^2 ~ 1/15) and the straight-through
+    # indicators, L_REC's gradient at the codebooks is a few percent of L_SQ's (measured 0.06), not ~1e-3 of it
     soft = ScheduleConfig(name="joint", soft_codes=True)
     out = joint_losses(model, tok, x, sids, *rows(data), soft, aligned=True)
-    books = [tok.quantizer.codebooks]
-    # L_REC, through SDUD's wrapping (/ 2 (|sigma| + 1.7)^2 ~ 1/15) and the straight-through indicators, next to
-    # L_SQ at the codebooks
     ratio = grad_norm(tok.wrap_task_loss(out["rec"]), books) / grad_norm(out["sq"], books)
-    assert 0.1 < ratio < 10, ratio
+    assert 0.02 < ratio < 10, ratio
     start = tok.quantizer.codebooks.detach().clone()
-    with_rec = tokenizer_steps(tok, model, x, sids, data, soft, phase="joint").quantizer.codebooks.detach()
-    hard = ScheduleConfig(name="joint")  # L_REC does not reach the tokenizer: L_SQ alone moves it
-    sq_only = tokenizer_steps(tok, model, x, sids, data, hard, phase="joint").quantizer.codebooks.detach()
-    # the recommendation loss moves the codebooks by a sizeable share of what L_SQ moves them
-    assert (with_rec - sq_only).norm() > 0.3 * (sq_only - start).norm()
+    with_rec = sgd_codebooks(tok, model, x, sids, data, soft)
+    monkeypatch.setattr(DIGER, "wrap_task_loss", lambda self, loss: 0 * loss)  # the same steps without L_REC
+    without = sgd_codebooks(tok, model, x, sids, data, soft)
+    # the recommendation loss adds to the codebooks' displacement a share that follows its size: measured 0.16,
+    # 4e-4 with L_REC scaled by 1e-3 (the Adam-stepped check of issue 14 gave 0.94 either way)
+    share = float((with_rec - without).norm() / (without - start).norm())
+    assert 0.05 < share < 10, share

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides, write_recbole
 from safetensors.torch import load_file
 
+from conftest import tiny_overrides, write_recbole
 from sidrec.cli import main
 from sidrec.config import ConfigError, load_config
 from sidrec.data.loaders import load_dataset
@@ -240,15 +240,16 @@ def test_lr_schedule_moves_every_param_group(tmp_path, monkeypatch):
         assert lrs == pytest.approx([1e-3 * factor, 1e-2 * factor])
 
 
-def test_frozen_recommender_parts_stay_frozen_in_every_phase(tmp_path):
-    model, tok, _, _ = setup(tmp_path)
-    model = Tiger(TigerConfig(level_sizes=[4, 4, 24], max_history=4, **{**SMALL, "num_encoder_layers": 2}))
-    sched = ScheduleConfig(name="joint", frozen_encoder_layers=1, freeze_decoder=True)
-    for phase in ("joint", "recommender"):
-        set_phase(model, tok, phase, sched)
-        assert not any(p.requires_grad for p in model.encoder.blocks[0].parameters())
-        assert all(p.requires_grad for p in model.encoder.blocks[1].parameters())
-        assert not any(p.requires_grad for p in model.decoder.blocks.parameters())
-        assert model.embed.weight.requires_grad and all(p.requires_grad for p in model.heads.parameters())
+def test_frozen_tokenizer_encoder_layers_stay_frozen_while_the_tokenizer_trains(tmp_path):
+    model, tok, _, _ = setup(tmp_path)  # tokenizer encoder: 2 linear layers (6 -> 8 -> 4)
+    linears = [m for m in tok.encoder if isinstance(m, torch.nn.Linear)]
+    for layers, frozen in ((1, 1), (-1, 2)):  # DIGER's reference: bottom 3 of 4 with SDUD, all with FrqUD
+        sched = ScheduleConfig(name="joint", frozen_tokenizer_layers=layers)
+        for phase in ("joint", "tokenizer"):
+            set_phase(model, tok, phase, sched)
+            assert [p.requires_grad for m in linears for p in m.parameters()] == [False] * 2 * frozen + [True] * (
+                4 - 2 * frozen)
+            assert tok.quantizer.codebooks.requires_grad and all(p.requires_grad for p in tok.decoder.parameters())
+            assert all(p.requires_grad for p in model.parameters()) == (phase == "joint")
     with pytest.raises(ConfigError, match="schedule.noisy_labels"):
         load_config(None, ["schedule.name=joint", "schedule.noisy_labels=true"])  # needs soft codes

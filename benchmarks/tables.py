@@ -261,9 +261,11 @@ def load_results(dataset: str) -> dict[str, list[dict[str, Any]]]:
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in out.items()}
 
 
-def cell(values: list[float]) -> str:
-    """Mean, and ± sample std over seeds when there are several; 4 decimals without the leading 0."""
-    f = lambda x: f"{x:.4f}".lstrip("0") if x >= 0 else f"-{abs(x):.4f}".lstrip("0")  # noqa: E731
+def cell(values: list[float], digits: int = 4) -> str:
+    """Mean, and ± sample std over seeds when there are several; metrics with 4 decimals and no leading 0."""
+    def f(x: float) -> str:
+        text = f"{abs(x):.{digits}f}"
+        return ("-" if x < 0 else "") + (text.lstrip("0") if digits == 4 else text)
     if len(values) == 1:
         return f(values[0])
     return f"{f(statistics.fmean(values))} ± {f(statistics.stdev(values))}"
@@ -285,7 +287,7 @@ def render_dataset(name: str) -> str:
         lines.append(f"| {ds.rows[row].label} | {seeds} | "
                      + " | ".join(cell([r[prefix + m] for r in runs]) for m in METRICS)
                      + f" | {cell([r[valid] for r in runs]) if all(valid in r for r in runs) else ''}"
-                     + f" | {cell(minutes) if minutes else ''} | {cell(health) if health and row != 'sasrec' else ''} |")
+                     + f" | {cell(minutes, 1) if minutes else ''} | {cell(health) if health and row != 'sasrec' else ''} |")
         if all(f"hybrid.test.{METRICS[0]}" in r for r in runs):  # eval.transition_mix: its own row
             lams = ", ".join(f"{r['hybrid.lambda']:g}" for r in runs)
             lines.append(f"| {ds.rows[row].label} + transition mix (lambda {lams}, on validation) | {seeds} | "
@@ -309,7 +311,7 @@ def render_doc(text: str) -> str:
     """``text`` with every ``<!-- table:NAME -->`` ... ``<!-- /table:NAME -->`` block regenerated."""
     def sub(m: re.Match) -> str:
         return f"<!-- table:{m[1]} -->\n{render_dataset(m[1])}\n<!-- /table:{m[1]} -->"
-    return re.sub(r"<!-- table:(\w+) -->.*?<!-- /table:\1 -->", sub, text, flags=re.S)
+    return re.sub(r"<!-- table:([\w-]+) -->.*?<!-- /table:\1 -->", sub, text, flags=re.S)
 
 
 def render_cmd(args: argparse.Namespace) -> int:

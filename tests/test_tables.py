@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -66,3 +67,8 @@ def test_the_committed_results_page_is_what_its_files_give():
     mod = load_tables()
     text = mod.DOC.read_text()
     assert mod.render_doc(text) == text, "run: PYTHONPATH=. python benchmarks/tables.py render"
+    names = re.findall(r"<!-- table:([\w-]+) -->", text)
+    assert names and all(n in mod.DATASETS for n in names)
+    for name in names:  # every marked block holds a generated table, not an empty or hand-written one
+        block = text.split(f"<!-- table:{name} -->")[1].split(f"<!-- /table:{name} -->")[0]
+        assert f"from `benchmarks/results/tables/{name}/`" in block

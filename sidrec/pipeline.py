@@ -355,6 +355,7 @@ class Run:
         if sids is None:
             sids = tok.semantic_ids(x.to(tok.device)).cpu().numpy()
         health = codebook_health(torch.as_tensor(sids[:, :-1]), tok.codebook_size)
+        health["input_scale"] = tok.input_scale(x)  # row norms of the inputs (and LETTER's collaborative rows)
         atomic_write(RunDir.sids_file(tdir), lambda p: save_npy(p, sids))
         atomic_write_json(RunDir.health_file(tdir), health)
         return health

@@ -29,6 +29,8 @@ def test_inspect_prints_tables_and_writes_plots(run_copy, capsys):
     assert main(["inspect", str(run_copy), "--json", "--no-plots", "--samples", "30"]) == 0
     report = json.loads(capsys.readouterr().out)
     health = json.loads((run_copy / "tokenizer" / "health.json").read_text())
+    scale = health.pop("input_scale")  # the tokenize stage also records the row norms of its input
+    assert set(scale) == {"input", "standardized"} and 0 < scale["input"]["min"] <= scale["input"]["max"]
     assert report["codebook"] == health  # the same statistics the tokenize stage recorded
     assert report["level_sizes"] == [8, 8] and report["prefix_sharing"]["num_samples"] == 30
     assert len(report["prefix_sharing"]["neighbour"]) == 2 and len(report["fit"]["steps"]) == 3

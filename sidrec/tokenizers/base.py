@@ -165,6 +165,17 @@ def require(ok: bool, field: str, message: str) -> None:
         raise ValueError(f"{field}: {message}")
 
 
+def row_norms(x: Tensor) -> dict[str, float]:
+    """Mean, min and max of the L2 norms of the rows of ``x (N, D)``: the scale a method's weights act on.
+
+    Example:
+        >>> row_norms(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        {'mean': 3.0, 'min': 1.0, 'max': 5.0}
+    """
+    norms = x.float().norm(dim=1)  # (N,)
+    return {"mean": float(norms.mean()), "min": float(norms.min()), "max": float(norms.max())}
+
+
 class Tokenizer(nn.Module, ABC):
     """Base class: maps item embeddings ``(N, D)`` to ``L`` codes per item from codebooks of size ``K``.
 
@@ -208,6 +219,13 @@ class Tokenizer(nn.Module, ABC):
     def standardize(self, x: Tensor) -> Tensor:
         """Per-dimension standardisation with the statistics of the fit data (identity when disabled)."""
         return (x - self.input_mean) / self.input_std
+
+    @torch.no_grad()
+    def input_scale(self, x: Tensor) -> dict[str, dict[str, float]]:
+        """Row norms (``row_norms``) of every input: the rows ``x (N, D)`` given to the tokenizer and the rows its
+        model reads after standardisation (the same when it is off); ``health.json`` records them."""
+        x = x.to(self.device, torch.float32)
+        return {"input": row_norms(x), "standardized": row_norms(self.standardize(x))}
 
     def _set_standardization(self, x: Tensor, enabled: bool) -> None:
         if enabled:

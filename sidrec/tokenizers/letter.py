@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sidrec.tokenizers.base import QuantizerOutput, assign_semantic_ids, require
+from sidrec.tokenizers.base import QuantizerOutput, assign_semantic_ids, require, row_norms
 from sidrec.tokenizers.kmeans import balanced_kmeans
 from sidrec.tokenizers.rqvae import RQVAE, RQVAEConfig
 from sidrec.utils import resolve_device
@@ -68,11 +68,13 @@ class LetterConfig(RQVAEConfig):
 
     Example:
         >>> cfg = LetterConfig(alpha=0.02, div_weight=1e-4, epochs=300)
-        >>> cfg.num_levels, cfg.reduction
-        (4, 'mean')
+        >>> cfg.num_levels, cfg.reduction, cfg.standardize
+        (4, 'mean', False)
     """
 
     num_levels: int = 4
+    # LETTER's RQ-VAE/datasets.py feeds its text embeddings as they are, not standardised
+    standardize: bool = False
     # LETTER's code: F.mse_loss means and levels averaged; alpha 0.02 and beta 1e-4 are weights on that scale.
     reduction: Literal["sum", "mean"] = "mean"
     alpha: float = 0.02
@@ -342,6 +344,15 @@ class Letter(RQVAE):
         if not torch.isfinite(collab).all():
             raise ValueError("collab (tokenizer.collab): contains NaN or infinite values")
         self.collab = collab.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def input_scale(self, x: Tensor) -> dict[str, dict[str, float]]:
+        """``Tokenizer.input_scale`` plus the row norms of the collaborative embeddings L_CF reads (when attached):
+        its logits are raw dot products, so its strength grows with their norm."""
+        scale = super().input_scale(x)
+        if self.collab is not None:
+            scale["collab"] = row_norms(self.collab)
+        return scale
 
     def fit(
         self,

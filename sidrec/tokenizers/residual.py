@@ -156,6 +156,27 @@ class ResidualQuantizer(nn.Module):
         residuals = self.residuals(z, codes)  # (B, L, d)
         return torch.stack([-self.distances(residuals[:, level], level) for level in range(self.num_levels)], 1)
 
+    def straight_through_distances(self, z: Tensor) -> Tensor:
+        """ETEGRec's per-level code scores as its ``vq.py`` computes them: ``(B, d) -> (B, L, K)`` squared distances.
+
+        Each level's residual follows the level's own nearest code, and after level 0 it carries no gradient: ETEGRec
+        subtracts the straight-through quantisation ``r + sg(e - r)`` from r, leaving ``sg(r - e)``. So the scores
+        reach z through level 0 only, and each codebook through its own level. ETEGRec's L_SIA takes
+        ``softmax(+distance)`` as the code distribution (its ``logit = d``; the paper writes -distance).
+
+        Example:
+            >>> rq = ResidualQuantizer(num_levels=3, codebook_size=8, dim=4)
+            >>> rq.straight_through_distances(torch.randn(5, 4)).shape
+            torch.Size([5, 3, 8])
+        """
+        out = []
+        residual = z
+        for level in range(self.num_levels):
+            distances = self.distances(residual, level)  # (B, K), gradients to the residual and this codebook
+            out.append(distances)
+            residual = (residual - self.codebooks[level][distances.argmin(dim=1)]).detach()
+        return torch.stack(out, 1)
+
     def soft_logits(self, z: Tensor, tau: float = 1.0) -> Tensor:
         """Like ``logits`` but each residual subtracts the expected codeword of the level before: ``(B, L, K)``.
 

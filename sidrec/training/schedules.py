@@ -205,11 +205,17 @@ def joint_losses(
         out["sq"] = a.loss
         out.update({f"tok.{name}": term for name, term in a.terms.items()})
         total = total + a.loss
-    if latent:
+    if soda is not None and soda.user_source == "latent":
         with torch.autocast(item_emb.device.type, enabled=False):
             latent_logits = tokenizer.quantizer.logits(outs[model.num_levels])  # (B, L, K)
     if sia is not None:
-        out["sia"] = sia_loss(latent_logits, a.logits[row[target]])
+        # ETEGRec's code: scores +distance, residuals straight-through (no gradient past level 0); the paper's
+        # -distance has the same minimum (KL 0 iff the scores agree up to a constant) and weighs the near codes
+        # instead of the far ones (measured: benchmarks/sia_probe.py, docs/results.md "Fidelity")
+        with torch.autocast(item_emb.device.type, enabled=False):
+            user_scores = tokenizer.quantizer.straight_through_distances(outs[model.num_levels])  # (B, L, K)
+            item_scores = tokenizer.quantizer.straight_through_distances(a.latent[row[target]])
+        out["sia"] = sia_loss(user_scores, item_scores, target)
         total = total + sia.weight * out["sia"]
     if psa is not None:
         out["psa"] = psa_loss(outs[-1], a.reconstruction[row[target]], target, psa.tau)

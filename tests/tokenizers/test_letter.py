@@ -309,3 +309,14 @@ def test_codebooks_start_from_balanced_kmeans_on_the_whole_catalogue():
     assert torch.equal(wide.quantizer.codebooks, model.quantizer.codebooks)
     plain = initialised(LetterConfig(**{**cfg.__dict__, "balanced_init": False}), x, like=model)
     assert not torch.equal(plain.quantizer.codebooks, model.quantizer.codebooks)
+
+
+def test_input_scale_records_the_row_norms_of_every_input():
+    x, collab = data()
+    tok = Letter(SMALL, x.shape[1]).fit(x, collab=3 * collab, seed=0, device="cpu", progress=False)
+    scale = tok.input_scale(x)
+    norms, collab_norms = x.norm(dim=1), (3 * collab).norm(dim=1)
+    assert scale["input"] == pytest.approx({"mean": float(norms.mean()), "min": float(norms.min()),
+                                            "max": float(norms.max())})
+    assert scale["standardized"] == scale["input"]  # LETTER's code does not standardise its input
+    assert scale["collab"]["mean"] == pytest.approx(float(collab_norms.mean()))

@@ -75,3 +75,18 @@ def test_init_kmeans_puts_codewords_at_cluster_centres():
         assert torch.allclose(level0[k], z[i * 40 : (i + 1) * 40].mean(0), atol=1e-5)
     # Level 1 clusters what level 0 left over: small residuals around 0.
     assert rq.codebooks[1].detach().abs().max() < 0.3
+
+
+def test_straight_through_distances_reach_z_through_the_first_level_only():
+    # ETEGRec's vq.py: after level 0 the residual is r - (r + sg(e - r)) = sg(r - e), so L_SIA moves z through
+    # level 0 and each codebook through its own level only
+    rq = ResidualQuantizer(num_levels=3, codebook_size=8, dim=4)
+    z = torch.randn(5, 4, requires_grad=True)
+    d = rq.straight_through_distances(z)  # (5, 3, 8)
+    assert torch.allclose(d[:, 0], torch.cdist(z, rq.codebooks[0]).pow(2), atol=1e-5)
+    assert torch.allclose(d, -rq.logits(z), atol=1e-5)  # the same values as the logits, other sign
+    later = torch.autograd.grad(d[:, 1:].sum(), [z, rq.codebooks], retain_graph=True)
+    assert later[0].abs().sum() == 0  # the full residual path (r_l = z - sum of codewords) would reach z
+    assert later[1][0].abs().sum() == 0 and later[1][1:].abs().sum() > 0
+    first = torch.autograd.grad(d[:, 0].sum(), [z, rq.codebooks])
+    assert first[0].abs().sum() > 0 and first[1][1:].abs().sum() == 0

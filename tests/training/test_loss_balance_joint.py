@@ -84,16 +84,18 @@ def rows(data, start: int = 0):
 
 
 def test_etegrec_alignment_gradients_at_the_papers_weights():
-    tok, model, x, sids, data = setup(ETEGRec)
+    tok, model, x, sids, data = setup(ETEGRec, standardize=False)  # ETEGRec's code does not standardise its input
     set_phase(model, tok, "tokenizer")
-    sched = ScheduleConfig(name="alternating", losses=LossesConfig(sia=SIAConfig(3e-4), psa=PSAConfig(1e-4)))
+    # ETEGRec's code: kl (SIA) 1e-4, dec_cl (PSA) 3e-4
+    sched = ScheduleConfig(name="alternating", losses=LossesConfig(sia=SIAConfig(1e-4), psa=PSAConfig(3e-4)))
     out = joint_losses(model, tok, x, sids, *rows(data), sched, aligned=True)
     params = list(tok.parameters())
     main = grad_norm(out["sq"], params)
-    sia, psa = grad_norm(3e-4 * out["sia"], params) / main, grad_norm(1e-4 * out["psa"], params) / main
-    # ETEGRec's weights make both alignments light next to L_SQ (as in its code), yet no longer ~1e-4 of it
-    assert 1e-3 < sia < 10, sia
-    assert 1e-3 < psa < 10, psa
+    sia, psa = grad_norm(1e-4 * out["sia"], params) / main, grad_norm(3e-4 * out["psa"], params) / main
+    # ETEGRec's weights keep both alignments light next to L_SQ, as in its code: measured 0.045 and 0.0009. The
+    # summed reductions before issue 14 (L_SQ summed over dimensions, L_SIA over levels) gave 0.0012 and 5e-6.
+    assert 0.01 < sia < 0.5, sia
+    assert 2e-4 < psa < 0.02, psa
 
 
 def soda_win_rate(tok, model, x, sids, data, soda: SODAConfig, start: int = 2048) -> float:
@@ -156,8 +158,8 @@ def tokenizer_steps(tok, model, x, sids, data, sched, steps: int = 8, lr: float 
 
 
 def test_sia_moves_the_item_distributions_toward_the_sequence_latents():
-    tok, model, x, sids, data = setup(ETEGRec)
-    sia_only = ScheduleConfig(name="alternating", losses=LossesConfig(sia=SIAConfig(3e-4)))
+    tok, model, x, sids, data = setup(ETEGRec, standardize=False)
+    sia_only = ScheduleConfig(name="alternating", losses=LossesConfig(sia=SIAConfig(1e-4)))
 
     def gap(tokenizer) -> float:
         """L_SIA (symmetric KL of P_z and P_zE, level mean) on held-out rows: what mu L_SIA shrinks."""

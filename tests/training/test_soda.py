@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import write_recbole
 
+from conftest import write_recbole
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.models.tiger import Tiger, TigerConfig
@@ -64,9 +64,13 @@ def test_soda_candidates_and_negatives():
 def test_sia_is_zero_for_equal_distributions_and_symmetric():
     x = torch.randn(4, 3, 6)
     y = torch.randn(4, 3, 6)
-    assert sia_loss(x, x).abs() < 1e-6
-    assert torch.allclose(sia_loss(x, y), sia_loss(y, x))
-    assert sia_loss(x, y) > 0
+    target = torch.arange(4)
+    assert sia_loss(x, x, target).abs() < 1e-6
+    assert torch.allclose(sia_loss(x, y, target), sia_loss(y, x, target))
+    assert sia_loss(x, y, target) > 0
+    # a repeated target counts once (ETEGRec's code keeps the first row of each unique target)
+    repeated = torch.tensor([0, 1, 2, 0])
+    assert torch.allclose(sia_loss(x, y, repeated), sia_loss(x[:3], y[:3], repeated[:3]))
 
 
 def test_psa_rewards_aligned_pairs_and_ignores_repeated_targets():

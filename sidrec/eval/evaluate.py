@@ -34,6 +34,22 @@ def model_inputs(model, item_sids: torch.Tensor, history: torch.Tensor, users: t
     return model.encoder_inputs(history_sids(item_sids, trim_padding(history)), use_users)
 
 
+def decode_order(lengths: np.ndarray, of_rank: int | None = None) -> np.ndarray:
+    """(U_r,) the examples one process decodes, in order: shortest histories first, so that consecutive batches
+    are trimmed (``trim_padding``) to about one length.
+
+    The length-sorted examples are interleaved across the processes (``dist.interleave``), not cut into contiguous
+    slices (which gave one process every short history and another every long one): the processes' padded token
+    counts then differ by at most one batch's (tested).
+
+    Args:
+        lengths: (U,) history length of every example.
+        of_rank: the examples of that process instead (default: this one).
+    """
+    by_length = np.argsort(lengths, kind="stable")  # (U,) shortest histories first
+    return by_length[dist.interleave(len(lengths), of_rank)]
+
+
 @torch.inference_mode()
 def generate_rankings(
     model,
@@ -54,18 +70,18 @@ def generate_rankings(
     Examples are decoded in order of history length, so that each batch is trimmed to histories of about one
     length; every user's beam search is independent of the others in its batch, so the rows are the same as in
     dataset order (tested in fp32). ``bf16``: autocast where it is fast (CUDA, or a CPU with AMX; see
-    ``sidrec.utils.bf16_autocast``). Under torchrun each process decodes a share of the examples and all of them
-    get every row back.
+    ``sidrec.utils.bf16_autocast``). Under torchrun each process decodes an interleaved share of the examples
+    (``decode_order``) and all of them get every row back.
     """
     device = item_sids.device
     was_training = model.training
     model.eval()
     use_bf16 = bf16_autocast(device, bf16)
-    by_length = np.argsort((examples.history >= 0).sum(1), kind="stable")  # (U,) shortest histories first
+    lengths = (examples.history >= 0).sum(1)
+    mine = decode_order(lengths)
     out, out_scores = [], []
-    part = dist.shard(len(examples))  # all examples for one process
-    for start in tqdm(range(part.start, part.stop, batch_size), desc=desc, disable=not progress, leave=False):
-        rows = by_length[start : min(start + batch_size, part.stop)]
+    for start in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress, leave=False):
+        rows = mine[start : start + batch_size]
         hist = torch.as_tensor(examples.history[rows], device=device)
         users = torch.as_tensor(examples.user[rows], device=device)
         ids, mask = model_inputs(model, item_sids, hist, users)
@@ -74,12 +90,13 @@ def generate_rankings(
         out.append(res.items.cpu().numpy())
         out_scores.append(res.scores.float().cpu().numpy())
     model.train(was_training)
+    every = np.concatenate([decode_order(lengths, r) for r in range(dist.world_size())])  # gather_rows's order
     ranked = np.empty((len(examples), topk), np.int64)
-    ranked[by_length] = dist.gather_rows(np.concatenate(out) if out else np.zeros((0, topk), np.int64))
+    ranked[every] = dist.gather_rows(np.concatenate(out) if out else np.zeros((0, topk), np.int64))
     if not with_scores:
         return ranked
     scores = np.empty((len(examples), topk), np.float32)
-    scores[by_length] = dist.gather_rows(np.concatenate(out_scores) if out_scores else np.zeros((0, topk), np.float32))
+    scores[every] = dist.gather_rows(np.concatenate(out_scores) if out_scores else np.zeros((0, topk), np.float32))
     return ranked, scores
 
 

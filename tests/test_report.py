@@ -55,7 +55,7 @@ def table_row(html: str, label: str) -> list[str]:
 
 def expected_row(metrics: dict, prefix: str) -> list[str]:
     """The test-table cells of ``prefix`` (``""`` for TIGER) for the tiny run's eval.ks = [5, 10]."""
-    return [f"{metrics[f'{prefix}test.{m}@{k}']:.4f}" for k in (5, 10) for m in ("recall", "ndcg")]
+    return [f"{metrics[f'{prefix}test.{m}@{k}']:.4f}" for k in (5, 10) for m in ("recall", "ndcg", "mrr")]
 
 
 def hostile_copy(tiny_run, dest):

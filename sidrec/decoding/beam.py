@@ -141,8 +141,9 @@ def score_catalogue(model: Any, ids: Tensor, mask: Tensor, trie: SidTrie, rows: 
     The same numbers as ``score_all_items``, computed over the trie instead of per item: each level is one
     ``decode_step`` over every catalogue prefix of that length (a beam search whose beam is the whole trie), so a
     prefix shared by many items is decoded once per user and each decoder position is computed once, with the
-    KV cache. A user costs sum_l (prefixes of length l) one-token decoder rows, at most ~2 N for Lc levels where
-    the per-item teacher forcing of ``score_sids`` costs N x Lc; the encoder K/V are shared by a user's rows.
+    KV cache. A user costs sum_l (prefixes of length l) one-token decoder rows, at most 1 + (Lc - 1) N and 0.6 N to
+    1.7 N on Beauty's and the demo's SIDs (docs/results.md), where the per-item teacher forcing of ``score_sids``
+    decodes N sequences of Lc tokens; the encoder K/V are shared by a user's rows.
 
     Args:
         model: a model with the decoding API in this module's docstring, in eval mode.

@@ -5,6 +5,7 @@
     sidrec run my-config.yaml           # a YAML file of your own (sidrec presets beauty > my-config.yaml)
     sidrec run beauty --nproc 4         # data-parallel on 4 GPUs (torchrun + DDP)
     sidrec evaluate runs/quick
+    sidrec evaluate runs/quick --exact              # + the exact full-catalogue ranking and the beam's misses
     sidrec recommend runs/quick --history 50 172 181 -k 10
     sidrec serve runs/quick --port 8000
     sidrec inspect runs/quick
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="(re)compute test/validation metrics of a trained run",
                         description="Evaluate a trained run directory and print the results table.")
     ev.add_argument("run_dir")
+    ev.add_argument("--exact", action="store_true",
+                    help="also rank the whole catalogue exactly for the test users (eval.exact) and report how "
+                         "often the beam misses the exact top-K")
+    ev.add_argument("--exact-users", type=int, metavar="N",
+                    help="with --exact: score N test users drawn at random (eval.exact_users; default: all)")
     ev.add_argument("--quiet", action="store_true")
     _add_allow_stale(ev)
     rec = sub.add_parser("recommend", help="recommend items after a history of item keys",
@@ -221,6 +227,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     check_model(args.run_dir, args.allow_stale)
     run = Run.open(args.run_dir, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
+    if args.exact or args.exact_users is not None:
+        run.cfg.eval.exact = True
+        run.cfg.eval.exact_users = args.exact_users or 0
+        run.cfg.validate()
     ds = Dataset.load(run.run.data)
     sids, sizes = load_sids(run.run.sids_dir)
     model = load_recommender(run.run.model, run.device)

@@ -101,6 +101,10 @@ class EvalConfig:
     # Also report the beam mixed with a last-item transition prior (``sidrec.eval.hybrid``), its weight chosen on
     # validation: the ``hybrid.*`` row, a method beyond the paper, never reported as the model itself.
     transition_mix: bool = False
+    # Also rank the whole catalogue exactly for the test users (every item's SID scored by teacher forcing) and
+    # report its metrics and what beam search misses of it: exact.test.* in metrics.json (sidrec.eval.evaluate).
+    exact: bool = False
+    exact_users: int = 0  # with exact: score this many test users drawn at random (0 = all of them)
 
 
 @dataclass
@@ -133,7 +137,7 @@ class RunConfig:
                     "train.eval_batch_size": t.eval_batch_size, "train.eval_beam_size": t.eval_beam_size,
                     "eval.beam_size": self.eval.beam_size, "eval.batch_size": self.eval.batch_size}
         non_negative = {"train.prefixes_per_user": t.prefixes_per_user, "train.valid_users": t.valid_users,
-                        "train.max_steps": t.max_steps, "train.log_every": t.log_every, "train.warmup_steps": t.warmup_steps,
+                        "eval.exact_users": self.eval.exact_users, "train.max_steps": t.max_steps, "train.log_every": t.log_every, "train.warmup_steps": t.warmup_steps,
                         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip}
         checks = [(k, v >= 1, "must be >= 1") for k, v in positive.items()]
         checks += [(k, v >= 0, "must be >= 0") for k, v in non_negative.items()]

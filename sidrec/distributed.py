@@ -3,7 +3,7 @@
 One process per GPU (or per CPU worker, gloo backend). Every process holds the whole model and the whole training
 set; each step, the seeded global batch is split across the processes and DDP averages the gradients, so a run
 on N processes follows the single-process run step for step (up to float summation order). Only the main
-process (rank 0) writes files; evaluation splits the users across processes and gathers every ranking. The joint
+process (rank 0) writes files; evaluation interleaves the users across processes and gathers every ranking. The joint
 schedules (``sidrec.training.schedules``) do without DDP: ``gather_shards`` hands every process the whole batch's
 recommender outputs so that each computes the whole batch's loss, and ``average_gradients`` syncs whichever
 parameters train in the current phase.
@@ -106,6 +106,24 @@ def shard(n: int, of_rank: int | None = None) -> range:
     size, extra = divmod(n, world)
     start = r * size + min(r, extra)
     return range(start, start + size + (r < extra))
+
+
+def interleave(n: int, of_rank: int | None = None) -> range:
+    """This process's every ``world_size()``-th of ``n`` items, from its rank on: sizes differ by at most one.
+
+    Over items sorted by cost (e.g. users by history length) every process gets the same mix of costs, which
+    contiguous ``shard`` slices do not give.
+
+    Args:
+        n: number of items to split.
+        of_rank: the share of that process instead (default: this one).
+
+    Example:
+        >>> interleave(10)  # one process; on rank 1 of 3 it is range(1, 10, 3)
+        range(0, 10)
+    """
+    world, r = world_size(), rank() if of_rank is None else of_rank
+    return range(r, n, world)
 
 
 def gather_rows(rows: np.ndarray) -> np.ndarray:

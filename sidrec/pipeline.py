@@ -31,7 +31,7 @@ from sidrec.data.loaders import load_dataset, needs_path
 from sidrec.data.splits import LeaveOneOut, leave_one_out
 from sidrec.decoding.trie import SidTrie
 from sidrec.embeddings import EmbedConfig, embed_items, embedding_key
-from sidrec.eval.evaluate import generate_rankings
+from sidrec.eval.evaluate import exact_evaluation, generate_rankings
 from sidrec.eval.hybrid import TransitionTable, mix_rankings, select_lambda
 from sidrec.eval.locality import misalignment, prefix_sharing
 from sidrec.eval.metrics import baseline_metrics, topk_metrics
@@ -212,7 +212,10 @@ class Run:
              "embed": self._current_key("embed") or ""}
         k["tokenize"] = _tokenize_key(c, k["embed"])
         k["train"] = _train_key(c, k["tokenize"])
-        k["evaluate"] = _key(k["train"], asdict(c.eval))
+        ev = asdict(c.eval)
+        if not ev["exact"]:  # keys of runs made before eval.exact existed stay valid
+            del ev["exact"], ev["exact_users"]
+        k["evaluate"] = _key(k["train"], ev)
         return k
 
     # -- stages -----------------------------------------------------------------------------------------------
@@ -498,9 +501,16 @@ class Run:
                     metrics["hybrid.lambda"] = lam
                 mixed = mix_rankings(ranked, scores, last, table, lam, max(e.ks))
                 metrics.update({f"hybrid.{part}.{k}": v for k, v in topk_metrics(mixed, ex.target, e.ks).items()})
+        if e.exact:
+            m = exact_evaluation(model, split.test, item_sids, trie, beam_size=e.beam_size, ks=e.ks,
+                                 batch_size=e.batch_size, users=e.exact_users, seed=self.cfg.seed,
+                                 progress=self.progress, desc="exact test", bf16=e.bf16)
+            metrics.update({f"exact.test.{k}": v for k, v in m.items()})
         metrics["tokenizer.health"] = read_json(RunDir.health_file(self.run.sids_dir))
         metrics["protocol"] = {"split": "leave-one-out", "ranking": "full, trie-constrained beam search",
                                "beam_size": e.beam_size, "max_history": split.max_history}
+        if e.exact:
+            metrics["protocol"]["exact"] = "every catalogue SID scored by teacher forcing, test users only"
         if dist.is_main():
             atomic_write_json(mpath, metrics)
             self._mark("evaluate", key)
@@ -640,22 +650,30 @@ def model_label(cfg: RunConfig) -> str:
 
 
 def results_table(metrics: dict[str, Any], ks: list[int], part: str = "test", label: str = "TIGER") -> str:
-    """A plain-text table: the model (named ``label``) beside the popularity and last-item transition baselines.
+    """A plain-text table: the model (named ``label``) beside the popularity and last-item transition baselines,
+    and, when the run was evaluated with ``eval.exact``, the exact full-catalogue ranking and what the beam missed.
 
-    Runs evaluated before the transition baseline existed show only popularity.
+    Runs evaluated before the transition baseline (or MRR) existed show only popularity (only Recall and NDCG).
 
     Example:
         >>> print(results_table(read_json("runs/demo/metrics.json"), [5, 10], label="TIGER (rqvae)"))  # doctest: +SKIP
     """
-    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    names = ("recall", "ndcg", "mrr") if f"{part}.mrr@{ks[0]}" in metrics else ("recall", "ndcg")
+    cols = [f"{m}@{k}" for k in ks for m in names]
     mixed = f"{label} + transition mix"  # eval.transition_mix: its own row, never the model's
-    width = max(12, len(mixed if f"hybrid.{part}.{cols[0]}" in metrics else label) + 2)
+    exact = f"exact.{part}."
+    width = max(12, len(mixed if f"hybrid.{part}.{cols[0]}" in metrics else label) + 2, len("exact ranking") + 2)
     head = f"{'model':<{width}}" + "".join(f"{c:>11}" for c in cols)
     rows = [head, "-" * len(head)]
     for name, prefix in ((label, f"{part}."), (mixed, f"hybrid.{part}."), ("popularity", f"popularity.{part}."),
-                         ("transition", f"transition.{part}.")):
+                         ("transition", f"transition.{part}."), ("exact ranking", exact)):
         if prefix + cols[0] not in metrics:
             continue
-        rows.append(f"{name:<{width}}" + "".join(f"{metrics[prefix + c]:>11.4f}" for c in cols))
+        rows.append(f"{name:<{width}}" + "".join(f"{metrics.get(prefix + c, float('nan')):>11.4f}" for c in cols))
+    if exact + "users" in metrics:
+        k = 10 if 10 in ks else max(ks)
+        beam = metrics.get("protocol", {}).get("beam_size", "")
+        rows.append(f"\nexact ranking of {metrics[exact + 'users']} {part} users: beam {beam} missed "
+                    f"{metrics[f'{exact}beam_miss@{k}']:.2%} of the exact top-{k} items and "
+                    f"{metrics[f'{exact}target_beam_miss@{k}']:.2%} of the targets in the exact top {k}")
     return "\n".join(rows)
-

@@ -6,7 +6,7 @@ The page has no external resources (no scripts, stylesheets or network images): 
 (titles, item and user keys, config values) is HTML-escaped. Sections, each drawn from files of the run:
 
     metrics          metrics.json (+ sasrec/metrics.json): TIGER beside the popularity, last-item transition
-                     and SASRec baselines, test and valid
+                     and SASRec baselines (and the exact full-catalogue ranking of eval.exact), test and valid
     training         recommender/metrics.jsonl: loss and learning rate per step, validation per epoch
     SASRec training  sasrec/metrics.jsonl: the same curves for the SASRec baseline (a note when not trained)
     codebook health  tokenizer/health.json, fit_log.jsonl (usage/perplexity over training), sids.npy (usage)
@@ -194,17 +194,26 @@ def _metrics_section(run: RunDir) -> str:
     if has_sasrec:
         models.append(("SASRec", "sasrec.", read_json(run.sasrec.metrics)))
     ks = sorted({int(m.group(1)) for key in metrics if (m := re.fullmatch(r"test\.recall@(\d+)", key))})
+    names = ("recall", "ndcg", "mrr") if f"test.mrr@{ks[0]}" in metrics else ("recall", "ndcg")  # MRR: newer runs
+    exact = [("TIGER, exact ranking", "exact.", metrics)] if "exact.test.users" in metrics else []  # eval.exact
     html = []
     for part in ("test", "valid"):
-        cols = [f"{name}@{k}" for k in ks for name in ("recall", "ndcg")]
-        values = [[source.get(f"{prefix}{part}.{c}") for c in cols] for _, prefix, source in models]
+        cols = [f"{name}@{k}" for k in ks for name in names]
+        shown = models + (exact if part == "test" else [])
+        values = [[source.get(f"{prefix}{part}.{c}") for c in cols] for _, prefix, source in shown]
         best = [max((v for v in col if v is not None), default=None) for col in zip(*values)]
         rows = []
-        for (label, _, _), row in zip(models, values):
+        for (label, _, _), row in zip(shown, values):
             cells = ["&ndash;" if v is None else f"<b>{v:.4f}</b>" if v == b else f"{v:.4f}"
                      for v, b in zip(row, best)]
             rows.append([label, *cells])
         html += [f"<h3>{part}</h3>", _table(["model", *cols], rows)]
+        if part == "test" and exact:
+            k = 10 if 10 in ks else ks[-1]
+            html.append(f"<p>The exact ranking scores every item's SID by teacher forcing for "
+                        f"{metrics['exact.test.users']} test users: beam search missed "
+                        f"{metrics[f'exact.test.beam_miss@{k}']:.2%} of its top-{k} items and "
+                        f"{metrics[f'exact.test.target_beam_miss@{k}']:.2%} of the targets in its top {k}.</p>")
     if not has_sasrec:
         html.append('<p class="muted">No SASRec baseline: run <code>sidrec baseline CONFIG</code> to add it.</p>')
     protocol = metrics.get("protocol", {})

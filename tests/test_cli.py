@@ -37,6 +37,40 @@ def test_run_all_stages_then_evaluate_and_recommend(tiny_args, capsys):
     assert f"{metrics['test.recall@10']:.4f}" in capsys.readouterr().out
 
 
+def test_evaluate_exact_reports_what_the_beam_misses(tiny_run, tmp_path, capsys):
+    import shutil
+    from dataclasses import asdict
+
+    from sidrec.config import load_config
+    from sidrec.pipeline import Run, _key
+    from sidrec.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "metrics.json").read_text())
+    assert "test.mrr@10" in before and "exact.test.users" not in before
+    cfg = load_config(run / "config.yaml")
+    keys = Run(cfg).keys()
+    before_exact = {k: v for k, v in asdict(cfg.eval).items() if k not in ("exact", "exact_users")}
+    assert keys["evaluate"] == _key(keys["train"], before_exact)  # eval.exact off: the key of runs made before it
+
+    assert main(["evaluate", str(run), "--exact", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {k: metrics[k] for k in before if k.startswith("test.")} == {k: v for k, v in before.items()
+                                                                        if k.startswith("test.")}
+    users = len(json.loads((run / "data" / "dataset.json").read_text())["user_keys"])
+    assert metrics["exact.test.users"] == users
+    for k in (5, 10):  # the tiny run's eval.ks, beam 10
+        assert 0.0 <= metrics[f"exact.test.beam_miss@{k}"] <= 1.0 and 0.0 <= metrics[f"exact.test.mrr@{k}"] <= 1.0
+    assert "exact ranking" in out and f"{metrics['exact.test.recall@10']:.4f}" in out
+    assert f"beam 10 missed {metrics['exact.test.beam_miss@10']:.2%} of the exact top-10 items" in out
+    assert "TIGER, exact ranking" in write_report(run).read_text()
+
+    assert main(["evaluate", str(run), "--exact-users", "7", "--quiet"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["exact.test.users"] == 7
+
+
 def test_recommend_output_excludes_history(tiny_args, capsys):
     run, args = tiny_args
     assert main(["run", "configs/ml-100k-demo.yaml", *args, "--quiet"]) == 0

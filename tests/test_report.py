@@ -1,16 +1,21 @@
 """sidrec report: one self-contained HTML page whose data-derived strings are escaped.
 
-The page is parsed with html.parser here; where Debian's ``chromium`` is installed it is also rendered headless.
+The page is parsed with html.parser here; where Debian's headless Chromium is installed (``chromium-headless-shell``
+or ``chromium``; ``.ci/run`` installs it) it is also rendered, and every figure must show in the screenshot.
 """
 
 import base64
+import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sidrec.cli import main
@@ -50,7 +55,7 @@ def table_row(html: str, label: str) -> list[str]:
 
 def expected_row(metrics: dict, prefix: str) -> list[str]:
     """The test-table cells of ``prefix`` (``""`` for TIGER) for the tiny run's eval.ks = [5, 10]."""
-    return [f"{metrics[f'{prefix}test.{m}@{k}']:.4f}" for k in (5, 10) for m in ("recall", "ndcg")]
+    return [f"{metrics[f'{prefix}test.{m}@{k}']:.4f}" for k in (5, 10) for m in ("recall", "ndcg", "mrr")]
 
 
 def hostile_copy(tiny_run, dest):
@@ -169,20 +174,78 @@ def test_report_without_matplotlib_names_the_extra(tiny_run, tmp_path, monkeypat
     assert not (tmp_path / "r.html").exists()
 
 
+# Where Debian's packages put the browser: chromium-headless-shell (a /usr/bin wrapper of /usr/lib/chromium/...),
+# or the full chromium; both take the same flags.
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
+BROWSER_DIRS = ("/usr/lib/chromium", "/usr/bin")
+REQUIRE_BROWSER = "SIDREC_REQUIRE_BROWSER"  # set (by .ci/run) where the browser test must run, not skip
+
+
+def find_browser() -> str | None:
+    """A headless Chromium on PATH or where apt installs it; None if there is none."""
+    for name in BROWSERS:
+        found = shutil.which(name) or next((str(Path(d) / name) for d in BROWSER_DIRS
+                                            if os.access(Path(d) / name, os.X_OK)), None)
+        if found:
+            return found
+    return None
+
+
+def shown_at(shot: np.ndarray, figure: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) where ``figure`` (h, w, 3) appears pixel for pixel in ``shot`` (H, W, 3), or None.
+
+    The page is rendered at scale 1 in a window wide enough that no figure is scaled, and Chromium draws an
+    opaque PNG unchanged, so an exact match is the test: a row of the figure with the most distinct colours is
+    searched in the screenshot's bytes, and each hit that is a whole pixel row is checked over the whole figure.
+    """
+    h, w = figure.shape[:2]
+    row = max(range(h), key=lambda r: len(np.unique(figure[r], axis=0)))
+    data, needle, width = shot.tobytes(), figure[row].tobytes(), shot.shape[1]
+    at = data.find(needle)
+    while at >= 0:
+        y, x = divmod(at // 3, width)
+        y -= row
+        if at % 3 == 0 and x + w <= width and 0 <= y <= len(shot) - h and np.array_equal(shot[y:y + h, x:x + w],
+                                                                                          figure):
+            return y, x
+        at = data.find(needle, at + 1)
+    return None
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """(h, w, 3) uint8 pixels of an opaque PNG."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "RGB" or im.getextrema()[3] == (255, 255), "the figure is not opaque"
+        return np.asarray(im.convert("RGB"))
+
+
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = find_browser()
     if browser is None:
-        pytest.skip("chromium is not installed")
+        if os.environ.get(REQUIRE_BROWSER):
+            pytest.fail(f"{REQUIRE_BROWSER} is set but no headless Chromium was found ({', '.join(BROWSERS)})")
+        pytest.skip("no headless Chromium (apt-get install chromium-headless-shell)")
     run, path, _ = report
-    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                          "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+             "--hide-scrollbars", "--force-device-scale-factor=1"]
+    res = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     dom = res.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert f"{metrics['test.recall@10']:.4f}" in dom
     assert dom.count("<img") == 3 and "<script" not in dom and "&lt;script&gt;alert(1)" in dom
+
+    # Every figure of the page, as Chromium draws it: a figure that is missing, broken or hidden fails here.
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                    f"--screenshot={shot}", "--window-size=1280,2000", path.as_uri()],
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1600,6000", path.as_uri()],
                    capture_output=True, timeout=120, check=True)
-    assert shot.read_bytes().startswith(b"\x89PNG")
+    pixels = png_pixels(shot.read_bytes())
+    assert (pixels[-200:] == 255).all(), "the page is longer than the screenshot: make the window taller"
+    figures = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"', path.read_text())
+    assert len(figures) == 3
+    places = {alt: shown_at(pixels, png_pixels(base64.b64decode(src))) for src, alt in figures}
+    assert None not in places.values(), f"figures not drawn: {[alt for alt, at in places.items() if at is None]}"
+    assert len(set(places.values())) == 3  # three places, top to bottom in page order
+    assert sorted(places.values()) == list(places.values())

@@ -17,11 +17,12 @@ def rank_of_target(ranked: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def topk_metrics(ranked: np.ndarray, target: np.ndarray, ks: list[int]) -> dict[str, float]:
-    """Recall@K (= hit rate with one target) and NDCG@K (binary relevance, ideal DCG = 1), averaged over users.
+    """Recall@K (= hit rate with one target), NDCG@K (binary relevance, ideal DCG = 1) and MRR@K (1 / rank of the
+    target, 0 when it is not in the top K), averaged over users.
 
     Example:
         >>> topk_metrics(np.array([[3, 1], [2, 0]]), np.array([1, 5]), [1, 2])
-        {'recall@1': 0.0, 'ndcg@1': 0.0, 'recall@2': 0.5, 'ndcg@2': 0.31546487678572877}
+        {'recall@1': 0.0, 'ndcg@1': 0.0, 'mrr@1': 0.0, 'recall@2': 0.5, 'ndcg@2': 0.31546487678572877, 'mrr@2': 0.25}
     """
     if ranked.ndim != 2 or len(ranked) != len(target):
         raise ValueError(f"ranked must be (U, K) with U = len(target); got {ranked.shape} and {target.shape}")
@@ -36,6 +37,45 @@ def topk_metrics(ranked: np.ndarray, target: np.ndarray, ks: list[int]) -> dict[
         gain = np.where(hit, 1.0 / np.log2(np.maximum(pos, 0) + 2.0), 0.0)
         out[f"recall@{k}"] = float(hit.mean())
         out[f"ndcg@{k}"] = float(gain.mean())
+        out[f"mrr@{k}"] = float(np.where(hit, 1.0 / (np.maximum(pos, 0) + 1.0), 0.0).mean())
+    return out
+
+
+def beam_misses(beam: np.ndarray, exact: np.ndarray, target: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """How often beam search misses items that the exact full-catalogue ranking puts in its top K.
+
+    For each K in ``ks``:
+
+    - ``beam_miss@K``: of all users' exact top-K items (U x K pairs), the share absent from the user's whole beam
+      list (``beam``, all its columns): the exact ranking's items that the beam pruned before the last level.
+    - ``target_beam_miss@K``: of the users whose held-out target is in their exact top K, the share whose target
+      is absent from the beam list: the exact Recall@K that beam search loses (0 when no user has the target
+      in the exact top K).
+
+    Args:
+        beam: (U, W) the beam search's items, best first (-1 = empty slot); W = the beam size, its whole list.
+        exact: (U, >= max(ks)) items ranked by their exact log-probability, best first.
+        target: (U,) the held-out item per user.
+        ks: cut-offs of the exact ranking.
+
+    Example:
+        >>> beam_misses(np.array([[4, 2, 7], [1, 0, 3]]), np.array([[4, 5], [1, 0]]), np.array([5, 0]), [2])
+        {'beam_miss@2': 0.25, 'target_beam_miss@2': 0.5}
+    """
+    if beam.shape[0] != exact.shape[0] or exact.shape[0] != len(target):
+        raise ValueError(f"beam, exact and target need one row per user; got {beam.shape}, {exact.shape}, "
+                         f"{target.shape}")
+    out: dict[str, float] = {}
+    for k in ks:
+        if k > exact.shape[1]:
+            raise ValueError(f"K={k} exceeds the exact list length {exact.shape[1]}")
+        top = exact[:, :k]  # (U, K)
+        in_beam = (top[:, :, None] == beam[:, None, :]).any(-1)  # (U, K)
+        out[f"beam_miss@{k}"] = float(1.0 - in_beam.mean())
+        at = top == target[:, None]  # (U, K): where the target sits in the exact top K
+        has = at.any(1)  # (U,)
+        missed = (at & ~in_beam).any(1)  # (U,) the target is in the exact top K but not in the beam list
+        out[f"target_beam_miss@{k}"] = float(missed[has].mean()) if has.any() else 0.0
     return out
 
 

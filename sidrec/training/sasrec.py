@@ -101,13 +101,13 @@ def rank_items(model: SASRec, history: np.ndarray, k: int, batch_size: int = 102
 
 def evaluate_sasrec(model: SASRec, examples: Examples, ks: list[int] | tuple[int, ...] = (5, 10, 20),
                     batch_size: int = 1024) -> dict[str, float]:
-    """Recall@K and NDCG@K of full ranking over all items (no sampled negatives, history not masked).
+    """Recall@K, NDCG@K and MRR@K of full ranking over all items (no sampled negatives, history not masked).
 
     Example:
         >>> from sidrec.data.dataset import Dataset
         >>> ds = Dataset("t", list("abcdef"), ["u", "v"], [np.array([0, 1, 2, 3]), np.array([4, 5, 0, 1])])
         >>> sorted(evaluate_sasrec(SASRec(SASRecConfig(num_items=6, d_model=8)), leave_one_out(ds).test, ks=[5]))
-        ['ndcg@5', 'recall@5']
+        ['mrr@5', 'ndcg@5', 'recall@5']
     """
     ranked = rank_items(model, examples.history, max(ks), batch_size)
     return topk_metrics(ranked, examples.target, list(ks))
@@ -239,7 +239,7 @@ def sasrec_baseline(
         >>> cfg = SASRecConfig(num_items=ds.num_items)  # doctest: +SKIP
         >>> m = sasrec_baseline(ds, cfg, SASRecTrainConfig(), "runs/beauty/sasrec", seed=42, device="cuda")  # doctest: +SKIP
         >>> sorted(k for k in m if k.startswith("sasrec.test."))[:2]  # doctest: +SKIP
-        ['sasrec.test.ndcg@10', 'sasrec.test.recall@10']
+        ['sasrec.test.mrr@10', 'sasrec.test.ndcg@10']
     """
     if model_cfg.num_items != ds.num_items:
         raise ValueError(f"SASRecConfig.num_items is {model_cfg.num_items}; "

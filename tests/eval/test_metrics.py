@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sidrec.eval.metrics import popularity_ranking, topk_metrics, transition_ranking
+from sidrec.eval.metrics import beam_misses, popularity_ranking, topk_metrics, transition_ranking
 
 
 def test_hand_computed_cases():
@@ -16,6 +16,45 @@ def test_hand_computed_cases():
     assert m["ndcg@1"] == pytest.approx(1 / 4)
     assert m["recall@5"] == pytest.approx(3 / 4)
     assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5) + 1 / math.log2(6)) / 4)
+    assert m["mrr@1"] == pytest.approx(1 / 4)
+    assert m["mrr@5"] == pytest.approx((1 + 1 / 4 + 1 / 5) / 4)
+    assert topk_metrics(ranked, target, [3])["mrr@3"] == pytest.approx(1 / 4)  # ranks 4 and 5 are beyond K
+
+
+def _mrr_reference(ranked, target, k):
+    """One user at a time: 1 / (1-based position of the target in the first k), 0 if it is not there."""
+    total = 0.0
+    for row, t in zip(ranked.tolist(), target.tolist()):
+        top = row[:k]
+        total += 1.0 / (top.index(t) + 1) if t in top else 0.0
+    return total / len(target)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mrr_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    ranked = np.stack([rng.permutation(30)[:12] for _ in range(200)])  # no repeats within a list
+    ranked[rng.random(ranked.shape) < 0.1] = -1  # empty slots
+    target = rng.integers(0, 30, 200)
+    m = topk_metrics(ranked, target, [1, 5, 12])
+    for k in (1, 5, 12):
+        assert m[f"mrr@{k}"] == pytest.approx(_mrr_reference(ranked, target, k))
+    assert m["mrr@1"] == m["recall@1"] == m["ndcg@1"]
+
+
+def test_beam_misses_hand_computed():
+    beam = np.array([[4, 2, 7, 5], [1, 0, 3, -1], [9, 8, 6, 1]])  # the beam's whole lists (beam 4)
+    exact = np.array([[4, 5, 2], [1, 6, 0], [6, 7, 9]])  # exact top 3
+    target = np.array([5, 6, 3])
+    m = beam_misses(beam, exact, target, [1, 2, 3])
+    # top 1: 4, 1, 6 all in the beam lists (6 and 5 are beyond the beam's top K, still in its list)
+    assert m["beam_miss@1"] == 0.0 and m["target_beam_miss@1"] == 0.0  # no target in the exact top 1
+    # top 2: 5 (in the list at position 4), 6 (missed by user 1), 7 (missed by user 2): 2 of 6
+    assert m["beam_miss@2"] == pytest.approx(2 / 6)
+    assert m["target_beam_miss@2"] == pytest.approx(1 / 2)  # targets 5 (kept) and 6 (missed) in the exact top 2
+    assert m["beam_miss@3"] == pytest.approx(2 / 9) and m["target_beam_miss@3"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="K=4"):
+        beam_misses(beam, exact, target, [4])
 
 
 def test_empty_slots_never_hit():

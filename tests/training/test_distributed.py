@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from sidrec import distributed as dist
 from sidrec.data.dataset import Dataset
-from sidrec.data.splits import leave_one_out
+from sidrec.data.splits import Examples, leave_one_out
 from sidrec.decoding.trie import SidTrie
+from sidrec.eval.evaluate import decode_order, generate_rankings
 from sidrec.models.tiger import Tiger, TigerConfig
 from sidrec.tokenizers import RQVAE, RQVAEConfig
 from sidrec.training.checkpoint import latest_checkpoint
@@ -72,6 +73,22 @@ def _train_alternating(out: Path) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / f"rank{dist.rank()}.safetensors"))
 
 
+def _decode(out: Path) -> None:
+    """Decode 37 toy users in batches of 4 (fp32) and write this process's copy of every row to ``out/rank<r>.npy``."""
+    _, sids = _toy_problem()
+    cfg = TigerConfig(level_sizes=LEVELS, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
+                      num_decoder_layers=1, dropout=0.0, user_buckets=8, max_history=6)
+    model = Tiger(cfg, generator=torch.Generator().manual_seed(0))
+    rng = np.random.default_rng(0)
+    history = np.full((37, 6), -1, np.int64)  # left-padded, lengths 1..6
+    for i, n in enumerate(rng.integers(1, 7, 37)):
+        history[i, 6 - n :] = rng.integers(0, len(sids), n)
+    ex = Examples(history, rng.integers(0, len(sids), 37), np.arange(37))
+    ranked = generate_rankings(model, ex, sids, SidTrie(sids, LEVELS), beam_size=6, topk=5, batch_size=4,
+                               progress=False, bf16=False)
+    np.save(out / f"rank{dist.rank()}.npy", ranked)
+
+
 def _worker(rank: int, world: int, port: int, out: str, train=_train) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -101,6 +118,42 @@ def test_shard_covers_every_item_once(monkeypatch):
         monkeypatch.setenv("RANK", str(r))
         parts.append(dist.shard(10))
     assert [list(p) for p in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def test_interleave_covers_every_item_once(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    parts = []
+    for r in range(3):
+        monkeypatch.setenv("RANK", str(r))
+        parts.append(dist.interleave(10))
+    assert [list(p) for p in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_decoding_shards_carry_the_same_tokens_to_one_batch(monkeypatch, world):
+    """Every process decodes about the same padded tokens (rows x trimmed width of each of its batches): they
+    differ by at most one batch's, and every user is decoded exactly once."""
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    lengths = np.minimum(np.random.default_rng(world).geometric(0.12, 2000), 50)  # skewed, as real histories are
+    batch = 64
+    orders = [decode_order(lengths, r) for r in range(world)]
+    assert sorted(np.concatenate(orders).tolist()) == list(range(len(lengths)))
+    tokens = [sum(len(b) * int(lengths[b].max()) for b in np.array_split(o, range(batch, len(o), batch)))
+              for o in orders]
+    assert max(tokens) - min(tokens) <= batch * lengths.max(), tokens
+    assert all(np.all(np.diff(lengths[o]) >= 0) for o in orders)  # each process's batches are length runs
+
+
+def test_two_gloo_processes_decode_the_rows_of_one_process(tmp_path):
+    """Interleaved shards, gathered: every process holds the single-process rankings, row for row (fp32)."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    (tmp_path / "single").mkdir()
+    _decode(tmp_path / "single")
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), _decode), nprocs=2, join=True)
+    one = np.load(tmp_path / "single" / "rank0.npy")
+    for r in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"rank{r}.npy"), one)
 
 
 def test_same_random_draws_ignore_what_was_drawn_before():

@@ -125,7 +125,8 @@ def test_baseline_reports_valid_and_test_metrics(tmp_path):
     model_cfg = SASRecConfig(num_items=NUM_ITEMS, d_model=32, max_len=10, dropout=0.1)
     train_cfg = SASRecTrainConfig(epochs=10, batch_size=32, lr=1e-2, max_steps=100)
     metrics = sasrec_baseline(ds, model_cfg, train_cfg, tmp_path, seed=0, ks=[1, 10], progress=False)
-    keys = [f"sasrec.{p}.{m}@{k}" for p in ("valid", "test") for m in ("recall", "ndcg") for k in (1, 10)]
+    keys = [f"sasrec.{p}.{m}@{k}" for p in ("valid", "test") for m in ("recall", "ndcg", "mrr")
+            for k in (1, 10)]
     assert sorted(metrics) == sorted(keys)
     assert metrics["sasrec.test.recall@1"] > 0.8
     saved = json.loads((tmp_path / "metrics.json").read_text())

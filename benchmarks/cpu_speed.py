@@ -3,7 +3,7 @@
 Simple path (as before the fast path): random batches of every training prefix, each padded to ``max_history``
 items, fp32, torch's ``nn.Dropout`` (swapped in for ``sidrec.models.dropout.Dropout``), torch's per-parameter AdamW;
 decoding in dataset order, batch 512, padded, fp32. Fast path (the defaults now): length-bucketed batches trimmed
-to their longest history (``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with AMX
+to their longest history (``train.length_buckets``), our cheaper dropout mask, bf16 autocast on a CPU with native bf16 (AMX or AVX512-BF16)
 (``train.bf16`` / ``eval.bf16``), the fused AdamW (``sidrec.utils.adamw``); decoding batches sorted by history
 length and trimmed.
 

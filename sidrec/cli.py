@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10)
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    rec.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
+    rec.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with native bf16: AMX or AVX512-BF16)")
     rec.add_argument("--quiet", action="store_true", help="accepted for uniformity: recommend prints only its result")
     _add_allow_stale(rec)
     srv = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)",
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key-env", metavar="NAME",
                      help="environment variable holding the key that clients must send as X-API-Key")
-    srv.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with AMX)")
+    srv.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (CUDA, or a CPU with native bf16: AMX or AVX512-BF16)")
     _add_allow_stale(srv)
     _add_interop_parsers(sub)
     srv.add_argument("--quiet", action="store_true", help="log only warnings and errors (no access log)")

@@ -70,7 +70,7 @@ def generate_rankings(
 
     Examples are decoded in order of history length, so that each batch is trimmed to histories of about one
     length; every user's beam search is independent of the others in its batch, so the rows are the same as in
-    dataset order (tested in fp32). ``bf16``: autocast where it is fast (CUDA, or a CPU with AMX; see
+    dataset order (tested in fp32). ``bf16``: autocast where it is fast (CUDA, or a CPU with native bf16; see
     ``sidrec.utils.bf16_autocast``). Under torchrun each process decodes an interleaved share of the examples
     (``decode_order``) and all of them get every row back.
     """

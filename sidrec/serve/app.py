@@ -237,7 +237,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_ke
             command line, where other users could see it in the process list).
         device: "auto", "cpu", "cuda", ...
         quiet: log only warnings and errors, without the startup banner or the access log.
-        bf16: decode under bf16 autocast where it is fast (CUDA, or a CPU with AMX).
+        bf16: decode under bf16 autocast where it is fast (CUDA, or a CPU with native bf16: AMX or AVX512-BF16).
         allow_stale: serve a stale ``model/`` with a warning instead of refusing (``Recommender.from_run``).
 
     Example:

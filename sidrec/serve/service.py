@@ -39,7 +39,7 @@ class Recommender:
                  bf16: bool = False):
         self.dataset = dataset
         self.device = torch.device(device)
-        self.bf16 = bf16_autocast(self.device, bf16)  # asked for and fast here (CUDA, or a CPU with AMX)
+        self.bf16 = bf16_autocast(self.device, bf16)  # asked for and fast here (CUDA, or a CPU with native bf16: AMX or AVX512-BF16)
         self.model = model.to(self.device).eval()
         self.item_sids = torch.as_tensor(item_sids, device=self.device)
         self.trie = SidTrie(self.item_sids, level_sizes).to(self.device)

@@ -50,7 +50,7 @@ class SASRecTrainConfig:
         log_every: a "step" record in ``metrics.jsonl`` every this many steps (0 = epoch records only).
         length_buckets: batches of similar history length, each cut to its longest history (as ``train.`` for
             the recommender; SASRec's state does not depend on the padding width, so no example's loss changes).
-        bf16: bf16 autocast for training where it is fast (CUDA, or a CPU with AMX); evaluation stays fp32.
+        bf16: bf16 autocast for training where it is fast (CUDA, or a CPU with native bf16: AMX or AVX512-BF16); evaluation stays fp32.
 
     Example:
         >>> cfg = SASRecTrainConfig(epochs=50, batch_size=128)

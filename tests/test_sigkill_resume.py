@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
 
+from conftest import tiny_overrides
 from sidrec.cli import main
 from sidrec.training.checkpoint import latest_checkpoint, verify_checkpoint
 from sidrec.training.metrics_log import read_jsonl

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_overrides
 
+from conftest import tiny_overrides
 from sidrec.cli import main
 from sidrec.models.etegrec import ETEGRec, ETEGRecConfig
 from sidrec.models.registry import load_recommender

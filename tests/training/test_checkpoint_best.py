@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
-from conftest import write_recbole
 from safetensors.torch import load_file, save_file
 
+from conftest import write_recbole
 from sidrec.data.loaders import load_dataset
 from sidrec.data.splits import leave_one_out
 from sidrec.decoding.trie import SidTrie

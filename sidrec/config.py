@@ -284,6 +284,26 @@ def preset_summary(path: str | Path) -> str:
     return text[:cut].rstrip(".")
 
 
+# Keys that a run directory's config.yaml may hold from an earlier version, with the value that made them a no-op
+# (dropped on load) and what replaced them (named in the error for any other value).
+RETIRED = {
+    ("schedule", "frozen_encoder_layers"): (0, "schedule.frozen_tokenizer_layers (DIGER's reference code freezes "
+                                               "the tokenizer's encoder, not the recommender's layers)"),
+    ("schedule", "freeze_decoder"): (False, "schedule.frozen_tokenizer_layers"),
+}
+
+
+def drop_retired(data: dict[str, Any], source: str) -> None:
+    """Remove the ``RETIRED`` keys that hold their no-op value from ``data`` (in place); raise on any other value."""
+    for (section, key), (noop, replacement) in RETIRED.items():
+        part = data.get(section)
+        if isinstance(part, dict) and key in part:
+            if part[key] != noop:
+                raise ConfigError(f"{source}: {section}.{key}: no longer exists (value {part[key]!r}); "
+                                  f"see {replacement}")
+            del part[key]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML file or a shipped preset by name (or the defaults), apply overrides, validate.
 
@@ -294,6 +314,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         10
     """
     data = read_yaml_mapping(preset_path(path)) if path is not None else {}
+    drop_retired(data, str(path))  # a run directory made by an earlier version still opens
     apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
 

@@ -174,3 +174,14 @@ def test_every_preset_is_listed_with_a_one_line_summary(capsys):
     assert rows[0].split() == ["name", "data", "tokenizer", "model", "what", "it", "is"]
     assert [r.split()[0] for r in rows[1 : 1 + len(presets())]] == list(presets())
     assert "ml-100k (movielens_pypi)  rqkmeans" in next(r for r in rows if r.startswith("ml-100k-demo "))
+
+
+def test_a_run_config_of_an_earlier_version_still_loads(tmp_path):
+    """config.yaml of a run made before schedule.frozen_encoder_layers / freeze_decoder were retired: their no-op
+    values are dropped; a value that did something is an error naming what replaced the key."""
+    path = tmp_path / "config.yaml"
+    path.write_text("schedule:\n  name: two_stage\n  frozen_encoder_layers: 0\n  freeze_decoder: false\n")
+    assert load_config(path).schedule.name == "two_stage"
+    path.write_text("schedule:\n  frozen_encoder_layers: 3\n")
+    with pytest.raises(ConfigError, match="frozen_encoder_layers.*frozen_tokenizer_layers"):
+        load_config(path)

@@ -1,14 +1,19 @@
 """Method effects on Amazon Office (issue 14, "done when"): does each method's added term change the codes?
 
-Items: configs/office.yaml's data and full-text embeddings (2,420 items, 384-d MiniLM). LETTER's collaborative
-embeddings are the 32-d co-occurrence source (SVD of windowed co-occurrence counts, cached), not its preset's 32-d
-SASRec: a SASRec fit takes ~100 s per epoch on 2 shared cores, over the budget of this check.
+Items: configs/office.yaml's data and full-text embeddings (2,420 items, 384-d MiniLM, rows of norm 1). LETTER's
+collaborative embeddings are the 32-d co-occurrence source (SVD of windowed co-occurrence counts, cached), not its
+preset's 32-d SASRec: a SASRec fit takes ~100 s per epoch on 2 shared cores, over the budget of this check. LETTER
+reads both as its presets do since issue 22: the input not standardised (``standardize: false``, as LETTER's code)
+and the collaborative rows of norm 1 (the co-occurrence source L2-normalises its rows, as
+``tokenizer.collab.normalize: true`` does the preset's SASRec rows). CoST keeps its preset's standardisation.
 Each method family is fitted with one seed and its own geometry, once with its added term switched off (the
 backbone) and once per variant with it on, so that the only difference between a variant and its backbone is the
 term (same initialisation, same batches):
 
 - LETTER (3 levels x 128 codes as office.yaml, latent 32, LETTER's reductions, Sinkhorn last level and balanced
   init in every fit, 100 epochs): backbone alpha = beta = 0; + L_CF (alpha 0.02); + L_CF + L_Div (beta 1e-4);
+  the same fits again on standardised input ("letter, standardised", LETTER's input before issue 22), whose backbone
+  keeps its codebooks in use at this budget where the unstandardised backbone collapses;
 - CoST (its preset: 3 x 64, latent 96, encoder 512-256-128, 100 epochs): backbone ``recon: mse``; ``contrastive``
   (the paper's).
 
@@ -18,12 +23,12 @@ backbone's, and whose first code does, after renaming each level's code labels o
 one-to-one matching of most shared items (labels are arbitrary: compared raw, ``raw_sid_changed``, nearly every
 SID of every fit differs, the reseeded backbone's too); and ``prefix_sharing`` (all items): the share
 whose nearest neighbour shares the first l codes, neighbours by cosine in the collaborative embeddings (what L_CF
-pulls together) and in the text embeddings (what the tokenizer reads); random pairs for reference.
+pulls together) and in the text embeddings (what the tokenizer reads); random pairs of the same fit for reference.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python benchmarks/method_effects.py --out benchmarks/results
 
 Writes ``<out>/method_effects.json`` and prints the markdown table of docs/results.md ("Method effects"). About
-10 minutes on 2 shared CPU cores (7 tokenizer fits).
+4 minutes on 2 CPU cores (11 tokenizer fits), 10 when the cores are shared.
 """
 
 from __future__ import annotations
@@ -45,13 +50,19 @@ from sidrec.tokenizers import CoST, CoSTConfig, Letter, LetterConfig
 from sidrec.tokenizers.base import codebook_health
 from sidrec.utils import atomic_write_json
 
-# 100 epochs for both families (CoST's preset; LETTER's default is 150) to fit 7 fits in the CPU budget.
-LETTER_BASE = dict(num_levels=3, codebook_size=128, latent_dim=32, alpha=0.0, div_weight=0.0, epochs=100)
-FAMILIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "letter": [("+ L_CF (alpha 0.02)", {"alpha": 0.02}), ("LETTER (alpha 0.02, beta 1e-4)", {"alpha": 0.02,
-                                                                                          "div_weight": 1e-4})],
-    "cost": [("contrastive (CoST)", {"recon": "contrastive"})],
-}
+# 100 epochs for both families (CoST's preset; LETTER's default is 150) to fit 11 fits in the CPU budget.
+# standardize False: LetterConfig's default and the LETTER presets' (LETTER's code reads its inputs as they are).
+LETTER_BASE = dict(num_levels=3, codebook_size=128, latent_dim=32, alpha=0.0, div_weight=0.0, epochs=100,
+                   standardize=False)
+LETTER_VARIANTS = [("+ L_CF (alpha 0.02)", {"alpha": 0.02}), ("LETTER (alpha 0.02, beta 1e-4)", {"alpha": 0.02,
+                                                                                               "div_weight": 1e-4})]
+# (family, its base params, its variants): "letter, standardised" is the same family on standardised input (before
+# issue 22), whose backbone does not collapse at this budget (the unstandardised one does: docs/results.md)
+FAMILIES: list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]] = [
+    ("letter", {}, LETTER_VARIANTS),
+    ("letter, standardised", {"standardize": True}, LETTER_VARIANTS),
+    ("cost", {}, [("contrastive (CoST)", {"recon": "contrastive"})]),
+]
 
 
 def office(cache: Path, runs: Path, seed: int) -> tuple[Tensor, Tensor]:
@@ -68,7 +79,7 @@ def office(cache: Path, runs: Path, seed: int) -> tuple[Tensor, Tensor]:
 def fit(family: str, params: dict[str, Any], emb: Tensor, collab: Tensor, seed: int) -> tuple[Tensor, float]:
     """SIDs ``(N, L + 1)`` of one fit and its seconds."""
     start = time.time()
-    if family == "letter":
+    if family.startswith("letter"):
         tok = Letter(LetterConfig(**{**LETTER_BASE, **params}), emb.shape[1])
         tok.fit(emb, collab=collab, seed=seed, device="cpu", progress=False)
     else:
@@ -106,14 +117,15 @@ def describe(sids: Tensor, backbone: Tensor, emb: Tensor, collab: Tensor, codebo
 
 def table(results: dict[str, Any]) -> str:
     lines = ["| family | fit | codes changed vs backbone | first code changed | collab. neighbours sharing code 1 / "
-             "codes 1-2 | text neighbours sharing code 1 / codes 1-2 | collisions |", "|---|---|---|---|---|---|---|"]
+             "codes 1-2 | text neighbours sharing code 1 / codes 1-2 | random pairs sharing code 1 / codes 1-2 | "
+             "collisions |", "|---|---|---|---|---|---|---|---|"]
     for family, rows in results["families"].items():
         for row in rows:
             c, t = row["collab_neighbours"]["neighbour"], row["text_neighbours"]["neighbour"]
+            r = row["collab_neighbours"]["random"]
             lines.append(f"| {family} | {row['fit']} | {row['codes_changed']:.1%} | {row['first_code_changed']:.1%} | "
-                         f"{c[0]:.3f} / {c[1]:.3f} | {t[0]:.3f} / {t[1]:.3f} | {row['collision_rate']:.3f} |")
-        rnd = rows[0]["collab_neighbours"]["random"]
-        lines.append(f"| {family} | random pairs (backbone) | | | {rnd[0]:.3f} / {rnd[1]:.3f} | | |")
+                         f"{c[0]:.3f} / {c[1]:.3f} | {t[0]:.3f} / {t[1]:.3f} | {r[0]:.3f} / {r[1]:.3f} | "
+                         f"{row['collision_rate']:.3f} |")
     return "\n".join(lines)
 
 
@@ -127,18 +139,18 @@ def main() -> int:
     emb, collab = office(Path(args.cache), Path(args.runs), args.seed)
     results: dict[str, Any] = {"items": len(emb), "embedding_dim": emb.shape[1], "collab_dim": collab.shape[1],
                                "seed": args.seed, "letter_base": LETTER_BASE, "families": {}}
-    for family, variants in FAMILIES.items():
-        size = 128 if family == "letter" else CoSTConfig().codebook_size
-        backbone, seconds = fit(family, {}, emb, collab, args.seed)
-        rows = [{"fit": "backbone", "params": {}, "seconds": seconds,
+    for family, base, variants in FAMILIES:
+        size = 128 if family.startswith("letter") else CoSTConfig().codebook_size
+        backbone, seconds = fit(family, base, emb, collab, args.seed)
+        rows = [{"fit": "backbone", "params": base, "seconds": seconds,
                  **describe(backbone, backbone, emb, collab, size)}]
         print(family, "backbone", f"{seconds:.0f}s", flush=True)
-        reseeded, seconds = fit(family, {}, emb, collab, args.seed + 1)
-        rows.append({"fit": f"backbone, seed {args.seed + 1}", "params": {}, "seconds": seconds,
+        reseeded, seconds = fit(family, base, emb, collab, args.seed + 1)
+        rows.append({"fit": f"backbone, seed {args.seed + 1}", "params": base, "seconds": seconds,
                      **describe(reseeded, backbone, emb, collab, size)})
         for name, params in variants:
-            sids, seconds = fit(family, params, emb, collab, args.seed)
-            rows.append({"fit": name, "params": params, "seconds": seconds,
+            sids, seconds = fit(family, {**base, **params}, emb, collab, args.seed)
+            rows.append({"fit": name, "params": {**base, **params}, "seconds": seconds,
                          **describe(sids, backbone, emb, collab, size)})
             print(family, name, f"{seconds:.0f}s", flush=True)
         results["families"][family] = rows

@@ -65,14 +65,14 @@ MEAN = "tokenizer.params.reduction=mean"
 ALTERNATING = ["schedule.name=alternating", "schedule.cycle_epochs=2", "schedule.tokenizer_lr=0.0001",
                "schedule.warmup_epochs=10", "schedule.finetune_epochs=100"]
 SASREC = "SASRec (sidrec baseline)"
+RQKMEANS = ["tokenizer.name=rqkmeans", "tokenizer.params={num_levels: 3, codebook_size: 256}"]
 
 
 def seed_rows(tiger: str, letter: str, cost: str, etegrec: str, diger: str, st_joint: str) -> dict[str, Row]:
     """The rows of the seed methods on one dataset, from its presets."""
     return {
         "tiger": Row("TIGER (rqvae)", tiger),
-        "rqkmeans": Row("TIGER (rqkmeans)", tiger, ["tokenizer.name=rqkmeans",
-                                                     "tokenizer.params={num_levels: 3, codebook_size: 256}"]),
+        "rqkmeans": Row("TIGER (rqkmeans)", tiger, RQKMEANS),
         "letter": Row("LETTER-TIGER", letter),
         "cost": Row("CoST-TIGER (contrastive)", cost),
         "cost-mse-cl": Row("CoST-TIGER (mse + contrastive)", cost, ["tokenizer.params.recon=mse+contrastive"]),
@@ -109,8 +109,7 @@ DATASETS: dict[str, Dataset] = {
         title="Amazon Instruments (2018, LC-Rec split)",
         recipe=["train.valid_users=3000"],
         rows={"tiger": Row("TIGER (rqvae)", "configs/instruments.yaml"),
-              "rqkmeans": Row("TIGER (rqkmeans)", "configs/instruments.yaml", ["tokenizer.name=rqkmeans",
-                              "tokenizer.params={num_levels: 3, codebook_size: 256}"]),
+              "rqkmeans": Row("TIGER (rqkmeans)", "configs/instruments.yaml", RQKMEANS),
               "letter": Row("LETTER-TIGER", "configs/letter-instruments.yaml"),
               "cost": Row("CoST-TIGER (contrastive)", "configs/cost-instruments.yaml"),
               "sasrec": Row(SASREC, "configs/instruments.yaml")},
@@ -122,8 +121,7 @@ DATASETS: dict[str, Dataset] = {
         title="Amazon Office (2018, LC-Rec split)",
         recipe=["train.valid_users=3000"],
         rows={"tiger": Row("TIGER (rqvae)", "configs/office.yaml"),
-              "rqkmeans": Row("TIGER (rqkmeans)", "configs/office.yaml", ["tokenizer.name=rqkmeans",
-                              "tokenizer.params={num_levels: 3, codebook_size: 256}"]),
+              "rqkmeans": Row("TIGER (rqkmeans)", "configs/office.yaml", RQKMEANS),
               "sasrec": Row(SASREC, "configs/office.yaml")},
         paper={},
     ),
